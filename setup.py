@@ -1,0 +1,30 @@
+"""ilianaai-avatar: the avatar-session gateway of the ilianaai chatbot."""
+from setuptools import setup
+
+SANDBOX = ["SecantusDB==0.6.0b17"]  # MongoDB wire server for local runs and tests (dev only, GPL-2.0)
+TEST = SANDBOX + [
+    "pytest==9.2.0",
+    "pytest-tornado==0.8.1",
+    "setuptools<82",  # pytest-tornado imports pkg_resources
+]
+
+setup(
+    name="ilianaai-avatar",
+    version="0.1.0",
+    description="Avatar-session gateway: HeyGen / LiveAvatar proxy with customer auth, transcripts and Petya hand-off",
+    python_requires=">=3.11",
+    packages=["handlers", "clients", "models", "conf", "sandbox"],
+    py_modules=["server"],
+    include_package_data=True,
+    package_data={"conf": [".env.example"], "handlers": ["static/*"]},
+    install_requires=[
+        "tornado==6.6.1",
+        "pycurl==7.49.0",
+        "mongoengine==0.29.3",
+        "pymongo==4.20.0",
+        "marshmallow==4.4.0",
+        "python-dotenv==1.2.4",
+    ],
+    extras_require={"sandbox": SANDBOX, "test": TEST, "dev": TEST},
+    entry_points={"console_scripts": ["ilianaai-avatar=server:main"]},
+)
