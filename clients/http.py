@@ -1,0 +1,79 @@
+"""The one shared curl HTTP client and the JSON call every upstream client makes through it."""
+import json
+import logging
+from dataclasses import dataclass
+
+from tornado.curl_httpclient import CurlAsyncHTTPClient
+from tornado.httpclient import HTTPClientError, HTTPRequest
+
+from models.errors import UpstreamTimeout, UpstreamUnavailable
+
+log = logging.getLogger("gateway.upstream")
+
+# curl reports these errno values (as tornado's 599) for a request that ran out of time.
+_CURL_TIMEOUT_CODES = (28,)
+
+
+def make_http_client(settings):
+    """One CurlAsyncHTTPClient per process: it reuses upstream connections across requests."""
+    return CurlAsyncHTTPClient(
+        force_instance=True,
+        max_clients=settings.http_max_clients,
+        defaults=dict(
+            connect_timeout=settings.upstream_connect_timeout,
+            request_timeout=settings.upstream_request_timeout,
+            decompress_response=False,
+        ),
+    )
+
+
+@dataclass
+class UpstreamResponse:
+    status: int
+    body: bytes
+    content_type: str
+
+    @property
+    def ok(self):
+        return 200 <= self.status < 300
+
+    def json(self):
+        """The body as JSON, or None when it is not JSON."""
+        try:
+            return json.loads(self.body) if self.body else None
+        except ValueError:
+            return None
+
+
+class Upstream:
+    """A JSON API at `base_url`, reached through the shared client. Error statuses come back as responses;
+    only transport failures raise (UpstreamTimeout 504, UpstreamUnavailable 502)."""
+
+    def __init__(self, http, base_url, name):
+        self.http = http
+        self.base_url = base_url.rstrip("/")
+        self.name = name
+
+    async def call(self, method, path, headers=None, body=None, query=""):
+        url = self.base_url + path + (("?" + query) if query else "")
+        headers = dict(headers or {})
+        payload = None
+        if method in ("POST", "PUT", "PATCH"):
+            payload = b"" if body is None else json.dumps(body).encode()
+            headers.setdefault("Content-Type", "application/json")
+        headers.setdefault("Accept", "application/json")
+        request = HTTPRequest(url, method=method, headers=headers, body=payload)
+        try:
+            response = await self.http.fetch(request, raise_error=False)
+        except HTTPClientError as exc:  # curl failures (599) raise even with raise_error=False
+            raise self._transport_error(exc) from None
+        return UpstreamResponse(response.code, response.body or b"",
+                                response.headers.get("Content-Type", "application/json"))
+
+    def _transport_error(self, error):
+        detail = str(error)
+        if getattr(error, "errno", None) in _CURL_TIMEOUT_CODES or "timed out" in detail.lower():
+            log.warning("%s timed out: %s", self.name, detail)
+            return UpstreamTimeout(f"{self.name} did not answer in time")
+        log.warning("%s unreachable: %s", self.name, detail)
+        return UpstreamUnavailable(f"{self.name} is unreachable")

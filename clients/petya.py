@@ -1,0 +1,112 @@
+"""Petya, our main backend: the customer's avatar config (cached) and the conversation-status hand-off."""
+import asyncio
+import logging
+import time
+from urllib.parse import quote
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from clients.http import Upstream
+from models.errors import ServiceUnavailable, Unauthorized, UpstreamTimeout, UpstreamUnavailable
+
+log = logging.getLogger("gateway.petya")
+
+CONFIG_FIELDS = ("avatarId", "intro", "knowledgeBaseId", "voiceId", "language")
+
+
+class TTLCache:
+    """A bounded map whose entries expire `ttl` seconds after they were set (oldest evicted first)."""
+
+    def __init__(self, ttl, max_entries=10000, clock=time.monotonic):
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries = OrderedDict()
+
+    def get(self, key):
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, value = entry
+        if expires <= self.clock():
+            del self._entries[key]
+            return None
+        return value
+
+    def set(self, key, value):
+        if self.ttl <= 0:
+            return
+        self._entries.pop(key, None)
+        self._entries[key] = (self.clock() + self.ttl, value)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+@dataclass
+class FlushOutcome:
+    """What Petya made of a status hand-off: delivered, retry later (down / 5xx), or rejected for good (4xx)."""
+    delivered: bool
+    retry: bool
+    error: str = ""
+
+
+class PetyaClient:
+    def __init__(self, http, base_url, auth_token, config_ttl):
+        self.upstream = Upstream(http, base_url, "Petya")
+        self.auth_token = auth_token
+        self.cache = TTLCache(config_ttl)
+        self._inflight = {}  # customer id -> Future: one Petya lookup per key at a time
+
+    async def get_config(self, api_key, customer_id):
+        """The customer's avatar config; Unauthorized when Petya does not know the key."""
+        cached = self.cache.get(customer_id)
+        if cached is not None:
+            return cached
+        pending = self._inflight.get(customer_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future = asyncio.get_running_loop().create_future()
+        self._inflight[customer_id] = future
+        try:
+            config = await self._fetch_config(api_key)
+            self.cache.set(customer_id, config)
+            future.set_result(config)
+            return config
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # a lone caller: mark retrieved so asyncio does not warn
+            raise
+        finally:
+            del self._inflight[customer_id]
+
+    async def _fetch_config(self, api_key):
+        try:
+            response = await self.upstream.call("GET", "/api/v1/avatar/config", headers={"X-Api-Key": api_key})
+        except UpstreamUnavailable:
+            raise ServiceUnavailable("customer configuration service (Petya) is unreachable") from None
+        except UpstreamTimeout:
+            raise UpstreamTimeout("customer configuration service (Petya) did not answer in time") from None
+        if response.status in (401, 403):
+            raise Unauthorized("invalid API key")
+        body = response.json()
+        if not response.ok or not isinstance(body, dict):
+            log.warning("Petya config lookup answered %s", response.status)
+            raise UpstreamUnavailable(f"customer configuration service (Petya) answered {response.status}")
+        config = {field: body.get(field) for field in CONFIG_FIELDS}
+        config.update({k: v for k, v in body.items() if k not in config})
+        return config
+
+    async def post_status(self, conversation_id, session_id, transcript, status="completed"):
+        """Hand a finished session's transcript to Petya (updateConversationStatus)."""
+        path = f"/api/v1/avatar/conversations/{quote(conversation_id, safe='')}/status"
+        body = {"sessionId": session_id, "status": status, "transcript": transcript}
+        try:
+            response = await self.upstream.call(
+                "POST", path, headers={"Authorization": f"Bearer {self.auth_token}"}, body=body)
+        except (UpstreamUnavailable, UpstreamTimeout) as exc:
+            return FlushOutcome(delivered=False, retry=True, error=exc.message)
+        if response.ok:
+            return FlushOutcome(delivered=True, retry=False)
+        detail = response.body[:300].decode("utf-8", "replace")
+        error = f"Petya answered {response.status}: {detail}"
+        return FlushOutcome(delivered=False, retry=response.status >= 500 or response.status == 429, error=error)

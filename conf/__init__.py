@@ -1,0 +1,166 @@
+"""Every setting of the gateway, declared once with its default and a one-line doc.
+
+Values come from the environment, then from a `.env` file (the environment wins, as python-dotenv does), then from
+the defaults below. `load_settings()` validates them all and raises ConfigError naming the first bad one, so a bad
+start stops with one clear line.
+"""
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from dotenv import dotenv_values
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names it."""
+
+
+REQUIRED = object()  # the default of a setting that has none
+
+
+def _int(low=None, high=None):
+    def parse(raw):
+        value = int(raw)
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+    return parse
+
+
+def _float(low=0.0):
+    def parse(raw):
+        value = float(raw)
+        if value < low:
+            raise ValueError(f"must be >= {low}")
+        return value
+    return parse
+
+
+def _url(raw):
+    raw = raw.strip().rstrip("/")
+    if not raw.startswith(("http://", "https://")) or len(raw) < 10:
+        raise ValueError("must be an http:// or https:// URL")
+    return raw
+
+
+def _mongodb_uri(raw):
+    if not raw.startswith(("mongodb://", "mongodb+srv://")):
+        raise ValueError("must be a mongodb:// or mongodb+srv:// URI")
+    return raw
+
+
+def _secret(min_length=1):
+    def parse(raw):
+        if len(raw) < min_length:
+            raise ValueError(f"must be at least {min_length} characters")
+        return raw
+    return parse
+
+
+def _origins(raw):
+    """`*` or a comma list of origins such as https://shop.example.com."""
+    items = [item.strip().rstrip("/") for item in raw.split(",") if item.strip()]
+    if items == ["*"]:
+        return ("*",)
+    for item in items:
+        if item == "*" or not item.startswith(("http://", "https://")):
+            raise ValueError(f"{item!r} is not an origin (scheme://host[:port]) and '*' must stand alone")
+    return tuple(items)
+
+
+def _bool(raw):
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _log_level(raw):
+    level = raw.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    parse: Callable[[str], Any]
+    doc: str
+    secret: bool = False
+
+
+SETTINGS = (
+    Setting("HOST", "127.0.0.1", str, "Address to listen on (nginx proxies to it)."),
+    Setting("PORT", "8000", _int(1, 65535), "Port to listen on."),
+    Setting("XHEADERS", "true", _bool, "Trust X-Real-IP / X-Forwarded-* from the proxy in front (nginx)."),
+    Setting("LOG_LEVEL", "INFO", _log_level, "Log level of the gateway's own loggers."),
+    Setting("GATEWAY_SECRET", REQUIRED, _secret(16),
+            "Key of the HMAC that turns customer API keys into stored customer ids (16+ chars).", secret=True),
+    Setting("HEYGEN_API_KEY", REQUIRED, _secret(), "Our HeyGen API key; never leaves the server.", secret=True),
+    Setting("HEYGEN_BASE_URL", "https://api.heygen.com", _url, "HeyGen API base URL (REST and WebSocket)."),
+    Setting("PETYA_BASE_URL", REQUIRED, _url, "Petya backend base URL (avatar config and conversation status)."),
+    Setting("PETYA_AUTH_TOKEN", REQUIRED, _secret(), "Service token the gateway presents to Petya.", secret=True),
+    Setting("PETYA_CONFIG_TTL", "60", _float(0), "Seconds a customer's avatar config from Petya stays cached."),
+    Setting("MONGODB_URI", REQUIRED, _mongodb_uri,
+            "MongoDB URI holding sessions and transcripts; the database is the URI's path, else ilianaai_avatar.",
+            secret=True),
+    Setting("DB_WORKERS", "8", _int(1, 256), "Threads running MongoDB calls (and pymongo's pool size)."),
+    Setting("CORS_ORIGINS", "*", _origins, "Origins allowed to call the gateway: a comma list, or * for any."),
+    Setting("UPSTREAM_CONNECT_TIMEOUT", "5", _float(0.1), "Seconds to connect to HeyGen/LiveAvatar/Petya."),
+    Setting("UPSTREAM_REQUEST_TIMEOUT", "30", _float(0.1), "Seconds for a whole upstream HTTP exchange."),
+    Setting("HTTP_MAX_CLIENTS", "200", _int(1, 10000), "Concurrent upstream HTTP requests of the shared curl client."),
+    Setting("MAX_BODY_SIZE", "65536", _int(256), "Largest request body accepted, in bytes (larger: 413)."),
+    Setting("WS_PING_INTERVAL", "25", _float(0), "Seconds between WebSocket pings on both legs (0 disables)."),
+    Setting("WS_MAX_MESSAGE_SIZE", "1048576", _int(1024), "Largest WebSocket message relayed, in bytes."),
+    Setting("SOCKET_GRACE_PERIOD", "30", _float(0), "Seconds a session waits for a reconnect after its socket closes."),
+    Setting("TOKEN_TTL", "3600", _float(1), "Seconds a gateway session token stays valid."),
+    Setting("FLUSH_POLL_INTERVAL", "5", _float(0.05), "Seconds between sweeps for pending flushes and abandoned sessions."),
+    Setting("FLUSH_RETRY_INITIAL", "2", _float(0.01), "First retry delay of a failed transcript flush, in seconds."),
+    Setting("FLUSH_RETRY_MAX", "300", _float(0.01), "Longest retry delay of a failed transcript flush, in seconds."),
+    Setting("SHUTDOWN_TIMEOUT", "8", _float(0), "Seconds a graceful stop waits for in-flight work."),
+)
+
+
+class Settings:
+    """Validated settings; attribute names are the setting names in lower case."""
+
+    def __init__(self, values):
+        self._values = dict(values)
+        for name, value in values.items():
+            setattr(self, name.lower(), value)
+
+    def replace(self, **changes):
+        """A copy with some settings changed (names in lower case); values are already parsed."""
+        values = dict(self._values)
+        values.update({name.upper(): value for name, value in changes.items()})
+        return Settings(values)
+
+    def public(self):
+        """Setting -> value with secrets masked, for logs."""
+        secret = {s.name for s in SETTINGS if s.secret}
+        return {name: ("***" if name in secret else value) for name, value in self._values.items()}
+
+
+def load_settings(environ=None, dotenv_path=".env"):
+    """Read, parse and validate every setting; raise ConfigError naming the first bad one."""
+    environ = os.environ if environ is None else environ
+    file_values = dotenv_values(dotenv_path) if dotenv_path and os.path.exists(dotenv_path) else {}
+    values = {}
+    for setting in SETTINGS:
+        raw = environ.get(setting.name)
+        if raw is None or raw == "":
+            raw = file_values.get(setting.name) or None
+        if raw is None:
+            if setting.default is REQUIRED:
+                raise ConfigError(f"{setting.name} is required: {setting.doc}")
+            raw = setting.default
+        try:
+            values[setting.name] = setting.parse(raw)
+        except ValueError as exc:
+            shown = "***" if setting.secret else repr(raw)
+            raise ConfigError(f"{setting.name}={shown} is invalid: {exc}") from None
+    return Settings(values)

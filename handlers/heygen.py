@@ -1,0 +1,129 @@
+"""HeyGen-compatible REST routes: a plugin built against HeyGen works unchanged against these."""
+import time
+
+from handlers.base import BaseHandler
+from handlers.schemas import NEW_SESSION, SESSION_REF, TASK
+from models.errors import NotFound, ServiceUnavailable, Unauthorized, UpstreamUnavailable
+from models.sessions import new_gateway_token
+from models.transcript import new_turn
+
+
+class CreateTokenHandler(BaseHandler):
+    """Mints HeyGen's session token server-side; the browser gets our opaque token bound to the customer."""
+
+    async def post(self):
+        customer = await self.authenticate(allow_token=False)
+        response = await self.gateway.heygen.create_token()
+        body = response.json()
+        if not response.ok:
+            return self.pass_through(response)
+        heygen_token = ((body or {}).get("data") or {}).get("token")
+        if not heygen_token:
+            raise UpstreamUnavailable("HeyGen answered create_token without a token")
+        token = new_gateway_token()
+        await self.gateway.sessions.save_token(token, customer.id, "heygen", heygen_token, customer.config,
+                                               self.gateway.settings.token_ttl)
+        body["data"]["token"] = token
+        self.send_json(body)
+
+
+class NewSessionHandler(BaseHandler):
+    """streaming.new with the customer's avatar config injected, answered with HeyGen's body plus data.intro."""
+
+    async def post(self):
+        customer = await self.authenticate()
+        request = self.load_body(NEW_SESSION)
+        conversation_id = request.pop("conversation_id", None)
+        sessions, heygen = self.gateway.sessions, self.gateway.heygen
+        token = await sessions.claim_token(customer.id, customer.token.id if customer.token else None)
+        if customer.token and token is None:
+            raise Unauthorized("session token already used: create a new one")
+        try:
+            response = await heygen.new_session(heygen.new_session_body(request, customer.config),
+                                                token.upstream_token if token else None)
+        except Exception:
+            if token:
+                await sessions.release_token(token)
+            raise
+        body = response.json()
+        session_id = ((body or {}).get("data") or {}).get("session_id") if response.ok else None
+        if not session_id:
+            if token and response.status != 401:  # HeyGen did not consume it
+                await sessions.release_token(token)
+            if response.ok:
+                raise UpstreamUnavailable("HeyGen answered streaming.new without a session_id")
+            return self.pass_through(response)
+        self.log_session_id = session_id
+        try:
+            await sessions.create(session_id, "heygen", conversation_id, customer.id,
+                                  upstream_token=token.upstream_token if token else None,
+                                  gateway_token_hash=token.token_hash if token else None,
+                                  intro=customer.config.get("intro"))
+            if token:
+                await sessions.bind_token(token, session_id)
+        except Exception:
+            await heygen.session_call("stop", {"session_id": session_id})  # never leak an unrecorded session
+            raise ServiceUnavailable("could not record the session; it was stopped") from None
+        body["data"]["intro"] = customer.config.get("intro")
+        self.send_json(body, response.status)
+
+
+class SessionCallHandler(BaseHandler):
+    """A per-session call forwarded to HeyGen once the caller is shown to own the session."""
+
+    call = None
+    schema = SESSION_REF
+
+    async def post(self):
+        customer = await self.authenticate()
+        request = self.load_body(self.schema)
+        session = await self.owned_session(request["session_id"], customer)
+        if session.provider != "heygen":
+            raise NotFound("session not found")
+        started, response = time.time(), None
+        try:
+            response = await self.gateway.heygen.session_call(self.call, request)
+        finally:
+            await self.settle(session, request, started, response)
+        self.pass_through(response)
+
+    async def settle(self, session, request, started, response):
+        """What the call means for our record of the session (response is None when HeyGen was not reached)."""
+        started_now = self.call == "start" and response is not None and response.ok
+        await self.gateway.sessions.touch(session.session_id, started=started_now)
+
+
+class StartHandler(SessionCallHandler):
+    call = "start"
+
+
+class InterruptHandler(SessionCallHandler):
+    call = "interrupt"
+
+
+class KeepAliveHandler(SessionCallHandler):
+    call = "keep_alive"
+
+
+class TaskHandler(SessionCallHandler):
+    """A talk task is the user speaking; a repeat task is the avatar saying the given words."""
+
+    call = "task"
+    schema = TASK
+
+    async def settle(self, session, request, started, response):
+        if response is None or not response.ok:
+            return await super().settle(session, request, started, response)
+        role = "avatar" if request.get("task_type", "repeat") == "repeat" else "user"
+        task_id = ((response.json() or {}).get("data") or {}).get("task_id")
+        await self.gateway.sessions.add_turn(
+            session.session_id, new_turn(role, request["text"], started, "task", str(task_id) if task_id else None))
+
+
+class StopHandler(SessionCallHandler):
+    """Stops HeyGen's session, then ends ours: the transcript goes to Petya exactly once."""
+
+    call = "stop"
+
+    async def settle(self, session, request, started, response):
+        await self.gateway.lifecycle.end(session.session_id, "stopped", stop_upstream=False)

@@ -1,0 +1,72 @@
+"""MongoDB documents. All session state lives here (not in process memory), so several gateway processes behind
+one nginx can serve the same session. Times are float unix seconds."""
+from mongoengine import (DictField, Document, EmbeddedDocument, EmbeddedDocumentListField, FloatField, IntField,
+                         ListField, StringField)
+
+PROVIDERS = ("heygen", "liveavatar")
+ROLES = ("user", "avatar")
+
+# Session lifecycle: created (upstream session exists) -> started -> ended (stopped, reaped or abandoned).
+SESSION_STATUSES = ("created", "started", "ended")
+# Transcript hand-off to Petya: none -> pending -> delivering (leased) -> delivered | rejected (4xx, kept).
+FLUSH_STATES = ("none", "pending", "delivering", "delivered", "rejected")
+
+
+class Turn(EmbeddedDocument):
+    role = StringField(required=True, choices=ROLES)
+    transcript = StringField(required=True)
+    absolute_timestamp = FloatField(required=True)
+    sources = ListField(StringField())  # the paths that reported this utterance: task, socket, reported, upstream
+    task_ids = ListField(StringField())
+
+
+class AvatarSession(Document):
+    session_id = StringField(required=True, unique=True)
+    provider = StringField(required=True, choices=PROVIDERS)
+    conversation_id = StringField(required=True)
+    customer = StringField(required=True)  # HMAC of the customer's API key, never the key
+    status = StringField(required=True, choices=SESSION_STATUSES, default="created")
+    upstream_token = StringField()  # the provider's session token; server-side only
+    gateway_token_hash = StringField()
+    intro = StringField()
+    created_at = FloatField(required=True)
+    last_activity_at = FloatField(required=True)
+    open_sockets = IntField(default=0)
+    socket_closed_at = FloatField()
+    ended_at = FloatField()
+    end_reason = StringField()
+    stop_error = StringField()
+
+    turns = EmbeddedDocumentListField(Turn)
+    turns_version = IntField(default=0)  # optimistic concurrency for turn merges
+
+    flush_state = StringField(choices=FLUSH_STATES, default="none")
+    flush_attempts = IntField(default=0)
+    flush_next_at = FloatField()
+    flush_lease_until = FloatField()
+    flush_error = StringField()
+    flushed_at = FloatField()
+    transcript_note = StringField()  # why a provider transcript could not be merged, when it could not
+
+    meta = {
+        "collection": "avatar_sessions",
+        "indexes": [
+            "customer",
+            ("flush_state", "flush_next_at"),
+            ("status", "last_activity_at"),
+        ],
+    }
+
+
+class GatewayToken(Document):
+    """The opaque token the browser holds in place of the provider's session token."""
+    token_hash = StringField(required=True, unique=True)
+    customer = StringField(required=True)
+    provider = StringField(required=True, choices=PROVIDERS)
+    upstream_token = StringField()
+    config = DictField()  # the customer's avatar config when the token was minted
+    session_id = StringField()  # bound at streaming.new (HeyGen) or at mint (LiveAvatar)
+    created_at = FloatField(required=True)
+    expires_at = FloatField(required=True)
+
+    meta = {"collection": "gateway_tokens", "indexes": [("customer", "session_id", "created_at")]}

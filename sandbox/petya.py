@@ -1,0 +1,191 @@
+"""Petya reference implementation: the two endpoints Petya exposes to the gateway, over MongoDB.
+
+- `GET /api/v1/avatar/config` — avatar config of the customer whose API key is in `X-Api-Key` or
+  `Authorization: Bearer <key>`.
+- `POST /api/v1/avatar/conversations/<conversationId>/status` — the gateway (service token as Bearer) stores a
+  session's status and transcript on the conversation; every accepted change is also kept as a delivery record.
+
+State lives in MongoDB through pymongo (not mongoengine, whose default connection belongs to the gateway). Times are
+float unix seconds. pymongo calls run in a small thread pool so the IOLoop never blocks.
+"""
+import hashlib
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pymongo
+import tornado.ioloop
+import tornado.web
+from pymongo import ReturnDocument
+
+from sandbox.common import EmulatorHandler, Recorder
+
+DEFAULT_CONFIG = {
+    "avatarId": "Katya_Chair_Sitting_public",
+    "intro": "Hello and welcome. How can I help you today?",
+    "knowledgeBaseId": None,
+    "voiceId": None,
+    "language": "en",
+}
+STATUSES = ("active", "completed", "failed")
+ROLES = ("user", "avatar")
+TIMESTAMP_FIELDS = ("absolute_timestamp", "timestamp")
+
+
+def key_hash(api_key):
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+class StatusValidationError(ValueError):
+    """A status body that does not match the contract; the message names the field."""
+
+
+def validate_status_body(body):
+    """(sessionId, status, transcript) from a status body, or StatusValidationError naming the bad field."""
+    if body is None:
+        raise StatusValidationError("body must be a JSON object")
+    session_id = body.get("sessionId")
+    if not isinstance(session_id, str) or not session_id:
+        raise StatusValidationError("sessionId must be a non-empty string")
+    status = body.get("status")
+    if status not in STATUSES:
+        raise StatusValidationError(f"status must be one of {', '.join(STATUSES)}")
+    transcript = body.get("transcript")
+    if not isinstance(transcript, list):
+        raise StatusValidationError("transcript must be a list")
+    for i, turn in enumerate(transcript):
+        where = f"transcript[{i}]"
+        if not isinstance(turn, dict):
+            raise StatusValidationError(f"{where} must be an object")
+        if turn.get("role") not in ROLES:
+            raise StatusValidationError(f"{where}.role must be one of {', '.join(ROLES)}")
+        if not isinstance(turn.get("transcript"), str):
+            raise StatusValidationError(f"{where}.transcript must be a string")
+        for name in TIMESTAMP_FIELDS:
+            if name in turn and not is_number(turn[name]):
+                raise StatusValidationError(f"{where}.{name} must be a number")
+    return session_id, status, transcript
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class PetyaReference:
+    """Petya's gateway-facing API over MongoDB: accounts, conversations and a log of status deliveries."""
+
+    def __init__(self, mongodb_uri, db_name="petya", service_token="sandbox-petya-service-token"):
+        self.service_token = service_token
+        self.recorder = Recorder()
+        self.fail_status = None
+        self.config_fail_status = None
+        self.client = pymongo.MongoClient(mongodb_uri, serverSelectionTimeoutMS=5000)
+        db = self.client[db_name]
+        self.accounts = db["accounts"]
+        self.conversations = db["conversations"]
+        self.delivery_log = db["deliveries"]
+        self.accounts.create_index("api_key_sha256", unique=True)
+        self.conversations.create_index("conversationId", unique=True)
+        self.delivery_log.create_index("conversationId")
+        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="petya-reference")
+        self.status_lock = threading.Lock()  # makes compare-then-write of a status atomic
+
+    def make_app(self):
+        args = dict(emulator=self)
+        return tornado.web.Application([
+            (r"/api/v1/avatar/config", ConfigHandler, args),
+            (r"/api/v1/avatar/conversations/([^/]+)/status", ConversationStatusHandler, args),
+        ])
+
+    async def run(self, fn, *args):
+        """`fn(*args)` on the pymongo thread pool."""
+        return await tornado.ioloop.IOLoop.current().run_in_executor(self.executor, fn, *args)
+
+    # Accounts
+
+    def create_account(self, api_key, name="Demo customer", **config):
+        """Stores an account keyed by sha256(api_key); returns it (without _id) with its full config."""
+        now = time.time()
+        account = {"api_key_sha256": key_hash(api_key), "name": name, "config": DEFAULT_CONFIG | config,
+                   "createdAt": now, "updatedAt": now}
+        self.accounts.insert_one(account)
+        account.pop("_id")
+        return account
+
+    def update_account_config(self, api_key, **config):
+        """Sets the given config fields on the account; returns it (without _id). KeyError for an unknown key."""
+        changes = {f"config.{name}": value for name, value in config.items()}
+        account = self.accounts.find_one_and_update(
+            {"api_key_sha256": key_hash(api_key)}, {"$set": {**changes, "updatedAt": time.time()}},
+            projection={"_id": 0}, return_document=ReturnDocument.AFTER,
+        )
+        if account is None:
+            raise KeyError("unknown API key")
+        return account
+
+    def config_for_key(self, api_key):
+        """The account's config over DEFAULT_CONFIG, or None for an unknown key."""
+        account = self.accounts.find_one({"api_key_sha256": key_hash(api_key)}, {"config": 1})
+        if account is None:
+            return None
+        return DEFAULT_CONFIG | account.get("config", {})
+
+    # Conversations
+
+    def record_status(self, conversation_id, session_id, status, transcript):
+        """Upserts the conversation and logs a delivery; returns False for an identical repeat (nothing written)."""
+        with self.status_lock:
+            current = self.conversations.find_one({"conversationId": conversation_id})
+            if current and (current["sessionId"], current["status"], current["transcript"]) == (
+                    session_id, status, transcript):
+                return False
+            now = time.time()
+            self.conversations.update_one(
+                {"conversationId": conversation_id},
+                {"$set": {"sessionId": session_id, "status": status, "transcript": transcript, "updatedAt": now},
+                 "$setOnInsert": {"conversationId": conversation_id, "createdAt": now}},
+                upsert=True,
+            )
+            self.delivery_log.insert_one({"conversationId": conversation_id, "sessionId": session_id,
+                                          "status": status, "transcript": transcript, "at": now})
+            return True
+
+    def get_conversation(self, conversation_id):
+        return self.conversations.find_one({"conversationId": conversation_id}, {"_id": 0})
+
+    def deliveries(self, conversation_id=None):
+        """Accepted status deliveries (of one conversation, when given), oldest first."""
+        query = {} if conversation_id is None else {"conversationId": conversation_id}
+        return list(self.delivery_log.find(query, {"_id": 0}).sort([("at", 1), ("_id", 1)]))
+
+    def close(self):
+        self.executor.shutdown(wait=True)
+        self.client.close()
+
+
+class ConfigHandler(EmulatorHandler):
+    async def get(self):
+        petya = self.emulator
+        if petya.config_fail_status:
+            return self.reply(petya.config_fail_status, {"message": "Petya config lookup unavailable (simulated)"})
+        api_key = self.request.headers.get("X-Api-Key") or self.bearer()
+        config = await petya.run(petya.config_for_key, api_key) if api_key else None
+        if config is None:
+            return self.reply(401, {"message": "Invalid API key"})
+        self.reply(200, config)
+
+
+class ConversationStatusHandler(EmulatorHandler):
+    async def post(self, conversation_id):
+        petya = self.emulator
+        if petya.fail_status:
+            return self.reply(petya.fail_status, {"message": "Petya status update unavailable (simulated)"})
+        if self.bearer() != petya.service_token:
+            return self.reply(401, {"message": "Invalid service token"})
+        try:
+            session_id, status, transcript = validate_status_body(self.json_body())
+        except StatusValidationError as error:
+            return self.reply(400, {"message": str(error)})
+        await petya.run(petya.record_status, conversation_id, session_id, status, transcript)
+        self.reply(200, {"ok": True, "conversationId": conversation_id, "sessionId": session_id})

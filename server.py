@@ -1,0 +1,107 @@
+"""ilianaai-avatar: the avatar-session gateway. `python server.py` (or `ilianaai-avatar`) starts it."""
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+import tornado.web
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from clients.heygen import HeyGenClient
+from clients.http import make_http_client
+from clients.petya import PetyaClient
+from conf import ConfigError, load_settings
+from handlers.requestlog import log_request
+from handlers.routes import DEFAULT_HANDLER, routes
+from handlers.websocket import StreamingChatRelay
+from models.lifecycle import Lifecycle
+from models.sessions import SessionStore
+from models.store import Store
+
+log = logging.getLogger("gateway")
+
+
+class Gateway:
+    """Everything the handlers share, built once per process: settings, the one curl client, the MongoDB store,
+    the upstream clients and the session lifecycle. Handlers receive it through initialize()."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.http = make_http_client(settings)
+        self.store = Store(settings.mongodb_uri, settings.db_workers)
+        self.sessions = SessionStore(self.store)
+        self.petya = PetyaClient(self.http, settings.petya_base_url, settings.petya_auth_token,
+                                 settings.petya_config_ttl)
+        self.heygen = HeyGenClient(self.http, settings.heygen_base_url, settings.heygen_api_key)
+        self.lifecycle = Lifecycle(self.sessions, {"heygen": self.heygen}, self.petya, settings)
+        self.app = tornado.web.Application(
+            routes(self), default_handler_class=DEFAULT_HANDLER, default_handler_args={"gateway": self},
+            log_function=log_request, compress_response=False,
+            websocket_ping_interval=settings.ws_ping_interval or None,
+            websocket_ping_timeout=settings.ws_ping_interval * 2 or None,
+            websocket_max_message_size=settings.ws_max_message_size)
+        self.server = None
+        self.port = None
+
+    async def start(self, sockets=None):
+        """Connect to MongoDB, resume pending flushes, and serve on `sockets` (else HOST:PORT)."""
+        self.store.connect()
+        await self.store.ensure_indexes()
+        self.lifecycle.start()
+        # The hard cap on bodies; MAX_BODY_SIZE itself is enforced in the handlers, which answer a JSON 413.
+        self.server = HTTPServer(self.app, xheaders=self.settings.xheaders,
+                                 max_body_size=max(4 * self.settings.max_body_size, 1 << 20))
+        sockets = sockets or bind_sockets(self.settings.port, self.settings.host)
+        self.server.add_sockets(sockets)
+        self.port = sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self):
+        """Graceful stop: no new connections, sockets closed with 1001 (going away), in-flight work drained."""
+        if self.server:
+            self.server.stop()
+        for relay in list(StreamingChatRelay.open_relays):
+            if relay.gateway is self:
+                relay.close(1001, "server shutting down")
+        if self.server:
+            await self.server.close_all_connections()
+        await self.lifecycle.close(timeout=self.settings.shutdown_timeout)
+        self.http.close()
+        self.store.close()
+
+
+async def serve(settings):
+    gateway = await Gateway(settings).start()
+    log.info("ilianaai-avatar listening on http://%s:%s", settings.host, gateway.port)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    log.info("stopping")
+    await gateway.stop()
+
+
+def configure_logging(level="INFO"):
+    logging.basicConfig(level=level, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tornado.curl_httpclient").setLevel(logging.INFO)  # DEBUG there prints request headers
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="ilianaai-avatar", description=__doc__)
+    parser.add_argument("--env-file", default=".env", help="dotenv file to read settings from (default: .env)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(dotenv_path=args.env_file)
+    except ConfigError as exc:
+        print(f"ilianaai-avatar: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
