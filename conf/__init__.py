@@ -95,7 +95,7 @@ class Setting:
 
 SETTINGS = (
     Setting("HOST", "127.0.0.1", str, "Address to listen on (nginx proxies to it)."),
-    Setting("PORT", "8000", _int(1, 65535), "Port to listen on."),
+    Setting("PORT", "8000", _int(0, 65535), "Port to listen on (0: any free port)."),
     Setting("XHEADERS", "true", _bool, "Trust X-Real-IP / X-Forwarded-* from the proxy in front (nginx)."),
     Setting("LOG_LEVEL", "INFO", _log_level, "Log level of the gateway's own loggers."),
     Setting("GATEWAY_SECRET", REQUIRED, _secret(16),

@@ -57,10 +57,13 @@ class GatewayHandlerMixin:
 class BaseHandler(GatewayHandlerMixin, tornado.web.RequestHandler):
     def initialize(self, gateway):
         self.gateway = gateway
+        self.set_default_headers()  # tornado called it before initialize(), when the gateway was not known yet
 
     # --- CORS -----------------------------------------------------------------------------------------------------
 
     def set_default_headers(self):
+        if not hasattr(self, "gateway"):
+            return
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         origin = self.request.headers.get("Origin")
@@ -71,7 +74,7 @@ class BaseHandler(GatewayHandlerMixin, tornado.web.RequestHandler):
             self.set_header("Access-Control-Allow-Methods", ALLOWED_METHODS)
             self.set_header("Access-Control-Allow-Headers", ALLOWED_HEADERS)
             self.set_header("Access-Control-Max-Age", "600")
-        self.add_header("Vary", "Origin")
+        self.set_header("Vary", "Origin")
 
     def options(self, *args, **kwargs):
         self.set_status(204)

@@ -1,0 +1,91 @@
+"""The whole plugin flow against the HeyGen emulator and the Petya reference, over real HTTP and WebSockets."""
+import json
+
+import pytest
+from tornado.websocket import websocket_connect
+
+from conftest import eventually
+
+WS_PARAMS = "silence_response=false&opening_text=&stt_language=en&enable_tts=true&enable_stt=false"
+
+
+def ws_url(sandbox, session_id, token, prefix=""):
+    base = sandbox.gateway_url.replace("http://", "ws://")
+    return f"{base}{prefix}/v1/ws/streaming.chat?session_id={session_id}&session_token={token}&{WS_PARAMS}"
+
+
+async def read_events(ws, until_type, count=1, timeout=5):
+    """Read JSON text frames until `count` frames of type `until_type` arrived; return all read."""
+    import asyncio
+    events, seen = [], 0
+    while seen < count:
+        message = await asyncio.wait_for(ws.read_message(), timeout)
+        assert message is not None, "socket closed early"
+        if isinstance(message, str):
+            event = json.loads(message)
+            events.append(event)
+            if (event.get("type") or event.get("event_type")) == until_type:
+                seen += 1
+    return events
+
+
+async def open_session(client, prefix="", conversation_id="conv-1"):
+    token = await client.call(prefix + "/v1/streaming.create_token")
+    assert token.status == 200, token.json
+    new = await client.call(prefix + "/v1/streaming.new",
+                            {"quality": "medium", "version": "v2", "conversation_id": conversation_id})
+    assert new.status == 200, new.json
+    return token.data["token"], new.data
+
+
+@pytest.mark.parametrize("prefix", ["", "/api/v1/avatar"])
+@pytest.mark.gen_test(timeout=30)
+async def test_whole_plugin_flow_delivers_transcript_once(sandbox, client, prefix):
+    token, session = await open_session(client, prefix)
+    session_id = session["session_id"]
+    # HeyGen's body comes back unchanged, plus the customer's intro.
+    assert session["url"].startswith("wss://") and session["access_token"]
+    assert session["intro"] == "Hello and welcome. How can I help you today?"
+    # The token the browser holds is not HeyGen's, and HeyGen got the customer's avatar, not the key.
+    assert token not in sandbox.heygen.tokens
+    upstream_new = sandbox.heygen.recorder.calls("/v1/streaming.new")[-1]
+    assert upstream_new.json()["avatar_id"] == "Katya_Chair_Sitting_public"
+    assert "conversation_id" not in upstream_new.json()
+
+    ws = await websocket_connect(ws_url(sandbox, session_id, token, prefix))
+    start = await client.call(prefix + "/v1/streaming.start", {"session_id": session_id},
+                              api_key=None, headers={"X-api-key": client.api_key})
+    assert start.status == 200, start.json
+
+    intro = session["intro"]
+    for text, task_type in [(intro, "repeat"), ("What can you do?", "talk"), ("I can help with orders.", "repeat")]:
+        task = await client.call(prefix + "/v1/streaming.task",
+                                 {"session_id": session_id, "text": text, "task_type": task_type})
+        assert task.status == 200, task.json
+        assert task.data["task_id"]
+        events = await read_events(ws, "avatar_end_message")
+        spoken = "".join(e["message"] for e in events if e.get("type") == "avatar_talking_message")
+        assert spoken.strip()
+
+    stop = await client.call(prefix + "/v1/streaming.stop", {"session_id": session_id})
+    assert stop.status == 200, stop.json
+    assert sandbox.heygen.sessions[session_id].status == "closed"
+
+    deliveries = await eventually(lambda: sandbox.petya.deliveries("conv-1"))
+    conversation = sandbox.petya.get_conversation("conv-1")
+    assert conversation["sessionId"] == session_id and conversation["status"] == "completed"
+    turns = [(t["role"], t["transcript"]) for t in conversation["transcript"]]
+    assert turns == [
+        ("avatar", intro),
+        ("user", "What can you do?"),
+        ("avatar", "You said: What can you do?. I am the sandbox avatar."),
+        ("avatar", "I can help with orders."),
+    ], turns
+    for turn in conversation["transcript"]:
+        assert turn["absolute_timestamp"] == turn["timestamp"] > 1.7e9
+    times = [t["absolute_timestamp"] for t in conversation["transcript"]]
+    assert times == sorted(times)
+    ws.close()
+    await sandbox.gateway.lifecycle.sweep()
+    assert len(sandbox.petya.deliveries("conv-1")) == 1
+    assert len(deliveries) == 1
