@@ -1,5 +1,6 @@
 """The gateway's routes: every one under the root and, identically, under /api/v1/avatar."""
 from handlers.base import NotFoundHandler
+from handlers.demo import DemoHandler
 from handlers.health import HealthHandler
 from handlers.heygen import (CreateTokenHandler, InterruptHandler, KeepAliveHandler, NewSessionHandler, StartHandler,
                              StopHandler, TaskHandler)
@@ -26,6 +27,8 @@ def routes(gateway):
     deps = {"gateway": gateway}
     table = [(prefix + path, handler, deps) for prefix in PREFIXES for path, handler in API]
     table.append((r"/healthz", HealthHandler, deps))
+    table.append((r"/demo/?()", DemoHandler))
+    table.append((r"/demo/(.+)", DemoHandler))
     return table
 
 
