@@ -44,6 +44,7 @@ class Gateway:
             websocket_max_message_size=settings.ws_max_message_size)
         self.server = None
         self.port = None
+        self.stopped = False
 
     async def start(self, sockets=None):
         """Connect to MongoDB, resume pending flushes, and serve on `sockets` (else HOST:PORT)."""
@@ -60,6 +61,9 @@ class Gateway:
 
     async def stop(self):
         """Graceful stop: no new connections, sockets closed with 1001 (going away), in-flight work drained."""
+        if self.stopped:
+            return
+        self.stopped = True
         if self.server:
             self.server.stop()
         for relay in list(StreamingChatRelay.open_relays):

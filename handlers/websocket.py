@@ -11,7 +11,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, websocket_connect
 
 from handlers.base import GatewayHandlerMixin, authenticate, origin_allowed
-from models.errors import BadRequest, NotFound
+from models.errors import BadRequest, Forbidden, NotFound
 from models.transcript import ChunkJoiner
 
 log = logging.getLogger("gateway.websocket")
@@ -51,6 +51,9 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
 
     async def get(self, *args, **kwargs):
         """Authenticate and authorize before the upgrade, so a bad caller gets a plain JSON 4xx."""
+        origin = self.request.headers.get("Origin")
+        if origin and not self.check_origin(origin):
+            raise Forbidden("origin not allowed")
         session_id = self.get_query_argument("session_id", "")
         token = self.get_query_argument("session_token", "")
         if not session_id or not token:
@@ -102,8 +105,10 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
                 await self.write_message(message, binary=isinstance(message, bytes))
             except WebSocketClosedError:
                 break
+        code, reason = relay_close_code(upstream.close_code), _reason(upstream.close_reason)
+        upstream.close()  # releases the connection object even when HeyGen closed first
         if self.ws_connection is not None:
-            self.close(relay_close_code(upstream.close_code), _reason(upstream.close_reason))
+            self.close(code, reason)
 
     async def on_message(self, message):
         """Browser -> HeyGen (text and binary protobuf frames alike)."""

@@ -38,6 +38,11 @@ class Unauthorized(GatewayError):
     default_message = "missing or invalid API key"
 
 
+class Forbidden(GatewayError):
+    status = 403
+    default_message = "forbidden"
+
+
 class NotFound(GatewayError):
     status = 404
     default_message = "not found"

@@ -29,10 +29,15 @@ class Lifecycle:
         self._tasks = set()
         self._periodic = None
         self._sweeping = False
+        self._timers = set()
+        self._closed = False
 
     # --- background work ------------------------------------------------------------------------------------------
 
     def spawn(self, coroutine):
+        if self._closed:  # shutting down: what is left is found in MongoDB by the next sweep (here or elsewhere)
+            coroutine.close()
+            return None
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._finished)
@@ -52,8 +57,12 @@ class Lifecycle:
     async def close(self, timeout=None):
         if self._periodic:
             self._periodic.stop()
+        for timer in self._timers:
+            IOLoop.current().remove_timeout(timer)
+        self._timers.clear()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
+        self._closed = True
         for task in list(self._tasks):
             task.cancel()
 
@@ -81,8 +90,11 @@ class Lifecycle:
 
     def socket_closed(self, session_id):
         """After the grace period, end the session unless a socket reopened (in any process)."""
-        grace = self.settings.socket_grace_period
-        IOLoop.current().call_later(grace, lambda: self.spawn(self.end_if_abandoned(session_id)))
+        def check():
+            self._timers.discard(timer)
+            self.spawn(self.end_if_abandoned(session_id))
+        timer = IOLoop.current().call_later(self.settings.socket_grace_period, check)
+        self._timers.add(timer)
 
     async def end_if_abandoned(self, session_id):
         before = self.sessions.clock() - self.settings.socket_grace_period

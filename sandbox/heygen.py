@@ -110,6 +110,7 @@ class EmulatedSession:
     ws_received: list = field(default_factory=list)  # (is_binary, payload) per frame received
     closed_reason: str | None = None  # "stopped" | "idle_timeout"
     sockets: set = field(default_factory=set)
+    ws_closes: list = field(default_factory=list)  # (code, reason) the peer sent when closing, per socket
     pending: collections.deque = field(default_factory=collections.deque)  # tasks waiting to be spoken
     speaker: asyncio.Task | None = None
     speaking: dict | None = None
@@ -479,6 +480,7 @@ class StreamingChatSocket(tornado.websocket.WebSocketHandler):
     def on_close(self):
         if self.session is not None:  # None when the handshake was refused
             self.session.sockets.discard(self)
+            self.session.ws_closes.append((self.close_code, self.close_reason))
         if self.voice_watch is not None:
             self.voice_watch.cancel()
         self.closed.set()

@@ -42,14 +42,13 @@ FAST = dict(FLUSH_POLL_INTERVAL="0.1", FLUSH_RETRY_INITIAL="0.05", FLUSH_RETRY_M
 
 @pytest.fixture
 def make_sandbox(io_loop, mongodb_server_uri, db_name):
-    """Start a sandbox (settings overridable per test); everything is stopped after the test."""
+    """`await make_sandbox(**settings)` starts a sandbox with some settings changed; all are stopped after the test."""
     made = []
 
-    def make(**settings):
+    async def make(**settings):
         sandbox = Sandbox(mongodb_server_uri, database=db_name, **{**FAST, **settings})
-        io_loop.run_sync(sandbox.start)
         made.append(sandbox)
-        return sandbox
+        return await sandbox.start()
 
     yield make
     for sandbox in reversed(made):
@@ -57,8 +56,8 @@ def make_sandbox(io_loop, mongodb_server_uri, db_name):
 
 
 @pytest.fixture
-def sandbox(make_sandbox):
-    return make_sandbox()
+def sandbox(io_loop, make_sandbox):
+    return io_loop.run_sync(make_sandbox)
 
 
 class Reply:

@@ -1,0 +1,148 @@
+"""End of a session: the transcript reaches Petya exactly once, whatever fails or races on the way."""
+import asyncio
+
+import pytest
+from tornado.websocket import websocket_connect
+
+from conftest import GatewayClient, eventually
+from server import Gateway
+from test_heygen_flow import open_session, read_events, ws_url
+
+
+async def talked_session(sandbox, client, conversation_id="conv-1", gateway_url=None):
+    """A started session with one spoken repeat task and an open socket (on `gateway_url`'s gateway)."""
+    token, session = await open_session(client, conversation_id=conversation_id)
+    session_id = session["session_id"]
+    base = gateway_url or sandbox.gateway_url
+    ws = await websocket_connect(ws_url(sandbox, session_id, token).replace(
+        sandbox.gateway_url.replace("http", "ws"), base.replace("http", "ws")))
+    assert (await client.call("/v1/streaming.start", {"session_id": session_id})).status == 200
+    assert (await client.call("/v1/streaming.task", {"session_id": session_id, "text": "Welcome back!",
+                                                     "task_type": "repeat"})).status == 200
+    await read_events(ws, "avatar_end_message")
+    return session_id, ws
+
+
+async def stored(sandbox, session_id):
+    return await sandbox.gateway.sessions.get(session_id)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_petya_down_at_flush_time_delivers_once_when_it_returns(sandbox, client):
+    session_id, ws = await talked_session(sandbox, client)
+    await sandbox.served["petya"].stop()
+    assert (await client.call("/v1/streaming.stop", {"session_id": session_id})).status == 200
+    record = await eventually(lambda: _flush_state_is(sandbox, session_id, "pending", with_error=True))
+    assert "unreachable" in record.flush_error
+    await asyncio.sleep(0.5)  # several retries fail meanwhile
+    assert (await stored(sandbox, session_id)).flush_attempts >= 2
+    sandbox.served["petya"].start()  # same port
+    await eventually(lambda: _flush_state_is(sandbox, session_id, "delivered"))
+    await asyncio.sleep(0.3)
+    deliveries = sandbox.petya.deliveries("conv-1")
+    assert len(deliveries) == 1
+    assert [t["transcript"] for t in deliveries[0]["transcript"]] == ["Welcome back!"]
+    ws.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_pending_flush_survives_a_gateway_restart(sandbox, client):
+    session_id, ws = await talked_session(sandbox, client)
+    ws.close()
+    await sandbox.served["petya"].stop()
+    assert (await client.call("/v1/streaming.stop", {"session_id": session_id})).status == 200
+    await eventually(lambda: _flush_state_is(sandbox, session_id, "pending", with_error=True))
+    await sandbox.gateway.stop()  # the process goes away with the flush still pending
+    sandbox.served["petya"].start()
+    await asyncio.sleep(0.3)
+    assert sandbox.petya.deliveries("conv-1") == []
+    await sandbox.restart_gateway()  # a new process: it finds the pending flush in MongoDB
+    await eventually(lambda: sandbox.petya.deliveries("conv-1"))
+    await asyncio.sleep(0.3)
+    assert len(sandbox.petya.deliveries("conv-1")) == 1
+    assert (await stored(sandbox, session_id)).flush_state == "delivered"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_petya_5xx_is_retried_until_it_lands(sandbox, client):
+    session_id, ws = await talked_session(sandbox, client)
+    sandbox.petya.fail_status = 503
+    await client.call("/v1/streaming.stop", {"session_id": session_id})
+    await eventually(lambda: len(sandbox.petya.recorder.calls("/conversations/conv-1/status")) >= 3)
+    assert sandbox.petya.deliveries("conv-1") == []
+    sandbox.petya.fail_status = None
+    await eventually(lambda: sandbox.petya.deliveries("conv-1"))
+    await asyncio.sleep(0.3)
+    assert len(sandbox.petya.deliveries("conv-1")) == 1
+    ws.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_petya_4xx_is_recorded_and_kept(sandbox, client):
+    session_id, ws = await talked_session(sandbox, client)
+    sandbox.petya.fail_status = 400
+    await client.call("/v1/streaming.stop", {"session_id": session_id})
+    record = await eventually(lambda: _flush_state_is(sandbox, session_id, "rejected"))
+    assert "400" in record.flush_error
+    assert [t.transcript for t in record.turns] == ["Welcome back!"]  # kept for a later look
+    await asyncio.sleep(0.4)
+    assert len(sandbox.petya.recorder.calls("/conversations/conv-1/status")) == 1  # not retried
+    ws.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_socket_closed_without_stop_is_stopped_upstream_and_flushed_after_grace(sandbox, client):
+    session_id, ws = await talked_session(sandbox, client)
+    ws.close()
+    await asyncio.sleep(0.1)
+    assert sandbox.heygen.sessions[session_id].status == "connected"  # still within the grace period
+    await eventually(lambda: sandbox.petya.deliveries("conv-1"))
+    assert sandbox.heygen.sessions[session_id].status == "closed"
+    record = await stored(sandbox, session_id)
+    assert record.end_reason == "socket_closed" and record.status == "ended"
+    await asyncio.sleep(0.3)
+    assert len(sandbox.petya.deliveries("conv-1")) == 1
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_reconnect_within_grace_keeps_the_session(make_sandbox):
+    sandbox = await make_sandbox(SOCKET_GRACE_PERIOD="0.6")
+    client = GatewayClient(sandbox.gateway_url)
+    session_id, ws = await talked_session(sandbox, client)
+    token = (await client.call("/v1/streaming.create_token")).data["token"]  # any token of this customer
+    ws.close()
+    await asyncio.sleep(0.1)
+    ws2 = await websocket_connect(ws_url(sandbox, session_id, token))
+    await asyncio.sleep(1.0)  # well past the grace period of the first socket
+    assert sandbox.heygen.sessions[session_id].status == "connected"
+    assert (await stored(sandbox, session_id)).status == "started"
+    assert sandbox.petya.deliveries("conv-1") == []
+    ws2.close()
+    await eventually(lambda: sandbox.petya.deliveries("conv-1"))
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_racing_stop_and_close_on_two_processes_flush_once(make_sandbox):
+    sandbox = await make_sandbox(SOCKET_GRACE_PERIOD="0")
+    other = await Gateway(sandbox.settings).start()  # a second gateway process on the same MongoDB
+    try:
+        client = GatewayClient(sandbox.gateway_url)
+        for round_ in range(3):
+            conversation = f"race-{round_}"
+            session_id, ws = await talked_session(sandbox, client, conversation,
+                                                  gateway_url=f"http://127.0.0.1:{other.port}")
+            ws.close()  # the socket lives on the other process
+            await client.call("/v1/streaming.stop", {"session_id": session_id})
+            await eventually(lambda: sandbox.petya.deliveries(conversation))
+            await asyncio.sleep(0.4)
+            assert len(sandbox.petya.deliveries(conversation)) == 1
+            assert len(sandbox.petya.recorder.calls(f"/conversations/{conversation}/status")) == 1
+    finally:
+        await other.stop()
+
+
+async def _flush_state_is(sandbox, session_id, state, with_error=False):
+    record = await sandbox.gateway.sessions.get(session_id)
+    if record and record.flush_state == state and (record.flush_error or not with_error):
+        return record
+    return None

@@ -1,0 +1,149 @@
+"""The streaming-chat relay: frames both ways unchanged and in order, close codes, auth, origins, transcript."""
+import asyncio
+import json
+
+import pytest
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.websocket import websocket_connect
+
+from conftest import GatewayClient, eventually
+from test_heygen_flow import open_session, read_events, ws_url
+
+
+async def connected(sandbox, client, **kwargs):
+    token, session = await open_session(client)
+    ws = await websocket_connect(ws_url(sandbox, session["session_id"], token), **kwargs)
+    await client.call("/v1/streaming.start", {"session_id": session["session_id"]})
+    return session["session_id"], token, ws
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_frames_pass_both_ways_unchanged_and_in_order(sandbox, client):
+    session_id, _, ws = await connected(sandbox, client)
+    frames = [bytes([i]) * (i * 37 + 1) for i in range(20)] + ["plain text", b"\x00\xff" * 512]
+    for frame in frames:
+        await ws.write_message(frame, binary=isinstance(frame, bytes))
+    received = sandbox.heygen.sessions[session_id].ws_received
+    await eventually(lambda: len(received) == len(frames))
+    assert [payload for _, payload in received] == frames
+    assert [binary for binary, _ in received] == [isinstance(f, bytes) for f in frames]
+    # HeyGen -> browser: the emulator's user_start answer to mic audio arrives as sent.
+    events = await read_events(ws, "user_start")
+    assert events[-1] == {"event_type": "user_start"}
+    ws.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_upstream_close_code_reaches_the_browser(sandbox, client):
+    session_id, _, ws = await connected(sandbox, client)
+    await sandbox.heygen.drop_sockets(session_id, code=4001, reason="kicked")
+    while await ws.read_message() is not None:
+        pass
+    ws.close()
+    assert (ws.close_code, ws.close_reason) == (4001, "kicked")
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_browser_close_code_reaches_heygen(sandbox, client):
+    session_id, _, ws = await connected(sandbox, client)
+    ws.close(4002, "tab closed")
+    closes = sandbox.heygen.sessions[session_id].ws_closes
+    await eventually(lambda: closes)
+    assert closes == [(4002, "tab closed")]
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_stop_closes_the_browser_socket_normally(sandbox, client):
+    session_id, _, ws = await connected(sandbox, client)
+    await client.call("/v1/streaming.stop", {"session_id": session_id})
+    while await ws.read_message() is not None:
+        pass
+    ws.close()
+    assert ws.close_code == 1000  # never 1005/1006
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_upstream_connect_failure_closes_with_1011_and_a_reason(sandbox, client):
+    token, session = await open_session(client)
+    await sandbox.served["heygen"].stop()
+    ws = await websocket_connect(ws_url(sandbox, session["session_id"], token))
+    assert await ws.read_message() is None
+    ws.close()
+    assert ws.close_code == 1011 and "upstream" in ws.close_reason
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_upstream_refusing_the_socket_closes_with_1011(sandbox, client):
+    token, session = await open_session(client)
+    sandbox.heygen.sessions[session["session_id"]].token = "something-else"  # HeyGen will refuse our token
+    ws = await websocket_connect(ws_url(sandbox, session["session_id"], token))
+    assert await ws.read_message() is None
+    ws.close()
+    assert ws.close_code == 1011 and "401" in ws.close_reason
+
+
+async def handshake_status(url, origin=None):
+    headers = {"Origin": origin} if origin else {}
+    try:
+        ws = await websocket_connect(HTTPRequest(url, headers=headers))
+    except HTTPClientError as exc:
+        return exc.code, json.loads(exc.response.body) if exc.response is not None and exc.response.body else None
+    ws.close()
+    return 101, None
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_handshake_checks_token_ownership_and_origin(sandbox, client):
+    token, session = await open_session(client)
+    session_id = session["session_id"]
+    status, body = await handshake_status(ws_url(sandbox, session_id, "ilgt_forged"))
+    assert status == 401 and body["code"] == 401
+    sandbox.petya.create_account("other-key")
+    other_token = (await GatewayClient(sandbox.gateway_url, "other-key").call("/v1/streaming.create_token"))
+    status, body = await handshake_status(ws_url(sandbox, session_id, other_token.data["token"]))
+    assert status == 404 and body["message"] == "session not found"
+    status, _ = await handshake_status(ws_url(sandbox, "unknown", token))
+    assert status == 404
+    status, _ = await handshake_status(ws_url(sandbox, session_id, token), origin="https://evil.example.net")
+    assert status == 403
+    status, _ = await handshake_status(ws_url(sandbox, session_id, token), origin="https://shop.example.com")
+    assert status == 101
+    assert not any("evil" in (r.headers.get("origin") or "") for r in sandbox.heygen.recorder.requests)
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_socket_user_speech_and_duplicates_are_counted_once(sandbox, client):
+    session_id, _, ws = await connected(sandbox, client)
+    await client.call("/v1/streaming.task", {"session_id": session_id, "text": "Hi, I am Iliana.",
+                                             "task_type": "repeat"})
+    await read_events(ws, "avatar_end_message")
+    # The client also reports the same avatar text it saw over LiveKit: still one turn.
+    reply = await client.call("/v1/streaming.avatar_message", {"session_id": session_id, "text": "Hi, I am Iliana."})
+    assert reply.status == 200 and reply.data == {"recorded": False}
+    await sandbox.heygen.user_says(session_id, "I need help with my order")
+    await read_events(ws, "user_end_message")
+    reply = await client.call("/v1/streaming.user_message", {"session_id": session_id,
+                                                            "text": "I need help with my order"})
+    assert reply.data == {"recorded": False}
+    reply = await client.call("/v1/streaming.user_message", {"session_id": session_id, "text": "Thanks!"})
+    assert reply.data == {"recorded": True}
+    await client.call("/v1/streaming.stop", {"session_id": session_id})
+    await eventually(lambda: sandbox.petya.deliveries("conv-1"))
+    turns = [(t["role"], t["transcript"]) for t in sandbox.petya.get_conversation("conv-1")["transcript"]]
+    assert turns == [("avatar", "Hi, I am Iliana."), ("user", "I need help with my order"), ("user", "Thanks!")]
+    ws.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_utterance_cut_off_by_a_closing_socket_is_kept(sandbox, client):
+    session_id, _, ws = await connected(sandbox, client)
+    sandbox.heygen.chunk_delay = 0.2
+    await client.call("/v1/streaming.task", {"session_id": session_id, "text": "one two three four five six seven",
+                                             "task_type": "repeat"})
+    await read_events(ws, "avatar_talking_message")
+    await asyncio.sleep(0.05)
+    ws.close()
+    await eventually(lambda: sandbox.petya.deliveries("conv-1"))
+    # The task's own record holds the whole text; the socket's partial words merged into it by task id.
+    transcript = sandbox.petya.get_conversation("conv-1")["transcript"]
+    assert [t["transcript"] for t in transcript] == ["one two three four five six seven"]
