@@ -13,7 +13,7 @@ from clients.heygen import HeyGenClient
 from clients.http import make_http_client
 from clients.petya import PetyaClient
 from conf import ConfigError, load_settings
-from handlers.requestlog import log_request
+from handlers.requestlog import clamp_secret_loggers, log_request
 from handlers.routes import DEFAULT_HANDLER, routes
 from handlers.websocket import StreamingChatRelay
 from models.lifecycle import Lifecycle
@@ -28,6 +28,7 @@ class Gateway:
     the upstream clients and the session lifecycle. Handlers receive it through initialize()."""
 
     def __init__(self, settings):
+        clamp_secret_loggers()
         self.settings = settings
         self.http = make_http_client(settings)
         self.store = Store(settings.mongodb_uri, settings.db_workers)
@@ -40,7 +41,7 @@ class Gateway:
             routes(self), default_handler_class=DEFAULT_HANDLER, default_handler_args={"gateway": self},
             log_function=log_request, compress_response=False,
             websocket_ping_interval=settings.ws_ping_interval or None,
-            websocket_ping_timeout=settings.ws_ping_interval * 2 or None,
+            websocket_ping_timeout=settings.ws_ping_interval or None,
             websocket_max_message_size=settings.ws_max_message_size)
         self.server = None
         self.port = None
@@ -90,7 +91,6 @@ async def serve(settings):
 
 def configure_logging(level="INFO"):
     logging.basicConfig(level=level, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("tornado.curl_httpclient").setLevel(logging.INFO)  # DEBUG there prints request headers
 
 
 def main(argv=None):

@@ -4,6 +4,10 @@ import re
 
 log = logging.getLogger("gateway.access")
 
+# Loggers whose DEBUG output carries secrets: curl prints request headers (our API keys), pymongo prints commands
+# (the provider session tokens we store). They are held at INFO whatever the log level.
+SECRET_BEARING_LOGGERS = ("tornado.curl_httpclient", "pymongo.command")
+
 _SECRET_PARAMS = re.compile(r"((?:session_token|token|api_key|apikey|key|access_token)=)[^&\s]*", re.IGNORECASE)
 
 
@@ -23,3 +27,8 @@ def log_request(handler):
     session_id = getattr(handler, "log_session_id", None) or "-"
     log.log(level, "%s %s %d %.1fms session=%s", handler.request.method, scrub(handler.request.path),
             status, 1000.0 * handler.request.request_time(), session_id)
+
+
+def clamp_secret_loggers():
+    for name in SECRET_BEARING_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger(name).level))

@@ -76,7 +76,7 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
                 HTTPRequest(url, connect_timeout=settings.upstream_connect_timeout,
                             request_timeout=settings.upstream_request_timeout),
                 ping_interval=settings.ws_ping_interval or None,
-                ping_timeout=settings.ws_ping_interval * 2 or None,
+                ping_timeout=settings.ws_ping_interval or None,
                 max_message_size=settings.ws_max_message_size)
         except HTTPClientError as exc:
             log.warning("HeyGen refused the socket of %s: %s", self.session.session_id, exc.code)
