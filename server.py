@@ -96,7 +96,12 @@ def configure_logging(level="INFO"):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="ilianaai-avatar", description=__doc__)
     parser.add_argument("--env-file", default=".env", help="dotenv file to read settings from (default: .env)")
+    parser.add_argument("--sandbox", action="store_true",
+                        help="run everything on loopback: emulated HeyGen, LiveAvatar and Petya, a local MongoDB, "
+                             "and the demo console (no accounts needed)")
     args = parser.parse_args(argv)
+    if args.sandbox:
+        return run_in_sandbox()
     try:
         settings = load_settings(dotenv_path=args.env_file)
     except ConfigError as exc:
@@ -104,6 +109,20 @@ def main(argv=None):
         return 2
     configure_logging(settings.log_level)
     asyncio.run(serve(settings))
+    return 0
+
+
+def run_in_sandbox():
+    import os
+
+    from sandbox.run import run_sandbox
+    configure_logging(os.environ.get("LOG_LEVEL", "INFO"))
+    try:
+        port = int(os.environ.get("PORT", "8000"))
+    except ValueError:
+        print("ilianaai-avatar: PORT must be a number", file=sys.stderr)
+        return 2
+    asyncio.run(run_sandbox(host=os.environ.get("HOST", "127.0.0.1"), port=port))
     return 0
 
 

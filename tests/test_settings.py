@@ -64,3 +64,11 @@ def test_bad_start_stops_with_one_clear_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "ilianaai-avatar: GATEWAY_SECRET is required: " + next(s.doc for s in SETTINGS if s.name == "GATEWAY_SECRET")]
+
+
+def test_readme_settings_table_is_current():
+    from pathlib import Path
+
+    from conf.__main__ import markdown
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert markdown() in readme, "regenerate the README's table: python -m conf markdown"
