@@ -16,6 +16,7 @@ from conf import ConfigError, load_settings
 from handlers.requestlog import clamp_secret_loggers, log_request
 from handlers.routes import DEFAULT_HANDLER, routes
 from handlers.websocket import StreamingChatRelay
+from models.errors import ServiceUnavailable
 from models.lifecycle import Lifecycle
 from models.sessions import SessionStore
 from models.store import Store
@@ -78,7 +79,13 @@ class Gateway:
 
 
 async def serve(settings):
-    gateway = await Gateway(settings).start()
+    gateway = Gateway(settings)
+    try:
+        await gateway.start()
+    except ServiceUnavailable:
+        print("ilianaai-avatar: MongoDB at MONGODB_URI is unreachable", file=sys.stderr)
+        await gateway.stop()
+        return 1
     log.info("ilianaai-avatar listening on http://%s:%s", settings.host, gateway.port)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -87,6 +94,7 @@ async def serve(settings):
     await stopping.wait()
     log.info("stopping")
     await gateway.stop()
+    return 0
 
 
 def configure_logging(level="INFO"):
@@ -108,8 +116,7 @@ def main(argv=None):
         print(f"ilianaai-avatar: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    asyncio.run(serve(settings))
-    return 0
+    return asyncio.run(serve(settings))
 
 
 def run_in_sandbox():

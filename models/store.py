@@ -3,10 +3,12 @@ import functools
 from concurrent.futures import ThreadPoolExecutor
 
 import mongoengine
+from pymongo.errors import ConnectionFailure
 from pymongo.uri_parser import parse_uri
 from tornado.ioloop import IOLoop
 
 from models.documents import AvatarSession, GatewayToken
+from models.errors import ServiceUnavailable
 
 DEFAULT_DATABASE = "ilianaai_avatar"
 _users = {"count": 0, "uri": None}  # gateways sharing this process's mongoengine connection (tests run several)
@@ -35,7 +37,11 @@ class Store:
         await self.run(GatewayToken.ensure_indexes)
 
     async def run(self, fn, *args, **kwargs):
-        return await IOLoop.current().run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+        """Run a blocking MongoDB call on the executor; an unreachable database is a 503, never a 500."""
+        try:
+            return await IOLoop.current().run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+        except ConnectionFailure as exc:  # also server selection timeouts and lost connections
+            raise ServiceUnavailable("session database unavailable") from exc
 
     def close(self):
         self.executor.shutdown(wait=True)

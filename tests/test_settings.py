@@ -72,3 +72,14 @@ def test_readme_settings_table_is_current():
     from conf.__main__ import markdown
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert markdown() in readme, "regenerate the README's table: python -m conf markdown"
+
+
+def test_unreachable_mongodb_at_start_is_one_clear_line():
+    from sandbox.mongo import free_port
+    env = {"PATH": "/usr/bin:/bin", **VALID, "MONGODB_URI": f"mongodb://127.0.0.1:{free_port()}/x", "PORT": "0"}
+    result = subprocess.run([sys.executable, "server.py", "--env-file", "/nonexistent"],
+                            cwd=str(__import__("pathlib").Path(__file__).parent.parent), env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "ilianaai-avatar: MongoDB at MONGODB_URI is unreachable"
+    assert "Traceback" not in result.stderr
