@@ -89,7 +89,7 @@ def _jwt_like(claims):
 
 def reply_for(task_type, text):
     """What the avatar says: repeat speaks the text; talk/chat a deterministic stand-in for the LLM answer."""
-    return text if task_type == "repeat" else f"You said: {text}. I am the sandbox avatar."
+    return text if task_type == "repeat" else f"You said \"{text}\". I am the sandbox avatar."
 
 
 @dataclass

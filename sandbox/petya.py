@@ -5,6 +5,11 @@
 - `POST /api/v1/avatar/conversations/<conversationId>/status` — the gateway (service token as Bearer) stores a
   session's status and transcript on the conversation; every accepted change is also kept as a delivery record.
 
+For the demo console (browser, another origin, so with CORS), protected by the service token as Bearer:
+- `GET` / `PUT /api/v1/admin/accounts/config` — read / update the avatar config of the account whose API key is
+  in `X-Api-Key` (PUT takes a JSON object of CONFIG_FIELDS; only the fields given change).
+- `GET /api/v1/avatar/conversations/<conversationId>` — the stored conversation (404 when there is none).
+
 State lives in MongoDB through pymongo (not mongoengine, whose default connection belongs to the gateway). Times are
 float unix seconds. pymongo calls run in a small thread pool so the IOLoop never blocks.
 """
@@ -30,6 +35,8 @@ DEFAULT_CONFIG = {
 }
 STATUSES = ("active", "completed", "failed")
 ROLES = ("user", "avatar")
+CONFIG_FIELDS = ("avatarId", "intro", "knowledgeBaseId", "voiceId", "language")
+REQUIRED_CONFIG_FIELDS = ("avatarId", "language")  # non-empty strings; the others may be null
 TIMESTAMP_FIELDS = ("absolute_timestamp", "timestamp")
 
 
@@ -68,6 +75,26 @@ def validate_status_body(body):
     return session_id, status, transcript
 
 
+class ConfigValidationError(ValueError):
+    """A config change that does not fit the account config; the message names the field."""
+
+
+def validate_config_changes(body):
+    """The config changes in a PUT body, or ConfigValidationError naming the bad field."""
+    if body is None:
+        raise ConfigValidationError("body must be a JSON object")
+    unknown = sorted(set(body) - set(CONFIG_FIELDS))
+    if unknown:
+        raise ConfigValidationError(f"{unknown[0]} is not a config field ({', '.join(CONFIG_FIELDS)})")
+    for name, value in body.items():
+        if name in REQUIRED_CONFIG_FIELDS:
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigValidationError(f"{name} must be a non-empty string")
+        elif value is not None and not isinstance(value, str):
+            raise ConfigValidationError(f"{name} must be a string or null")
+    return dict(body)
+
+
 def is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -96,6 +123,8 @@ class PetyaReference:
         return tornado.web.Application([
             (r"/api/v1/avatar/config", ConfigHandler, args),
             (r"/api/v1/avatar/conversations/([^/]+)/status", ConversationStatusHandler, args),
+            (r"/api/v1/avatar/conversations/([^/]+)", ConversationHandler, args),
+            (r"/api/v1/admin/accounts/config", AccountConfigAdminHandler, args),
         ])
 
     async def run(self, fn, *args):
@@ -189,3 +218,74 @@ class ConversationStatusHandler(EmulatorHandler):
             return self.reply(400, {"message": str(error)})
         await petya.run(petya.record_status, conversation_id, session_id, status, transcript)
         self.reply(200, {"ok": True, "conversationId": conversation_id, "sessionId": session_id})
+
+
+class CorsHandler(EmulatorHandler):
+    """CORS for the routes the demo console calls from the browser: any Origin echoed, preflight answered 204."""
+
+    def set_default_headers(self):
+        origin = self.request.headers.get("Origin")
+        if origin:
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Access-Control-Allow-Methods", "GET, PUT, POST, OPTIONS")
+            self.set_header("Access-Control-Allow-Headers", "Content-Type, Authorization, X-Api-Key")
+            self.set_header("Access-Control-Max-Age", "600")
+        self.set_header("Vary", "Origin")
+
+    def options(self, *args):
+        self.set_status(204)
+        self.finish()
+
+    def service_token_ok(self):
+        if self.bearer() != self.emulator.service_token:
+            self.reply(401, {"message": "Invalid service token"})
+            return False
+        return True
+
+
+class ConversationHandler(CorsHandler):
+    async def get(self, conversation_id):
+        petya = self.emulator
+        if not self.service_token_ok():
+            return
+        conversation = await petya.run(petya.get_conversation, conversation_id)
+        if conversation is None:
+            return self.reply(404, {"message": "Conversation not found"})
+        self.reply(200, conversation)
+
+
+class AccountConfigAdminHandler(CorsHandler):
+    """The avatar config of the account whose key is in X-Api-Key, for an admin holding the service token."""
+
+    def api_key(self):
+        api_key = (self.request.headers.get("X-Api-Key") or "").strip()
+        if not api_key:
+            self.reply(400, {"message": "X-Api-Key (the account's API key) is required"})
+        return api_key
+
+    async def get(self):
+        petya = self.emulator
+        if not self.service_token_ok() or not (api_key := self.api_key()):
+            return
+        config = await petya.run(petya.config_for_key, api_key)
+        if config is None:
+            return self.reply(404, {"message": "Unknown API key"})
+        self.reply(200, config)
+
+    async def put(self):
+        petya = self.emulator
+        if not self.service_token_ok() or not (api_key := self.api_key()):
+            return
+        try:
+            changes = validate_config_changes(self.json_body())
+        except ConfigValidationError as error:
+            return self.reply(400, {"message": str(error)})
+        try:
+            if changes:
+                await petya.run(lambda: petya.update_account_config(api_key, **changes))
+            config = await petya.run(petya.config_for_key, api_key)
+        except KeyError:
+            config = None
+        if config is None:
+            return self.reply(404, {"message": "Unknown API key"})
+        self.reply(200, config)

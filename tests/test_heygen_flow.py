@@ -78,7 +78,7 @@ async def test_whole_plugin_flow_delivers_transcript_once(sandbox, client, prefi
     assert turns == [
         ("avatar", intro),
         ("user", "What can you do?"),
-        ("avatar", "You said: What can you do?. I am the sandbox avatar."),
+        ("avatar", "You said \"What can you do?\". I am the sandbox avatar."),
         ("avatar", "I can help with orders."),
     ], turns
     for turn in conversation["transcript"]:

@@ -167,3 +167,129 @@ async def test_fail_status_stores_nothing(petya, http_client, base_url):
     assert code == 503 and reply["message"]
     assert petya.get_conversation("conv-5") is None and petya.deliveries() == []
     assert petya.recorder.calls("/conv-5/status")[0].json() == status_body()
+
+
+# --- demo console routes: admin config, conversation read-back, CORS -----------------------------------------------
+
+ADMIN_CONFIG_PATH = "/api/v1/admin/accounts/config"
+CONVERSATION_PATH = "/api/v1/avatar/conversations/{}"
+
+
+async def call(http_client, base_url, path, method="GET", headers=None, body=None):
+    payload = None if body is None else (body if isinstance(body, str) else json.dumps(body))
+    response = await http_client.fetch(base_url + path, method=method, headers=headers or {}, body=payload,
+                                       raise_error=False, allow_nonstandard_methods=True)
+    return response.code, (json.loads(response.body) if response.body else None), response.headers
+
+
+def admin_headers(api_key, token=SERVICE_TOKEN, **extra):
+    headers = {"X-Api-Key": api_key, "Content-Type": "application/json", **extra}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+@pytest.mark.gen_test
+async def test_admin_config_get_and_put(petya, http_client, base_url):
+    petya.create_account("key-a", voiceId="voice-1")
+    petya.create_account("key-b")
+    code, body, _ = await call(http_client, base_url, ADMIN_CONFIG_PATH, headers=admin_headers("key-a"))
+    assert (code, body) == (200, DEFAULT_CONFIG | {"voiceId": "voice-1"})
+
+    changes = {"avatarId": "Anna_public_3_20240108", "intro": "Hi from the admin!", "knowledgeBaseId": "kb-7",
+               "voiceId": None}
+    code, body, _ = await call(http_client, base_url, ADMIN_CONFIG_PATH, "PUT", admin_headers("key-a"), changes)
+    assert (code, body) == (200, DEFAULT_CONFIG | changes)
+    # What the gateway reads changed too; the other account did not.
+    assert petya.config_for_key("key-a") == DEFAULT_CONFIG | changes
+    assert petya.config_for_key("key-b") == DEFAULT_CONFIG
+    # Only the fields given change; an empty object changes nothing.
+    code, body, _ = await call(http_client, base_url, ADMIN_CONFIG_PATH, "PUT", admin_headers("key-a"),
+                               {"language": "de"})
+    assert (code, body) == (200, DEFAULT_CONFIG | changes | {"language": "de"})
+    code, body, _ = await call(http_client, base_url, ADMIN_CONFIG_PATH, "PUT", admin_headers("key-a"), {})
+    assert (code, body["language"]) == (200, "de")
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("method", ["GET", "PUT"])
+@pytest.mark.parametrize("token", [None, "wrong-token", "key-c"])
+async def test_admin_config_requires_service_token(petya, http_client, base_url, method, token):
+    petya.create_account("key-c")
+    code, body, _ = await call(http_client, base_url, ADMIN_CONFIG_PATH, method, admin_headers("key-c", token),
+                               {"intro": "hacked"} if method == "PUT" else None)
+    assert (code, body) == (401, {"message": "Invalid service token"})
+    assert petya.config_for_key("key-c") == DEFAULT_CONFIG
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("method", ["GET", "PUT"])
+async def test_admin_config_unknown_or_missing_key(petya, http_client, base_url, method):
+    body = {"intro": "x"} if method == "PUT" else None
+    code, reply, _ = await call(http_client, base_url, ADMIN_CONFIG_PATH, method, admin_headers("nobody"), body)
+    assert (code, reply) == (404, {"message": "Unknown API key"})
+    headers = {"Authorization": f"Bearer {SERVICE_TOKEN}", "Content-Type": "application/json"}
+    code, reply, _ = await call(http_client, base_url, ADMIN_CONFIG_PATH, method, headers, body)
+    assert code == 400 and "X-Api-Key" in reply["message"]
+    assert petya.accounts.count_documents({}) == 0
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("body, field", [
+    ("not json", "body"),
+    ("[1]", "body"),
+    ({"avatarId": ""}, "avatarId"),
+    ({"avatarId": None}, "avatarId"),
+    ({"language": 3}, "language"),
+    ({"intro": 5}, "intro"),
+    ({"voiceId": ["v"]}, "voiceId"),
+    ({"intro": "ok", "apiKey": "x"}, "apiKey"),
+])
+async def test_admin_config_put_validation_names_field(petya, http_client, base_url, body, field):
+    petya.create_account("key-d")
+    code, reply, _ = await call(http_client, base_url, ADMIN_CONFIG_PATH, "PUT", admin_headers("key-d"), body)
+    assert code == 400
+    assert reply["message"].startswith(field + " ")
+    assert petya.config_for_key("key-d") == DEFAULT_CONFIG
+
+
+@pytest.mark.gen_test
+async def test_conversation_read_back(petya, http_client, base_url):
+    headers = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
+    code, body, _ = await call(http_client, base_url, CONVERSATION_PATH.format("conv-r"), headers=headers)
+    assert (code, body) == (404, {"message": "Conversation not found"})
+    assert (await post_status(http_client, base_url, "conv-r", status_body()))[0] == 200
+    code, body, _ = await call(http_client, base_url, CONVERSATION_PATH.format("conv-r"), headers=headers)
+    assert (code, body) == (200, petya.get_conversation("conv-r"))
+    assert body["transcript"] == TRANSCRIPT and body["status"] == "completed"
+    for wrong in ({}, {"Authorization": "Bearer wrong"}, {"X-Api-Key": SERVICE_TOKEN}):
+        code, body, _ = await call(http_client, base_url, CONVERSATION_PATH.format("conv-r"), headers=wrong)
+        assert (code, body) == (401, {"message": "Invalid service token"})
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("path", [ADMIN_CONFIG_PATH, CONVERSATION_PATH.format("conv-x")])
+async def test_demo_routes_answer_cors(petya, http_client, base_url, path):
+    origin = "http://127.0.0.1:8123"
+    code, body, headers = await call(http_client, base_url, path, "OPTIONS", {
+        "Origin": origin, "Access-Control-Request-Method": "PUT",
+        "Access-Control-Request-Headers": "authorization, content-type, x-api-key"})
+    assert (code, body) == (204, None)
+    assert headers["Access-Control-Allow-Origin"] == origin
+    assert {m.strip() for m in headers["Access-Control-Allow-Methods"].split(",")} == {"GET", "PUT", "POST", "OPTIONS"}
+    assert {h.strip().lower() for h in headers["Access-Control-Allow-Headers"].split(",")} == {
+        "content-type", "authorization", "x-api-key"}
+    assert "Origin" in headers["Vary"]
+    # Real answers carry it too, errors included; without an Origin there is no CORS header.
+    code, _, headers = await call(http_client, base_url, path, headers={"Origin": origin})
+    assert code == 401 and headers["Access-Control-Allow-Origin"] == origin
+    code, _, headers = await call(http_client, base_url, path)
+    assert code == 401 and "Access-Control-Allow-Origin" not in headers
+
+
+@pytest.mark.gen_test
+async def test_gateway_routes_keep_their_behaviour_without_cors(petya, http_client, base_url):
+    petya.create_account("key-e")
+    response = await http_client.fetch(base_url + "/api/v1/avatar/config", headers={
+        "X-Api-Key": "key-e", "Origin": "http://127.0.0.1:8123"}, raise_error=False)
+    assert response.code == 200 and "Access-Control-Allow-Origin" not in response.headers
