@@ -11,6 +11,7 @@ from tornado.netutil import bind_sockets
 
 from clients.heygen import HeyGenClient
 from clients.http import make_http_client
+from clients.liveavatar import LiveAvatarClient
 from clients.petya import PetyaClient
 from conf import ConfigError, load_settings
 from handlers.requestlog import clamp_secret_loggers, log_request
@@ -37,7 +38,9 @@ class Gateway:
         self.petya = PetyaClient(self.http, settings.petya_base_url, settings.petya_auth_token,
                                  settings.petya_config_ttl)
         self.heygen = HeyGenClient(self.http, settings.heygen_base_url, settings.heygen_api_key)
-        self.lifecycle = Lifecycle(self.sessions, {"heygen": self.heygen}, self.petya, settings)
+        self.liveavatar = LiveAvatarClient(self.http, settings.liveavatar_base_url, settings.liveavatar_api_key)
+        self.lifecycle = Lifecycle(self.sessions, {"heygen": self.heygen, "liveavatar": self.liveavatar},
+                                   self.petya, settings)
         self.app = tornado.web.Application(
             routes(self), default_handler_class=DEFAULT_HANDLER, default_handler_args={"gateway": self},
             log_function=log_request, compress_response=False,

@@ -48,6 +48,10 @@ class HeyGenClient:
     async def stop_session(self, session, reason):
         return await self.session_call("stop", {"session_id": session.session_id})
 
+    async def abandon(self, session_id):
+        """Stop a session the gateway could not record."""
+        return await self.session_call("stop", {"session_id": session_id})
+
     async def final_turns(self, session, turns):
         """HeyGen keeps no transcript: the turns the gateway recorded are the transcript."""
         return turns, None

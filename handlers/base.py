@@ -7,7 +7,7 @@ import tornado.web
 from marshmallow import INCLUDE, ValidationError
 
 from handlers.requestlog import request_summary
-from models.errors import BadRequest, GatewayError, PayloadTooLarge, Unauthorized
+from models.errors import BadRequest, GatewayError, PayloadTooLarge, ServiceUnavailable, Unauthorized
 from models.sessions import TOKEN_PREFIX, customer_id
 
 log = logging.getLogger("gateway")
@@ -144,6 +144,15 @@ class BaseHandler(GatewayHandlerMixin, tornado.web.RequestHandler):
     async def owned_session(self, session_id, customer):
         self.log_session_id = session_id
         return await self.gateway.sessions.owned(session_id, customer.id)
+
+    async def record_new_session(self, provider, session_id, **fields):
+        """Record a session the provider just created; if that fails, stop it upstream rather than leak it."""
+        try:
+            await self.gateway.sessions.create(session_id, provider.provider, **fields)
+        except Exception:
+            log.exception("could not record %s session %s; stopping it", provider.provider, session_id)
+            await provider.abandon(session_id)
+            raise ServiceUnavailable("could not record the session; it was stopped") from None
 
 
 async def authenticate(gateway, api_key, token, allow_token=True):

@@ -3,7 +3,7 @@ import time
 
 from handlers.base import BaseHandler
 from handlers.schemas import NEW_SESSION, SESSION_REF, TASK
-from models.errors import NotFound, ServiceUnavailable, Unauthorized, UpstreamUnavailable
+from models.errors import NotFound, Unauthorized, UpstreamUnavailable
 from models.sessions import new_gateway_token
 from models.transcript import new_turn
 
@@ -54,16 +54,12 @@ class NewSessionHandler(BaseHandler):
                 raise UpstreamUnavailable("HeyGen answered streaming.new without a session_id")
             return self.pass_through(response)
         self.log_session_id = session_id
-        try:
-            await sessions.create(session_id, "heygen", conversation_id, customer.id,
-                                  upstream_token=token.upstream_token if token else None,
-                                  gateway_token_hash=token.token_hash if token else None,
-                                  intro=customer.config.get("intro"))
-            if token:
-                await sessions.bind_token(token, session_id)
-        except Exception:
-            await heygen.session_call("stop", {"session_id": session_id})  # never leak an unrecorded session
-            raise ServiceUnavailable("could not record the session; it was stopped") from None
+        await self.record_new_session(heygen, session_id, conversation_id=conversation_id, customer=customer.id,
+                                      upstream_token=token.upstream_token if token else None,
+                                      gateway_token_hash=token.token_hash if token else None,
+                                      intro=customer.config.get("intro"))
+        if token:
+            await sessions.bind_token(token, session_id)
         body["data"]["intro"] = customer.config.get("intro")
         self.send_json(body, response.status)
 
@@ -126,4 +122,5 @@ class StopHandler(SessionCallHandler):
     call = "stop"
 
     async def settle(self, session, request, started, response):
-        await self.gateway.lifecycle.end(session.session_id, "stopped", stop_upstream=False)
+        # HeyGen not reached: the lifecycle tries the stop once more, and records why it failed.
+        await self.gateway.lifecycle.end(session.session_id, "stopped", stop_upstream=response is None)

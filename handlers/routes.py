@@ -4,6 +4,7 @@ from handlers.demo import DemoHandler
 from handlers.health import HealthHandler
 from handlers.heygen import (CreateTokenHandler, InterruptHandler, KeepAliveHandler, NewSessionHandler, StartHandler,
                              StopHandler, TaskHandler)
+from handlers import liveavatar
 from handlers.messages import AvatarMessageHandler, UserMessageHandler
 from handlers.websocket import StreamingChatRelay
 
@@ -20,6 +21,10 @@ API = [
     (r"/v1/streaming\.avatar_message", AvatarMessageHandler),
     (r"/v1/streaming\.user_message", UserMessageHandler),
     (r"/v1/ws/streaming\.chat", StreamingChatRelay),
+    (r"/v1/sessions/token", liveavatar.SessionTokenHandler),
+    (r"/v1/sessions/start", liveavatar.StartHandler),
+    (r"/v1/sessions/stop", liveavatar.StopHandler),
+    (r"/v1/sessions/keep-alive", liveavatar.KeepAliveHandler),
 ]
 
 

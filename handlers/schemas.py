@@ -9,6 +9,14 @@ class SessionRef(Schema):
     session_id = fields.String(required=True, validate=ID)
 
 
+class OptionalSessionRef(Schema):
+    session_id = fields.String(validate=ID)
+
+
+class TokenRequest(Schema):
+    conversation_id = fields.String(allow_none=True, validate=ID)
+
+
 class NewSession(Schema):
     quality = fields.String(validate=validate.OneOf(["low", "medium", "high"]))
     version = fields.String(validate=validate.Length(max=16))
@@ -27,6 +35,8 @@ class ReportedMessage(SessionRef):
 
 
 SESSION_REF = SessionRef()
+OPTIONAL_SESSION_REF = OptionalSessionRef()
+TOKEN_REQUEST = TokenRequest()
 NEW_SESSION = NewSession()
 TASK = Task()
 REPORTED_MESSAGE = ReportedMessage()

@@ -4,8 +4,10 @@
   caller already did, and queues the flush in MongoDB before trying to deliver it.
 - A flush is leased before delivery, retried with backoff while Petya is down or answers 5xx (also after a
   restart: the state is in MongoDB), and kept with its error when Petya rejects it (4xx).
-- A periodic sweep ends sessions whose sockets closed longer than the grace period ago without a stop, and
-  delivers every due flush.
+- A periodic sweep (safe in several processes at once: every end is claimed atomically) ends sessions whose
+  sockets closed longer than the grace period ago without a stop, reaps sessions gone quiet for SESSION_IDLE_TIMEOUT
+  or older than SESSION_MAX_AGE (stopping them upstream: a leaked session holds one of our few concurrent slots),
+  and delivers every due flush.
 """
 import asyncio
 import logging
@@ -50,7 +52,7 @@ class Lifecycle:
 
     def start(self):
         self._periodic = PeriodicCallback(lambda: self.spawn(self.sweep()),
-                                          self.settings.flush_poll_interval * 1000)
+                                          self.settings.sweep_interval * 1000)
         self._periodic.start()
         self.spawn(self.sweep())  # flushes left pending by a previous run
 
@@ -132,9 +134,14 @@ class Lifecycle:
             return
         self._sweeping = True
         try:
-            before = self.sessions.clock() - self.settings.socket_grace_period
+            now = self.sessions.clock()
+            before = now - self.settings.socket_grace_period
             for session_id in await self.sessions.abandoned(before):
                 await self.end(session_id, "socket_closed", abandoned_before=before)
+            quiet = await self.sessions.quiet(idle_before=now - self.settings.session_idle_timeout,
+                                              born_before=now - self.settings.session_max_age)
+            for session_id, reason in quiet:
+                await self.end(session_id, reason)
             while await self.deliver() is not None:
                 pass
         except Exception:  # the next sweep tries again; never let one failure stop the loop

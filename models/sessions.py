@@ -72,11 +72,11 @@ class SessionStore:
 
     @blocking
     def create(self, session_id, provider, conversation_id, customer, upstream_token=None, gateway_token_hash=None,
-               intro=None, status="created"):
+               intro=None):
         now = self.clock()
         session = AvatarSession(
             session_id=session_id, provider=provider, conversation_id=conversation_id or session_id,
-            customer=customer, status=status, upstream_token=upstream_token,
+            customer=customer, status="created", upstream_token=upstream_token,
             gateway_token_hash=gateway_token_hash,
             intro=intro, created_at=now, last_activity_at=now)
         session.save(force_insert=True)
@@ -142,6 +142,16 @@ class SessionStore:
     @blocking
     def note_stop_error(self, session_id, error):
         AvatarSession.objects(session_id=session_id).update_one(set__stop_error=error[:500])
+
+    @blocking
+    def quiet(self, idle_before, born_before, limit=100):
+        """Live sessions nobody has touched since `idle_before` (and with no open socket), or created before
+        `born_before`: (session_id, "max_age" | "idle") pairs for the reaper."""
+        raw = {"status": {"$ne": "ended"},
+               "$or": [{"created_at": {"$lt": born_before}},
+                       {"last_activity_at": {"$lt": idle_before}, "open_sockets": {"$lte": 0}}]}
+        found = AvatarSession.objects(__raw__=raw).only("session_id", "created_at").limit(limit)
+        return [(s.session_id, "max_age" if s.created_at < born_before else "idle") for s in found]
 
     @blocking
     def abandoned(self, before, limit=100):

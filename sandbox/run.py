@@ -44,7 +44,7 @@ async def run_sandbox(host="127.0.0.1", port=8000, data_dir=DATA_DIR):
         mongodb_uri = mongo.uri
     sandbox = Sandbox(mongodb_uri, host=host, gateway_port=port, demo_api_key=DEMO_API_KEY,
                       CORS_ORIGINS="*", GATEWAY_SECRET="sandbox-only-gateway-secret",
-                      SOCKET_GRACE_PERIOD="10", FLUSH_POLL_INTERVAL="2")
+                      SOCKET_GRACE_PERIOD="10", SWEEP_INTERVAL="2")
     try:
         await sandbox.start()
         print(banner(sandbox, mongodb_uri), flush=True)

@@ -9,6 +9,7 @@ from tornado.netutil import bind_sockets
 
 from conf import load_settings
 from sandbox.heygen import HeyGenEmulator
+from sandbox.liveavatar import DEFAULT_AVATAR_ID as LIVEAVATAR_DEMO_AVATAR
 from sandbox.liveavatar import LiveAvatarEmulator
 from sandbox.petya import PetyaReference
 
@@ -70,6 +71,8 @@ class Sandbox:
             "GATEWAY_SECRET": secrets.token_hex(16),
             "HEYGEN_API_KEY": self.heygen.api_key,
             "HEYGEN_BASE_URL": self.served["heygen"].url,
+            "LIVEAVATAR_API_KEY": self.liveavatar.api_key,
+            "LIVEAVATAR_BASE_URL": self.served["liveavatar"].url,
             "PETYA_BASE_URL": self.served["petya"].url,
             "PETYA_AUTH_TOKEN": self.petya.service_token,
             "MONGODB_URI": with_database(self.mongodb_uri, self.database),
@@ -83,7 +86,9 @@ class Sandbox:
         self.served["liveavatar"] = ServedApp(self.liveavatar.make_app(), self.host).start()
         self.served["petya"] = ServedApp(self.petya.make_app(), self.host).start()
         if self.demo_api_key and self.petya.config_for_key(self.demo_api_key) is None:
-            self.petya.create_account(self.demo_api_key, name="Demo customer")
+            # LiveAvatar's avatar ids differ from HeyGen's: the demo customer has both.
+            self.petya.create_account(self.demo_api_key, name="Demo customer",
+                                      liveAvatar={"avatarId": LIVEAVATAR_DEMO_AVATAR})
         self.settings = load_settings(environ=self.environment(), dotenv_path=None)
         self.gateway = await Gateway(self.settings).start()
         return self
