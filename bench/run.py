@@ -322,6 +322,9 @@ class Bench:
             "SOCKET_GRACE_PERIOD": "600",
             "SHUTDOWN_TIMEOUT": "3",
         })
+        for item in self.args.gateway_env:
+            name, _, value = item.partition("=")
+            env[name.strip().upper()] = value
         return env
 
     async def start_gateway(self):
@@ -521,18 +524,27 @@ class Bench:
                "mongo_cpu_ms_per_req": round(1000 * cpu["mongo_cpu_s"] / n, 3) if n else None,
                "bench_cpu_ms_per_req": round(1000 * cpu["bench_cpu_s"] / n, 3) if n else None,
                "cpu": cpu}
+        tenth = max(1, n // 10)
+        row["p50_first_10pct_ms"] = latency_summary(lat[:tenth])["p50_ms"]
+        row["p50_last_10pct_ms"] = latency_summary(lat[-tenth:])["p50_ms"]
         if call == "task":
-            await self.wait_speech_drained()
+            # The emulator queues every task to be "spoken" in the background (20 ms or so each); drop the backlog
+            # as streaming.interrupt would, so it does not eat this process's CPU during the next measurement.
+            for session_id in session_ids:
+                self.heygen._cancel_speech(self.heygen.sessions[session_id])
+            row["turns_per_session_after"] = self.stored_turns(session_ids[:concurrency])
         return row
 
-    async def wait_speech_drained(self, timeout=20):
-        """The emulator 'speaks' every task in the background; let it finish before the next measurement."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not any(s.pending or (s.speaker is not None and not s.speaker.done())
-                       for s in self.heygen.sessions.values()):
-                return
-            await asyncio.sleep(0.05)
+    def stored_turns(self, session_ids):
+        """Mean number of transcript turns the gateway holds in MongoDB for these sessions."""
+        client = pymongo.MongoClient(with_database(self.mongo.uri, GATEWAY_DB))
+        try:
+            docs = client[GATEWAY_DB]["avatar_sessions"].find({"session_id": {"$in": list(session_ids)}},
+                                                              {"turns": 1})
+            counts = [len(d.get("turns") or []) for d in docs]
+        finally:
+            client.close()
+        return round(sum(counts) / len(counts), 1) if counts else 0
 
     async def rest(self, sessions_by_call):
         for call in ("keep_alive", "task"):
@@ -587,12 +599,17 @@ class Bench:
     async def ws_throughput(self, send, sink, frames):
         loop = asyncio.get_running_loop()
         sink.count, sink.target, sink.done = 0, frames, loop.create_future()
+        meter = self.meter()
+        before = meter.snapshot()
         start = time.perf_counter()
         for _ in range(frames):
             await send(self.next_seq())
         last = await asyncio.wait_for(sink.done, 60)
+        cpu = CpuMeter.diff(before, meter.snapshot())
         sink.target, sink.done = None, None
-        return {"frames": frames, "seconds": round(last - start, 4), "frames_per_s": round(frames / (last - start))}
+        return {"frames": frames, "seconds": round(last - start, 4), "frames_per_s": round(frames / (last - start)),
+                "gateway_cpu_us_per_frame": round(1e6 * cpu["gateway_cpu_s"] / frames, 1),
+                "bench_cpu_us_per_frame": round(1e6 * cpu["bench_cpu_s"] / frames, 1), "cpu": cpu}
 
     async def websocket(self):
         args = self.args
@@ -757,11 +774,14 @@ class Bench:
                                              self.max_concurrency)
             ids = [s for s, _ in made]
             sessions_by_call = {"keep_alive": ids[:self.max_concurrency], "task": ids[self.max_concurrency:]}
-            log("breakdown references")
-            await self.breakdown(ids[0])
-            await self.rest(sessions_by_call)
-            await self.websocket()
-            if args.sockets > 0:
+            parts = set(args.parts.split(","))
+            if "rest" in parts:
+                log("breakdown references")
+                await self.breakdown(ids[0])
+                await self.rest(sessions_by_call)
+            if "ws" in parts:
+                await self.websocket()
+            if "memory" in parts and args.sockets > 0:
                 await self.memory()
             meta["gateway_rss_end_kib"] = proc_status(self.gateway.pid)["VmRSS"]
         finally:
@@ -804,10 +824,13 @@ def report(results):
     for r in results["rest"]:
         errors = sum(r["errors"].values())
         rows.append([r["call"], r["target"], r["concurrency"], r["requests"], fmt(r["rps"], 0), fmt(r["p50_ms"], 3),
-                     fmt(r["p95_ms"], 3), fmt(r["p99_ms"], 3), errors, fmt(r["gateway_cpu_ms_per_req"], 3),
+                     fmt(r["p95_ms"], 3), fmt(r["p99_ms"], 3),
+                     f"{fmt(r['p50_first_10pct_ms'], 2)}->{fmt(r['p50_last_10pct_ms'], 2)}",
+                     fmt(r.get("turns_per_session_after")), errors, fmt(r["gateway_cpu_ms_per_req"], 3),
                      fmt(r["mongo_cpu_ms_per_req"], 3), f"{r['cpu']['gateway_cpu_pct']:.0f}/"
                      f"{r['cpu']['mongo_cpu_pct']:.0f}/{r['cpu']['bench_cpu_pct']:.0f}"])
-    out.append(table(["call", "target", "conc", "reqs", "req/s", "p50", "p95", "p99", "err", "gw cpu ms/req",
+    out.append(table(["call", "target", "conc", "reqs", "req/s", "p50", "p95", "p99", "p50 first->last 10%",
+                      "turns", "err", "gw cpu ms/req",
                       "db cpu ms/req", "%cpu gw/db/bench"], rows))
     out.append("")
     out.append("   gateway overhead (gateway minus direct; ratios gateway / direct)")
@@ -826,8 +849,10 @@ def report(results):
                f"({args['ws_burst']} frames back to back), direct to the emulator vs relayed; binary "
                f"{args['binary_size']} B, text ~{args['text_size']} B JSON")
     rows = [[w["direction"], w["frame"], w["path"], fmt(w["p50_ms"], 3), fmt(w["p99_ms"], 3), fmt(w["max_ms"], 3),
-             w["frames_per_s"]] for w in results["ws"]]
-    out.append(table(["direction", "frame", "path", "p50 ms", "p99 ms", "max ms", "frames/s"], rows))
+             w["frames_per_s"], fmt(w["gateway_cpu_us_per_frame"], 1), fmt(w["bench_cpu_us_per_frame"], 1),
+             f"{w['cpu']['gateway_cpu_pct']:.0f}/{w['cpu']['bench_cpu_pct']:.0f}"] for w in results["ws"]]
+    out.append(table(["direction", "frame", "path", "p50 ms", "p99 ms", "max ms", "frames/s", "gw cpu us/frame",
+                      "bench cpu us/frame", "%cpu gw/bench"], rows))
     out.append("")
     rows = [[o["direction"], o["frame"], fmt(o["added_p50_ms"], 3), fmt(o["added_p99_ms"], 3),
              f"{o['p50_ratio']:.2f}x", f"{o['throughput_ratio']:.2f}x"] for o in results["ws_overhead"]]
@@ -872,7 +897,7 @@ def parse_args(argv=None):
     parser.add_argument("--breakdown-iterations", type=int, default=300)
     parser.add_argument("--ws-frames", type=int, default=1000, help="frames timed one at a time per WS row")
     parser.add_argument("--ws-warmup", type=int, default=50)
-    parser.add_argument("--ws-burst", type=int, default=2000, help="frames sent back to back for throughput")
+    parser.add_argument("--ws-burst", type=int, default=5000, help="frames sent back to back for throughput")
     parser.add_argument("--binary-size", type=int, default=640, help="binary frame bytes (640 = 20 ms of 16 kHz "
                         "16-bit mono audio)")
     parser.add_argument("--text-size", type=int, default=120, help="approximate text frame bytes")
@@ -882,6 +907,9 @@ def parse_args(argv=None):
     parser.add_argument("--settle", type=float, default=2.0, help="seconds to wait before each RSS reading")
     parser.add_argument("--gateway-log-level", default="INFO", help="the gateway's LOG_LEVEL (default INFO, as "
                         "deployed: one access line per request)")
+    parser.add_argument("--parts", default="rest,ws,memory", help="which parts to run (default rest,ws,memory)")
+    parser.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra gateway setting for experiments, e.g. DB_WORKERS=16 (repeatable)")
     parser.add_argument("--json", default=os.path.join(RESULTS_DIR, "latest.json"), help="where to write results")
     args = parser.parse_args(argv)
     if args.sockets < 0 or args.rest_seconds <= 0 or args.ws_frames < 1 or args.ws_burst < 1:

@@ -129,14 +129,15 @@ class SessionStore:
 
     @blocking
     def claim_end(self, session_id, reason, abandoned_before=None):
-        """Atomically end a live session and queue its flush. None when it had already ended, or (with
-        `abandoned_before`) when a socket is open again or closed after that time."""
+        """Atomically end a live session and queue its flush; returns the session as it was just before (so the
+        caller sees whether it had started). None when it had already ended, or (with `abandoned_before`) when a
+        socket is open again or closed after that time."""
         query = dict(session_id=session_id, status__ne="ended")
         if abandoned_before is not None:
             query.update(open_sockets__lte=0, socket_closed_at__lte=abandoned_before)
         now = self.clock()
         return AvatarSession.objects(**query).modify(
-            new=True, set__status="ended", set__ended_at=now, set__end_reason=reason,
+            new=False, set__status="ended", set__ended_at=now, set__end_reason=reason,
             set__flush_state="pending", set__flush_next_at=now)
 
     @blocking

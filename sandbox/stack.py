@@ -98,8 +98,9 @@ class Sandbox:
         return f"http://{self.host}:{self.gateway.port}"
 
     async def restart_gateway(self, **changes):
-        """Stop the gateway and start a new one on the same database (a process restart)."""
+        """Stop the gateway and start a new one on the same port and database (a process restart)."""
         from server import Gateway
+        changes.setdefault("port", self.gateway.port)
         await self.gateway.stop()
         self.gateway = await Gateway(self.settings.replace(**changes)).start()
         return self.gateway
