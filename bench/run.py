@@ -166,7 +166,7 @@ def text_probe_up(seq, pad):
 
 def text_event_down(seq, task_id):
     """A HeyGen avatar_talking_message event (what the relay parses for the transcript) carrying the probe."""
-    return {"type": "avatar_talking_message", "task_id": task_id, "message": " word",
+    return {"type": "avatar_talking_message", "task_id": task_id, "message": " w",
             "bench_seq": seq, "bench_t": time.perf_counter()}
 
 
@@ -306,7 +306,11 @@ class Bench:
         await self.start_gateway()
 
     def gateway_environment(self, port):
-        env = dict(os.environ)
+        """Production-style settings pointed at the emulators; every other setting at its default (settings in
+        this shell's environment are dropped, so a stray DB_WORKERS or MONGODB_URI cannot skew a run)."""
+        from conf import SETTINGS
+        names = {setting.name for setting in SETTINGS}
+        env = {name: value for name, value in os.environ.items() if name not in names}
         env.update({
             "HOST": "127.0.0.1",
             "PORT": str(port),
@@ -318,8 +322,10 @@ class Bench:
             "MONGODB_URI": with_database(self.mongo.uri, GATEWAY_DB),
             "CORS_ORIGINS": "*",
             "LOG_LEVEL": self.args.gateway_log_level,
-            # Sockets closed by the bench must not end their sessions (stop upstream + Petya flush) mid-run.
+            # Sockets closed by the bench must not end their sessions (stop upstream + Petya flush) mid-run, nor may
+            # the reaper stop the memory part's sessions (never started, idle between rounds) on a long run.
             "SOCKET_GRACE_PERIOD": "600",
+            "SESSION_IDLE_TIMEOUT": "3600",
             "SHUTDOWN_TIMEOUT": "3",
         })
         for item in self.args.gateway_env:
@@ -335,7 +341,11 @@ class Bench:
         os.makedirs(RESULTS_DIR, exist_ok=True)
         log_path = os.path.join(RESULTS_DIR, "gateway.log")
         self.gateway_log = open(log_path, "wb")
-        self.gateway = subprocess.Popen([python, "server.py", "--env-file", ""], cwd=ROOT,
+        command = [python, "server.py", "--env-file", ""]
+        if self.args.profile_gateway:
+            command = [python, os.path.join(ROOT, "bench", "profiled_gateway.py"),
+                       os.path.abspath(self.args.profile_gateway), "--env-file", ""]
+        self.gateway = subprocess.Popen(command, cwd=ROOT,
                                         env=self.gateway_environment(port), stdin=subprocess.DEVNULL,
                                         stdout=self.gateway_log, stderr=subprocess.STDOUT)
         self.gateway_url = f"http://127.0.0.1:{port}"
@@ -419,6 +429,18 @@ class Bench:
                 return await factory()
         return await asyncio.gather(*(run(f) for f in factories))
 
+    async def gateway_idle(self, threshold=0.10, window=0.3, timeout=30):
+        """Wait until the gateway uses under `threshold` of a core over `window` s, so work left over from one
+        measurement (background transcript writes, closing sockets) does not leak into the next."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            used = proc_cpu_seconds(self.gateway.pid)
+            await asyncio.sleep(window)
+            if (proc_cpu_seconds(self.gateway.pid) - used) / window < threshold:
+                return True
+        log(f"warning: the gateway was still busy after {timeout}s; measuring anyway")
+        return False
+
     def meter(self):
         return CpuMeter({"gateway": self.gateway.pid, "mongo": self.mongo.process.pid})
 
@@ -432,19 +454,25 @@ class Bench:
         # GET /healthz through the gateway: HTTP in and out of the gateway plus one MongoDB ping on its executor.
         lat = []
         for i in range(n + 20):
+            if i == 20:
+                cpu0 = proc_cpu_seconds(self.gateway.pid)
             t0 = time.perf_counter()
             response = await self.http.fetch(self.gateway_url + "/healthz", raise_error=False)
             if i >= 20:
                 lat.append(time.perf_counter() - t0)
             assert response.code == 200, response.code
         rows.append({"what": "gateway GET /healthz (HTTP hop + 1 MongoDB ping on the gateway's executor)",
-                     **latency_summary(lat)})
+                     **latency_summary(lat), "cpu_ms_per_iter": round(1000 * (proc_cpu_seconds(self.gateway.pid)
+                                                                               - cpu0) / n, 3),
+                     "cpu_of": "gateway"})
 
         # The raw driver round trips a keep_alive makes: find the session, update last_activity_at.
         client = pymongo.MongoClient(with_database(self.mongo.uri, GATEWAY_DB))
         collection = client[GATEWAY_DB]["avatar_sessions"]
         lat = []
         for i in range(n + 20):
+            if i == 20:
+                cpu0 = time.process_time()
             t0 = time.perf_counter()
             collection.find_one({"session_id": session_id})
             collection.update_one({"session_id": session_id}, {"$set": {"last_activity_at": time.time()}})
@@ -452,7 +480,8 @@ class Bench:
                 lat.append(time.perf_counter() - t0)
         client.close()
         rows.append({"what": "pymongo find_one + update_one, called inline (raw MongoDB round trips)",
-                     **latency_summary(lat)})
+                     **latency_summary(lat), "cpu_ms_per_iter": round(1000 * (time.process_time() - cpu0) / n, 3),
+                     "cpu_of": "bench"})
 
         # The gateway's own code for that: SessionStore.owned() + touch() (mongoengine, on a thread pool).
         from models.sessions import SessionStore, customer_id
@@ -464,6 +493,8 @@ class Bench:
             customer = customer_id(self.gateway_secret, CUSTOMER_KEY)
             lat = []
             for i in range(n + 20):
+                if i == 20:
+                    cpu0 = time.process_time()
                 t0 = time.perf_counter()
                 await sessions.owned(session_id, customer)
                 await sessions.touch(session_id)
@@ -471,13 +502,14 @@ class Bench:
                     lat.append(time.perf_counter() - t0)
         finally:
             store.close()
+            cpu = round(1000 * (time.process_time() - cpu0) / n, 3)
         rows.append({"what": "gateway's SessionStore.owned() + touch() (mongoengine on its executor), "
-                             "in this process", **latency_summary(lat)})
+                             "in this process", **latency_summary(lat), "cpu_ms_per_iter": cpu, "cpu_of": "bench"})
         self.results["breakdown"] = rows
 
     # --- 1. REST ------------------------------------------------------------------------------------------------
 
-    async def rest_run(self, call, target, concurrency, session_ids, seconds):
+    async def rest_run(self, call, target, concurrency, session_ids, seconds, label=None):
         if target == "direct":
             url = f"{self.served['heygen'].url}/v1/streaming.{call}"
             headers = {"x-api-key": self.heygen.api_key, "Content-Type": "application/json"}
@@ -510,6 +542,7 @@ class Bench:
             await asyncio.gather(*(worker(i) for i in range(concurrency)))
             return time.perf_counter() - start
 
+        await self.gateway_idle()
         await run(self.args.warmup, [], {})
         meter = self.meter()
         before = meter.snapshot()
@@ -517,7 +550,7 @@ class Bench:
         elapsed = await run(seconds, lat, errors)
         cpu = CpuMeter.diff(before, meter.snapshot())
         n = len(lat)
-        row = {"call": f"streaming.{call}", "target": target, "concurrency": concurrency, "seconds": round(elapsed, 2),
+        row = {"call": label or f"streaming.{call}", "target": target, "concurrency": concurrency, "seconds": round(elapsed, 2),
                "requests": n, "rps": round(n / elapsed, 1), **latency_summary(lat),
                "errors": {str(k): v for k, v in errors.items()},
                "gateway_cpu_ms_per_req": round(1000 * cpu["gateway_cpu_s"] / n, 3) if n else None,
@@ -532,7 +565,7 @@ class Bench:
             # as streaming.interrupt would, so it does not eat this process's CPU during the next measurement.
             for session_id in session_ids:
                 self.heygen._cancel_speech(self.heygen.sessions[session_id])
-            row["turns_per_session_after"] = self.stored_turns(session_ids[:concurrency])
+        row["turns_per_session_after"] = self.stored_turns(session_ids[:concurrency])
         return row
 
     def stored_turns(self, session_ids):
@@ -547,7 +580,8 @@ class Bench:
         return round(sum(counts) / len(counts), 1) if counts else 0
 
     async def rest(self, sessions_by_call):
-        for call in ("keep_alive", "task"):
+        calls = self.args.calls.split(",")
+        for call in calls:
             for concurrency in self.concurrencies:
                 rows = {}
                 for target in ("direct", "gateway"):
@@ -565,6 +599,15 @@ class Bench:
                     "p99_ratio": round(g["p99_ms"] / d["p99_ms"], 2),
                     "rps_ratio": round(g["rps"] / d["rps"], 3),
                 })
+        if "task" not in calls:
+            return
+        # The same keep_alive on the sessions the task rows filled with turns: the gateway reads the whole session
+        # document (transcript included) for every call.
+        turns = self.stored_turns(sessions_by_call["task"][:1])
+        log(f"REST streaming.keep_alive gateway c=1 on a session holding {turns} turns")
+        self.results["rest"].append(await self.rest_run(
+            "keep_alive", "gateway", 1, sessions_by_call["task"], self.args.rest_seconds,
+            label="keep_alive (long transcript)"))
 
     # --- 2. WebSocket relay -------------------------------------------------------------------------------------
 
@@ -582,6 +625,15 @@ class Bench:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"timed out waiting for {what}")
             await asyncio.sleep(0.01)
+
+    async def end_utterance(self, session, utterance, path):
+        """avatar_end_message for the current utterance (the relay then records it as a turn); starts a new one."""
+        if utterance["frames"] == utterance["start"]:
+            return  # nothing said since the last end
+        await self.heygen._broadcast(session, {"type": "avatar_end_message", "task_id": utterance["task_id"]})
+        utterance["ended"] += 1
+        utterance["start"] = utterance["frames"]
+        utterance["task_id"] = f"bench-{path}-{utterance['frames']}"
 
     async def ws_latency(self, send, sink, frames, warmup):
         loop = asyncio.get_running_loop()
@@ -627,7 +679,8 @@ class Bench:
             peer = ClientPeer(ws, down_sink)
             await self.wait_for(lambda: len(session.sockets) == 1, 10, f"the {path} socket to reach HeyGen")
             legs[path] = dict(session_id=session_id, token=token, session=session, peer=peer, up=up_sink,
-                              down=down_sink, utterance=[0, f"bench-{path}-0"])
+                              down=down_sink, utterance={"frames": 0, "start": 0, "ended": 0,
+                                                                        "task_id": f"bench-{path}-0"})
 
         def sender(path, direction, kind):
             leg = legs[path]
@@ -642,40 +695,51 @@ class Bench:
                         await sock.write_message(binary_probe(seq, args.binary_size), binary=True)
                 return send_binary_down
 
+            utterance = leg["utterance"]
+
             async def send_text_down(seq):
-                # HeyGen's transcript stream: avatar_talking_message chunks, each utterance closed by
-                # avatar_end_message (untimed), so the relay records a turn per UTTERANCE_FRAMES frames as it would.
-                utterance = leg["utterance"]
-                await self.heygen._broadcast(session, text_event_down(seq, utterance[1]))
-                utterance[0] += 1
-                if utterance[0] % UTTERANCE_FRAMES == 0:
-                    await self.heygen._broadcast(session, {"type": "avatar_end_message", "task_id": utterance[1]})
-                    utterance[1] = f"bench-{path}-{utterance[0]}"
+                # HeyGen's transcript stream: avatar_talking_message chunks. With kind "text+turns", every
+                # UTTERANCE_FRAMES-th chunk is followed by an (untimed) avatar_end_message, so the relay also
+                # records a transcript turn in MongoDB, as it does for real speech.
+                await self.heygen._broadcast(session, text_event_down(seq, utterance["task_id"]))
+                utterance["frames"] += 1
+                if kind == "text+turns" and utterance["frames"] - utterance["start"] >= UTTERANCE_FRAMES:
+                    await self.end_utterance(session, utterance, path)
             return send_text_down
 
-        for direction in ("up", "down"):
-            for kind in ("binary", "text"):
-                rows = {}
-                for path in ("direct", "relayed"):
-                    sink = legs[path][direction]
-                    send = sender(path, direction, kind)
-                    log(f"WebSocket {direction} {kind} {path}: {args.ws_frames} frames one at a time, "
-                        f"then {args.ws_burst} back to back")
-                    latency = await self.ws_latency(send, sink, args.ws_frames, args.ws_warmup)
-                    throughput = await self.ws_throughput(send, sink, args.ws_burst)
-                    size = args.binary_size if kind == "binary" else None
-                    rows[path] = {"direction": "client->HeyGen" if direction == "up" else "HeyGen->client",
-                                  "frame": kind, "path": path, "frame_bytes": size, **latency, **throughput}
-                    self.results["ws"].append(rows[path])
-                    await asyncio.sleep(0.4)  # let the emulator's user_stop (0.3 s after mic frames) pass
-                d, r = rows["direct"], rows["relayed"]
-                self.results["ws_overhead"].append({
-                    "direction": d["direction"], "frame": kind,
-                    "added_p50_ms": round(r["p50_ms"] - d["p50_ms"], 3),
-                    "added_p99_ms": round(r["p99_ms"] - d["p99_ms"], 3),
-                    "p50_ratio": round(r["p50_ms"] / d["p50_ms"], 2),
-                    "throughput_ratio": round(r["frames_per_s"] / d["frames_per_s"], 3),
-                })
+        plan = [("up", "binary"), ("up", "text"), ("down", "binary"), ("down", "text")]
+        if args.turn_burst > 0:
+            plan.append(("down", "text+turns"))
+        for direction, kind in plan:
+            rows = {}
+            burst = args.turn_burst if kind == "text+turns" else args.ws_burst
+            for path in ("direct", "relayed"):
+                sink = legs[path][direction]
+                send = sender(path, direction, kind)
+                await self.gateway_idle()
+                log(f"WebSocket {direction} {kind} {path}: {args.ws_frames} frames one at a time, "
+                    f"then {burst} back to back")
+                latency = await self.ws_latency(send, sink, args.ws_frames, args.ws_warmup)
+                throughput = await self.ws_throughput(send, sink, burst)
+                if direction == "down" and kind != "binary":
+                    await self.end_utterance(legs[path]["session"], legs[path]["utterance"], path)
+                size = args.binary_size if kind == "binary" else None
+                rows[path] = {"direction": "client->HeyGen" if direction == "up" else "HeyGen->client",
+                              "frame": kind, "path": path, "frame_bytes": size, **latency, **throughput}
+                self.results["ws"].append(rows[path])
+                await asyncio.sleep(0.4)  # let the emulator's user_stop (0.3 s after mic frames) pass
+            d, r = rows["direct"], rows["relayed"]
+            self.results["ws_overhead"].append({
+                "direction": d["direction"], "frame": kind,
+                "added_p50_ms": round(r["p50_ms"] - d["p50_ms"], 3),
+                "added_p99_ms": round(r["p99_ms"] - d["p99_ms"], 3),
+                "p50_ratio": round(r["p50_ms"] / d["p50_ms"], 2),
+                "throughput_ratio": round(r["frames_per_s"] / d["frames_per_s"], 3),
+            })
+
+        relayed = legs["relayed"]["session_id"]
+        self.results["ws_meta"] = {"relayed_session_turns": self.stored_turns([relayed]),
+                                   "turns_sent": legs["relayed"]["utterance"]["ended"]}
 
         # Socket set-up: connect, then one text frame delivered to HeyGen (the relay reads client frames only once
         # its upstream socket is open, so this is the time until the relay is usable).
@@ -684,6 +748,7 @@ class Bench:
             url = self.ws_url(path, leg["session_id"], leg["token"])
             loop = asyncio.get_running_loop()
             times = []
+            await self.gateway_idle()
             log(f"WebSocket set-up {path}: {args.handshakes} sockets, one at a time")
             for i in range(args.handshakes + 5):
                 seq = self.next_seq()
@@ -713,48 +778,56 @@ class Bench:
         t0 = time.perf_counter()
         made = await self.bounded_gather([self.gateway_session for _ in range(n)], args.setup_concurrency)
         create_s = time.perf_counter() - t0
-        await asyncio.sleep(args.settle)
-        before = {**proc_status(pid), "fds": proc_fds(pid)}
-        log(f"memory: gateway RSS {before['VmRSS'] / 1024:.1f} MiB, {before['fds']} fds; opening {n} relayed "
-            f"sockets ({args.open_concurrency} at a time)")
-
-        peers, handshakes = [], []
-
-        async def open_one(session_id, token):
-            t = time.perf_counter()
-            ws = await websocket_connect(self.ws_url("relayed", session_id, token), max_message_size=16 << 20)
-            handshakes.append(time.perf_counter() - t)
-            peers.append(ws)
-
-        t0 = time.perf_counter()
-        await self.bounded_gather([lambda s=s, t=t: open_one(s, t) for s, t in made], args.open_concurrency)
         sessions = [self.heygen.sessions[s] for s, _ in made]
-        await self.wait_for(lambda: sum(len(s.sockets) for s in sessions) == n, 60,
-                            f"all {n} relays to reach HeyGen")
-        open_s = time.perf_counter() - t0
-        await asyncio.sleep(args.settle)
-        after = {**proc_status(pid), "fds": proc_fds(pid)}
-        upstream_open = sum(len(s.sockets) for s in sessions)
-        log(f"memory: {upstream_open} relays open; gateway RSS {after['VmRSS'] / 1024:.1f} MiB, {after['fds']} fds")
+        upstream_open = lambda: sum(len(s.sockets) for s in sessions)  # noqa: E731
 
-        for ws in peers:
-            ws.close()
-        await self.wait_for(lambda: sum(len(s.sockets) for s in sessions) == 0, 60, "relays to close")
-        await asyncio.sleep(args.settle)
-        closed = {**proc_status(pid), "fds": proc_fds(pid)}
-        delta = after["VmRSS"] - before["VmRSS"]
-        self.results["memory"] = {
-            "sockets": n, "relays_confirmed_open_upstream": upstream_open,
+        async def reading(label):
+            await self.gateway_idle()
+            await asyncio.sleep(args.settle)
+            state = {"state": label, **proc_status(pid), "fds": proc_fds(pid), "relays_open": upstream_open()}
+            log(f"memory: {label}: gateway RSS {state['VmRSS'] / 1024:.1f} MiB, {state['fds']} fds")
+            return state
+
+        readings = [await reading("sessions created, no sockets")]
+        rounds = []
+        for number in range(1, args.rounds + 1):
+            log(f"memory: round {number}: opening {n} relayed sockets ({args.open_concurrency} at a time)")
+            peers, handshakes = [], []
+
+            async def open_one(session_id, token):
+                t = time.perf_counter()
+                ws = await websocket_connect(self.ws_url("relayed", session_id, token), max_message_size=16 << 20)
+                handshakes.append(time.perf_counter() - t)
+                peers.append(ws)
+
+            t0 = time.perf_counter()
+            await self.bounded_gather([lambda s=s, t=t: open_one(s, t) for s, t in made], args.open_concurrency)
+            await self.wait_for(lambda: upstream_open() == n, 60, f"all {n} relays to reach HeyGen")
+            open_s = time.perf_counter() - t0
+            readings.append(await reading(f"round {number}: {n} relays open"))
+            for ws in peers:
+                ws.close()
+            await self.wait_for(lambda: upstream_open() == 0, 60, "relays to close")
+            readings.append(await reading(f"round {number}: all closed"))
+            rounds.append({"open_s": round(open_s, 2), "handshake": latency_summary(handshakes)})
+
+        before, opened, closed = readings[0], readings[1], readings[2]
+        delta = opened["VmRSS"] - before["VmRSS"]
+        result = {
+            "sockets": n, "rounds": rounds, "readings": readings, "open_concurrency": args.open_concurrency,
+            "relays_confirmed_open_upstream": opened["relays_open"],
             "sessions_created_s": round(create_s, 2), "sessions_per_s": round(n / create_s, 1),
-            "open_s": round(open_s, 2),
-            "handshake_concurrent": {**latency_summary(handshakes), "concurrency": args.open_concurrency},
-            "before": before, "after": after, "after_close": closed,
             "rss_delta_kib": delta, "kib_per_socket": round(delta / n, 2),
-            "rss_anon_kib_per_socket": round((after["RssAnon"] - before["RssAnon"]) / n, 2),
-            "fds_per_socket": round((after["fds"] - before["fds"]) / n, 3),
-            "rss_released_after_close_kib": after["VmRSS"] - closed["VmRSS"],
+            "rss_anon_kib_per_socket": round((opened["RssAnon"] - before["RssAnon"]) / n, 2),
+            "fds_per_socket": round((opened["fds"] - before["fds"]) / n, 3),
+            "rss_released_after_close_kib": opened["VmRSS"] - closed["VmRSS"],
             "gateway_nofile_limit": proc_nofile_limit(pid),
         }
+        if len(readings) >= 5:
+            # Round 2 against round 1: memory kept after round 1 and reused shows as ~0 growth; a leak as growth.
+            result["round2_open_minus_round1_open_kib"] = readings[3]["VmRSS"] - readings[1]["VmRSS"]
+            result["round2_closed_minus_round1_closed_kib"] = readings[4]["VmRSS"] - readings[2]["VmRSS"]
+        self.results["memory"] = result
 
     # --- run ----------------------------------------------------------------------------------------------------
 
@@ -801,7 +874,7 @@ def fmt(value, digits=2):
 
 
 def table(headers, rows):
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    widths = [max([len(str(h))] + [len(str(r[i])) for r in rows]) for i, h in enumerate(headers)]
     line = "  ".join(str(h).rjust(w) for h, w in zip(headers, widths))
     out = [line, "  ".join("-" * w for w in widths)]
     for r in rows:
@@ -826,7 +899,7 @@ def report(results):
         rows.append([r["call"], r["target"], r["concurrency"], r["requests"], fmt(r["rps"], 0), fmt(r["p50_ms"], 3),
                      fmt(r["p95_ms"], 3), fmt(r["p99_ms"], 3),
                      f"{fmt(r['p50_first_10pct_ms'], 2)}->{fmt(r['p50_last_10pct_ms'], 2)}",
-                     fmt(r.get("turns_per_session_after")), errors, fmt(r["gateway_cpu_ms_per_req"], 3),
+                     fmt(r.get("turns_per_session_after"), 0), errors, fmt(r["gateway_cpu_ms_per_req"], 3),
                      fmt(r["mongo_cpu_ms_per_req"], 3), f"{r['cpu']['gateway_cpu_pct']:.0f}/"
                      f"{r['cpu']['mongo_cpu_pct']:.0f}/{r['cpu']['bench_cpu_pct']:.0f}"])
     out.append(table(["call", "target", "conc", "reqs", "req/s", "p50", "p95", "p99", "p50 first->last 10%",
@@ -841,8 +914,9 @@ def report(results):
                      rows))
     out.append("")
     out.append(f"   breakdown references, concurrency 1, {args['breakdown_iterations']} iterations each (ms)")
-    rows = [[b["what"], fmt(b["p50_ms"], 3), fmt(b["p99_ms"], 3)] for b in results["breakdown"]]
-    out.append(table(["what", "p50", "p99"], rows))
+    rows = [[b["what"], fmt(b["p50_ms"], 3), fmt(b["p99_ms"], 3), f"{fmt(b['cpu_ms_per_iter'], 3)} ({b['cpu_of']})"]
+            for b in results["breakdown"]]
+    out.append(table(["what", "p50", "p99", "cpu ms/iter"], rows))
 
     out.append("")
     out.append(f"2. WebSocket: one-way latency ({args['ws_frames']} frames, one in flight) and throughput "
@@ -858,6 +932,11 @@ def report(results):
              f"{o['p50_ratio']:.2f}x", f"{o['throughput_ratio']:.2f}x"] for o in results["ws_overhead"]]
     out.append(table(["relay overhead", "frame", "+p50 ms", "+p99 ms", "p50 ratio", "frames/s ratio"], rows))
     out.append("")
+    wm = results.get("ws_meta")
+    if wm:
+        out.append(f"   transcript turns HeyGen completed on the relayed socket: {wm['turns_sent']}; recorded by the "
+                   f"gateway in MongoDB: {wm['relayed_session_turns']}")
+        out.append("")
     rows = [[h["path"], h["n"], fmt(h["p50_ms"], 3), fmt(h["p99_ms"], 3)] for h in results["ws_handshake"]]
     out.append("   socket set-up: connect + first client frame delivered to HeyGen, one at a time (ms)")
     out.append(table(["path", "sockets", "p50", "p99"], rows))
@@ -867,22 +946,22 @@ def report(results):
         out.append("")
         out.append(f"3. Memory: {m['sockets']} relayed sockets open at once (each = 1 client socket + 1 upstream "
                    f"socket in the gateway); gateway process only")
-        b, a, c = m["before"], m["after"], m["after_close"]
-        rows = [
-            ["sessions created, no sockets", f"{b['VmRSS'] / 1024:.1f}", f"{b['RssAnon'] / 1024:.1f}", b["fds"],
-             b["Threads"]],
-            [f"{m['relays_confirmed_open_upstream']} relays open", f"{a['VmRSS'] / 1024:.1f}",
-             f"{a['RssAnon'] / 1024:.1f}", a["fds"], a["Threads"]],
-            ["all closed again", f"{c['VmRSS'] / 1024:.1f}", f"{c['RssAnon'] / 1024:.1f}", c["fds"], c["Threads"]],
-        ]
-        out.append(table(["gateway", "RSS MiB", "anon MiB", "fds", "threads"], rows))
-        h = m["handshake_concurrent"]
+        rows = [[r["state"], f"{r['VmRSS'] / 1024:.1f}", f"{r['RssAnon'] / 1024:.1f}", r["fds"], r["Threads"],
+                 r["relays_open"]] for r in m["readings"]]
+        out.append(table(["gateway", "RSS MiB", "anon MiB", "fds", "threads", "relays open"], rows))
         out.append(f"   => {m['kib_per_socket']:.1f} KiB RSS per open relayed socket "
-                   f"(+{m['rss_delta_kib'] / 1024:.1f} MiB for {m['sockets']}), {m['fds_per_socket']:.2f} fds per "
-                   f"socket; {m['rss_released_after_close_kib'] / 1024:.1f} MiB given back after closing")
-        out.append(f"   sessions created at {m['sessions_per_s']}/s; {m['sockets']} sockets opened in "
-                   f"{m['open_s']} s ({m['handshake_concurrent']['concurrency']} at a time, handshake p50 "
-                   f"{fmt(h['p50_ms'], 1)} ms, p99 {fmt(h['p99_ms'], 1)} ms); open-files limit "
+                   f"(+{m['rss_delta_kib'] / 1024:.1f} MiB for {m['sockets']}; anonymous memory "
+                   f"{m['rss_anon_kib_per_socket']:.1f} KiB/socket), {m['fds_per_socket']:.2f} fds per socket; "
+                   f"{m['rss_released_after_close_kib'] / 1024:.1f} MiB given back after closing")
+        if "round2_open_minus_round1_open_kib" in m:
+            out.append(f"   round 2 vs round 1: open {m['round2_open_minus_round1_open_kib'] / 1024:+.1f} MiB, closed "
+                       f"{m['round2_closed_minus_round1_closed_kib'] / 1024:+.1f} MiB")
+        for number, r in enumerate(m["rounds"], 1):
+            h = r["handshake"]
+            out.append(f"   round {number}: {m['sockets']} sockets opened in {r['open_s']} s "
+                       f"({m['open_concurrency']} at a time; handshake p50 {fmt(h['p50_ms'], 1)} ms, "
+                       f"p99 {fmt(h['p99_ms'], 1)} ms)")
+        out.append(f"   sessions created through the gateway at {m['sessions_per_s']}/s; open-files limit "
                    f"{meta['fd_limit']['soft_after']} (gateway: {m['gateway_nofile_limit']['soft']})")
     return "\n".join(out)
 
@@ -898,18 +977,25 @@ def parse_args(argv=None):
     parser.add_argument("--ws-frames", type=int, default=1000, help="frames timed one at a time per WS row")
     parser.add_argument("--ws-warmup", type=int, default=50)
     parser.add_argument("--ws-burst", type=int, default=5000, help="frames sent back to back for throughput")
+    parser.add_argument("--turn-burst", type=int, default=1000, help="frames back to back in the text+turns row "
+                        "(a transcript turn every %d frames; 0 skips the row)" % UTTERANCE_FRAMES)
     parser.add_argument("--binary-size", type=int, default=640, help="binary frame bytes (640 = 20 ms of 16 kHz "
                         "16-bit mono audio)")
     parser.add_argument("--text-size", type=int, default=120, help="approximate text frame bytes")
     parser.add_argument("--handshakes", type=int, default=100, help="sockets set up one at a time per path")
     parser.add_argument("--setup-concurrency", type=int, default=20)
     parser.add_argument("--open-concurrency", type=int, default=50, help="relayed sockets opening at once")
+    parser.add_argument("--rounds", type=int, default=2, help="open/close rounds of the N sockets (default 2: "
+                        "the second shows whether memory kept after the first is reused or grows)")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds to wait before each RSS reading")
     parser.add_argument("--gateway-log-level", default="INFO", help="the gateway's LOG_LEVEL (default INFO, as "
                         "deployed: one access line per request)")
     parser.add_argument("--parts", default="rest,ws,memory", help="which parts to run (default rest,ws,memory)")
     parser.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra gateway setting for experiments, e.g. DB_WORKERS=16 (repeatable)")
+    parser.add_argument("--calls", default="keep_alive,task", help="REST calls to measure (default keep_alive,task)")
+    parser.add_argument("--profile-gateway", metavar="OUT.prof", help="run the gateway under cProfile (all threads; "
+                        "slower, so not for the table) and write its stats there")
     parser.add_argument("--json", default=os.path.join(RESULTS_DIR, "latest.json"), help="where to write results")
     args = parser.parse_args(argv)
     if args.sockets < 0 or args.rest_seconds <= 0 or args.ws_frames < 1 or args.ws_burst < 1:
@@ -920,9 +1006,11 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     results = asyncio.run(Bench(args).run())
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:  # written before the report, so a report bug never loses a run
+        json.dump(results, f, indent=2)
     text = report(results)
     print(text)
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({**results, "table": text}, f, indent=2)
     print(f"\nresults: {os.path.relpath(os.path.abspath(args.json), os.getcwd())}")

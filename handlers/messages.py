@@ -15,7 +15,8 @@ class ReportedMessageHandler(BaseHandler):
         if session.flush_state in ("delivering", "delivered", "rejected"):
             raise Conflict("session has ended and its transcript was handed over")
         added = await self.gateway.sessions.add_turn(
-            session.session_id, new_turn(self.role, request["text"], self.gateway.sessions.clock(), "reported"))
+            session.session_id, new_turn(self.role, request["text"], self.gateway.sessions.clock(), "reported"),
+            tell_duplicate=True)
         self.send_json({"code": 100, "message": "success", "data": {"recorded": added}})
 
 

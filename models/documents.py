@@ -13,6 +13,8 @@ FLUSH_STATES = ("none", "pending", "delivering", "delivered", "rejected")
 
 
 class Turn(EmbeddedDocument):
+    """One report of an utterance, from one path."""
+
     role = StringField(required=True, choices=ROLES)
     transcript = StringField(required=True)
     absolute_timestamp = FloatField(required=True)
@@ -37,8 +39,7 @@ class AvatarSession(Document):
     end_reason = StringField()
     stop_error = StringField()
 
-    turns = EmbeddedDocumentListField(Turn)
-    turns_version = IntField(default=0)  # optimistic concurrency for turn merges
+    turns = EmbeddedDocumentListField(Turn)  # every report as it arrived (append-only); merged when read
 
     flush_state = StringField(choices=FLUSH_STATES, default="none")
     flush_attempts = IntField(default=0)

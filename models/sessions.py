@@ -11,7 +11,7 @@ import time
 from models.documents import AvatarSession, GatewayToken, Turn
 from models.errors import NotFound
 from models.store import blocking
-from models.transcript import merge_turn
+from models.transcript import merge_all, merge_turn
 
 TOKEN_PREFIX = "ilgt_"
 _CLAIMING = "__claiming__"
@@ -31,7 +31,8 @@ def new_gateway_token():
 
 
 def turns_of(session):
-    return [t.to_mongo().to_dict() for t in session.turns]
+    """The session's transcript: every stored report, each utterance once (see models.transcript)."""
+    return merge_all([], [t.to_mongo().to_dict() for t in session.turns])
 
 
 class SessionStore:
@@ -83,13 +84,15 @@ class SessionStore:
         return session
 
     @blocking
-    def get(self, session_id):
-        return AvatarSession.objects(session_id=session_id).first()
+    def get(self, session_id, with_turns=False):
+        query = AvatarSession.objects(session_id=session_id)
+        return (query if with_turns else query.exclude("turns")).first()
 
     @blocking
     def owned(self, session_id, customer):
-        """The session, if this customer created it; NotFound otherwise (unknown and foreign look the same)."""
-        session = AvatarSession.objects(session_id=session_id, customer=customer).first()
+        """The session (without its turns), if this customer created it; NotFound otherwise (unknown and foreign
+        look the same)."""
+        session = AvatarSession.objects(session_id=session_id, customer=customer).exclude("turns").first()
         if session is None:
             raise NotFound("session not found")
         return session
@@ -102,19 +105,20 @@ class SessionStore:
         AvatarSession.objects(session_id=session_id).update_one(**updates)
 
     @blocking
-    def add_turn(self, session_id, turn, attempts=20):
-        """Merge one utterance into the stored turns (optimistic concurrency); True when it was new."""
-        for _ in range(attempts):
-            session = AvatarSession.objects(session_id=session_id).only("turns", "turns_version").first()
-            if session is None:
+    def add_turn(self, session_id, turn, tell_duplicate=False):
+        """Append one report of an utterance: a single atomic $push, so concurrent writers never conflict and the
+        cost does not grow with the transcript. Duplicates are merged when the transcript is read (turns_of).
+        With tell_duplicate, returns whether the utterance was new (this reads the turns, so only for reports)."""
+        query = AvatarSession.objects(session_id=session_id)
+        update = dict(push__turns=Turn(**turn), set__last_activity_at=self.clock())
+        if not tell_duplicate:
+            if not query.update_one(**update):
                 raise NotFound("session not found")
-            turns, added = merge_turn(turns_of(session), turn)
-            updated = AvatarSession.objects(session_id=session_id, turns_version=session.turns_version).update_one(
-                set__turns=[Turn(**t) for t in turns], inc__turns_version=1,
-                set__last_activity_at=self.clock())
-            if updated:
-                return added
-        raise RuntimeError(f"could not record a turn for {session_id}: too much contention")
+            return None
+        before = query.only("turns").modify(new=False, **update)
+        if before is None:
+            raise NotFound("session not found")
+        return merge_turn(turns_of(before), turn)[1]
 
     @blocking
     def socket_opened(self, session_id):
@@ -136,7 +140,7 @@ class SessionStore:
         if abandoned_before is not None:
             query.update(open_sockets__lte=0, socket_closed_at__lte=abandoned_before)
         now = self.clock()
-        return AvatarSession.objects(**query).modify(
+        return AvatarSession.objects(**query).exclude("turns").modify(
             new=False, set__status="ended", set__ended_at=now, set__end_reason=reason,
             set__flush_state="pending", set__flush_next_at=now)
 

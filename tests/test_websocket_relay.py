@@ -147,3 +147,18 @@ async def test_utterance_cut_off_by_a_closing_socket_is_kept(sandbox, client):
     # The task's own record holds the whole text; the socket's partial words merged into it by task id.
     transcript = sandbox.petya.get_conversation("conv-1")["transcript"]
     assert [t["transcript"] for t in transcript] == ["one two three four five six seven"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_burst_of_utterances_on_one_socket_loses_none(sandbox, client):
+    """Each completed utterance is written as it ends, concurrently with the others: none may be lost."""
+    session_id, _, ws = await connected(sandbox, client)
+    sandbox.heygen.chunk_delay = 0
+    said = [f"utterance number {i} with a few words" for i in range(150)]
+    await asyncio.gather(*(sandbox.heygen.user_says(session_id, text) for text in said))
+    await read_events(ws, "user_end_message", count=len(said), timeout=30)
+    await client.call("/v1/streaming.stop", {"session_id": session_id})
+    await eventually(lambda: sandbox.petya.deliveries("conv-1"), timeout=20)
+    transcript = sandbox.petya.get_conversation("conv-1")["transcript"]
+    assert sorted(t["transcript"] for t in transcript) == sorted(said)
+    ws.close()
