@@ -1,7 +1,6 @@
 """MongoDB documents. All session state lives here (not in process memory), so several gateway processes behind
 one nginx can serve the same session. Times are float unix seconds."""
-from mongoengine import (DictField, Document, EmbeddedDocument, EmbeddedDocumentListField, FloatField, IntField,
-                         ListField, StringField)
+from mongoengine import DictField, Document, FloatField, IntField, ListField, StringField
 
 PROVIDERS = ("heygen", "liveavatar")
 ROLES = ("user", "avatar")
@@ -12,14 +11,17 @@ SESSION_STATUSES = ("created", "started", "ended")
 FLUSH_STATES = ("none", "pending", "delivering", "delivered", "rejected")
 
 
-class Turn(EmbeddedDocument):
-    """One report of an utterance, from one path."""
-
+class TurnReport(Document):
+    """One report of an utterance, from one path, as it arrived. A session's reports are merged into its transcript
+    when read (models.transcript), so writing one is a single insert whatever the transcript's length."""
+    session_id = StringField(required=True)
     role = StringField(required=True, choices=ROLES)
     transcript = StringField(required=True)
     absolute_timestamp = FloatField(required=True)
-    sources = ListField(StringField())  # the paths that reported this utterance: task, socket, reported, upstream
+    sources = ListField(StringField())  # the path that reported it: task, socket, reported, upstream
     task_ids = ListField(StringField())
+
+    meta = {"collection": "turn_reports", "indexes": [("session_id", "absolute_timestamp")]}
 
 
 class AvatarSession(Document):
@@ -38,8 +40,6 @@ class AvatarSession(Document):
     ended_at = FloatField()
     end_reason = StringField()
     stop_error = StringField()
-
-    turns = EmbeddedDocumentListField(Turn)  # every report as it arrived (append-only); merged when read
 
     flush_state = StringField(choices=FLUSH_STATES, default="none")
     flush_attempts = IntField(default=0)

@@ -15,7 +15,6 @@ import logging
 from tornado.ioloop import IOLoop, PeriodicCallback
 
 from models.errors import GatewayError
-from models.sessions import turns_of
 from models.transcript import for_petya
 
 log = logging.getLogger("gateway.lifecycle")
@@ -110,10 +109,11 @@ class Lifecycle:
         session = await self.sessions.lease_flush(self.lease_seconds, session_id)
         if session is None:
             return None
+        recorded = await self.sessions.transcript(session.session_id)
         try:
-            turns, note = await self.providers[session.provider].final_turns(session, turns_of(session))
+            turns, note = await self.providers[session.provider].final_turns(session, recorded)
         except GatewayError as exc:
-            turns, note = turns_of(session), f"provider transcript unavailable: {exc.message}"
+            turns, note = recorded, f"provider transcript unavailable: {exc.message}"
         outcome = await self.petya.post_status(session.conversation_id, session.session_id, for_petya(turns))
         if outcome.delivered:
             await self.sessions.flush_done(session.session_id, note)

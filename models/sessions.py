@@ -8,7 +8,7 @@ import hmac
 import secrets
 import time
 
-from models.documents import AvatarSession, GatewayToken, Turn
+from models.documents import AvatarSession, GatewayToken, TurnReport
 from models.errors import NotFound
 from models.store import blocking
 from models.transcript import merge_all, merge_turn
@@ -30,9 +30,7 @@ def new_gateway_token():
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
-def turns_of(session):
-    """The session's transcript: every stored report, each utterance once (see models.transcript)."""
-    return merge_all([], [t.to_mongo().to_dict() for t in session.turns])
+REPORT_FIELDS = ("role", "transcript", "absolute_timestamp", "sources", "task_ids")
 
 
 class SessionStore:
@@ -84,15 +82,13 @@ class SessionStore:
         return session
 
     @blocking
-    def get(self, session_id, with_turns=False):
-        query = AvatarSession.objects(session_id=session_id)
-        return (query if with_turns else query.exclude("turns")).first()
+    def get(self, session_id):
+        return AvatarSession.objects(session_id=session_id).first()
 
     @blocking
     def owned(self, session_id, customer):
-        """The session (without its turns), if this customer created it; NotFound otherwise (unknown and foreign
-        look the same)."""
-        session = AvatarSession.objects(session_id=session_id, customer=customer).exclude("turns").first()
+        """The session, if this customer created it; NotFound otherwise (unknown and foreign look the same)."""
+        session = AvatarSession.objects(session_id=session_id, customer=customer).first()
         if session is None:
             raise NotFound("session not found")
         return session
@@ -106,19 +102,22 @@ class SessionStore:
 
     @blocking
     def add_turn(self, session_id, turn, tell_duplicate=False):
-        """Append one report of an utterance: a single atomic $push, so concurrent writers never conflict and the
-        cost does not grow with the transcript. Duplicates are merged when the transcript is read (turns_of).
-        With tell_duplicate, returns whether the utterance was new (this reads the turns, so only for reports)."""
-        query = AvatarSession.objects(session_id=session_id)
-        update = dict(push__turns=Turn(**turn), set__last_activity_at=self.clock())
-        if not tell_duplicate:
-            if not query.update_one(**update):
-                raise NotFound("session not found")
-            return None
-        before = query.only("turns").modify(new=False, **update)
-        if before is None:
-            raise NotFound("session not found")
-        return merge_turn(turns_of(before), turn)[1]
+        """Store one report of an utterance (an insert: concurrent writers never conflict, and the cost does not
+        grow with the transcript) and count it as activity. With tell_duplicate, returns whether the utterance was
+        new to the transcript (this reads the transcript, so only for reports the client sends)."""
+        new = merge_turn(self._transcript(session_id), turn)[1] if tell_duplicate else None
+        TurnReport(session_id=session_id, **{field: turn[field] for field in REPORT_FIELDS}).save(force_insert=True)
+        AvatarSession.objects(session_id=session_id).update_one(set__last_activity_at=self.clock())
+        return new
+
+    def _transcript(self, session_id):
+        reports = TurnReport.objects(session_id=session_id).order_by("absolute_timestamp").as_pymongo()
+        return merge_all([], [{field: report[field] for field in REPORT_FIELDS} for report in reports])
+
+    @blocking
+    def transcript(self, session_id):
+        """The session's transcript: every report, each utterance once (see models.transcript)."""
+        return self._transcript(session_id)
 
     @blocking
     def socket_opened(self, session_id):
@@ -140,7 +139,7 @@ class SessionStore:
         if abandoned_before is not None:
             query.update(open_sockets__lte=0, socket_closed_at__lte=abandoned_before)
         now = self.clock()
-        return AvatarSession.objects(**query).exclude("turns").modify(
+        return AvatarSession.objects(**query).modify(
             new=False, set__status="ended", set__ended_at=now, set__end_reason=reason,
             set__flush_state="pending", set__flush_next_at=now)
 

@@ -7,7 +7,7 @@ from pymongo.errors import ConnectionFailure
 from pymongo.uri_parser import parse_uri
 from tornado.ioloop import IOLoop
 
-from models.documents import AvatarSession, GatewayToken
+from models.documents import AvatarSession, GatewayToken, TurnReport
 from models.errors import ServiceUnavailable
 
 DEFAULT_DATABASE = "ilianaai_avatar"
@@ -35,6 +35,7 @@ class Store:
     async def ensure_indexes(self):
         await self.run(AvatarSession.ensure_indexes)
         await self.run(GatewayToken.ensure_indexes)
+        await self.run(TurnReport.ensure_indexes)
 
     async def run(self, fn, *args, **kwargs):
         """Run a blocking MongoDB call on the executor; an unreachable database is a 503, never a 500."""
