@@ -569,12 +569,11 @@ class Bench:
         return row
 
     def stored_turns(self, session_ids):
-        """Mean number of transcript turns the gateway holds in MongoDB for these sessions."""
+        """Mean number of turn reports the gateway holds in MongoDB for these sessions."""
         client = pymongo.MongoClient(with_database(self.mongo.uri, GATEWAY_DB))
         try:
-            docs = client[GATEWAY_DB]["avatar_sessions"].find({"session_id": {"$in": list(session_ids)}},
-                                                              {"turns": 1})
-            counts = [len(d.get("turns") or []) for d in docs]
+            reports = client[GATEWAY_DB]["turn_reports"]
+            counts = [reports.count_documents({"session_id": session_id}) for session_id in session_ids]
         finally:
             client.close()
         return round(sum(counts) / len(counts), 1) if counts else 0

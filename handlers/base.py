@@ -141,9 +141,10 @@ class BaseHandler(GatewayHandlerMixin, tornado.web.RequestHandler):
     async def authenticate(self, allow_token=True):
         return await authenticate(self.gateway, *self.credentials(), allow_token=allow_token)
 
-    async def owned_session(self, session_id, customer):
+    async def owned_session(self, session_id, customer, touch=True):
+        """The customer's session (404 otherwise); by default the call counts as activity on it."""
         self.log_session_id = session_id
-        return await self.gateway.sessions.owned(session_id, customer.id)
+        return await self.gateway.sessions.owned(session_id, customer.id, touch=touch)
 
     async def record_new_session(self, provider, session_id, **fields):
         """Record a session the provider just created; if that fails, stop it upstream rather than leak it."""

@@ -85,12 +85,14 @@ class SessionCallHandler(BaseHandler):
 
     async def settle(self, session, request, started, response):
         """What the call means for our record of the session (response is None when HeyGen was not reached)."""
-        started_now = self.call == "start" and response is not None and response.ok
-        await self.gateway.sessions.touch(session.session_id, started=started_now)
 
 
 class StartHandler(SessionCallHandler):
     call = "start"
+
+    async def settle(self, session, request, started, response):
+        if response is not None and response.ok:
+            await self.gateway.sessions.mark_started(session.session_id)
 
 
 class InterruptHandler(SessionCallHandler):
@@ -109,7 +111,7 @@ class TaskHandler(SessionCallHandler):
 
     async def settle(self, session, request, started, response):
         if response is None or not response.ok:
-            return await super().settle(session, request, started, response)
+            return
         role = "avatar" if request.get("task_type", "repeat") == "repeat" else "user"
         task_id = ((response.json() or {}).get("data") or {}).get("task_id")
         await self.gateway.sessions.add_turn(

@@ -58,7 +58,8 @@ class StartHandler(LiveAvatarSessionHandler):
         customer = await self.authenticate()
         session = await self.liveavatar_session(customer)
         response = await self.gateway.liveavatar.start(session.upstream_token)
-        await self.gateway.sessions.touch(session.session_id, started=response.ok)
+        if response.ok:
+            await self.gateway.sessions.mark_started(session.session_id)
         body = response.json()
         if response.ok and isinstance(body, dict) and isinstance(body.get("data"), dict):
             for field in SERVER_SIDE_FIELDS:
@@ -86,6 +87,4 @@ class KeepAliveHandler(LiveAvatarSessionHandler):
     async def post(self):
         customer = await self.authenticate()
         session = await self.liveavatar_session(customer, self.load_body(OPTIONAL_SESSION_REF))
-        response = await self.gateway.liveavatar.keep_alive(session.session_id)
-        await self.gateway.sessions.touch(session.session_id)
-        self.pass_through(response)
+        self.pass_through(await self.gateway.liveavatar.keep_alive(session.session_id))

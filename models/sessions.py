@@ -86,28 +86,27 @@ class SessionStore:
         return AvatarSession.objects(session_id=session_id).first()
 
     @blocking
-    def owned(self, session_id, customer):
-        """The session, if this customer created it; NotFound otherwise (unknown and foreign look the same)."""
-        session = AvatarSession.objects(session_id=session_id, customer=customer).first()
+    def owned(self, session_id, customer, touch=False):
+        """The session, if this customer created it; NotFound otherwise (unknown and foreign look the same).
+        With touch, the call also counts as activity, in the same round trip."""
+        query = AvatarSession.objects(session_id=session_id, customer=customer)
+        session = query.modify(new=True, set__last_activity_at=self.clock()) if touch else query.first()
         if session is None:
             raise NotFound("session not found")
         return session
 
     @blocking
-    def touch(self, session_id, started=False):
-        updates = dict(set__last_activity_at=self.clock())
-        if started:
-            AvatarSession.objects(session_id=session_id, status="created").update_one(set__status="started")
-        AvatarSession.objects(session_id=session_id).update_one(**updates)
+    def mark_started(self, session_id):
+        AvatarSession.objects(session_id=session_id, status="created").update_one(
+            set__status="started", set__last_activity_at=self.clock())
 
     @blocking
     def add_turn(self, session_id, turn, tell_duplicate=False):
-        """Store one report of an utterance (an insert: concurrent writers never conflict, and the cost does not
-        grow with the transcript) and count it as activity. With tell_duplicate, returns whether the utterance was
-        new to the transcript (this reads the transcript, so only for reports the client sends)."""
+        """Store one report of an utterance: a single insert, so concurrent writers never conflict and the cost does
+        not grow with the transcript. With tell_duplicate, returns whether the utterance was new to the transcript
+        (this reads the transcript, so only for reports the client sends)."""
         new = merge_turn(self._transcript(session_id), turn)[1] if tell_duplicate else None
         TurnReport(session_id=session_id, **{field: turn[field] for field in REPORT_FIELDS}).save(force_insert=True)
-        AvatarSession.objects(session_id=session_id).update_one(set__last_activity_at=self.clock())
         return new
 
     def _transcript(self, session_id):
