@@ -90,6 +90,7 @@ async def serve(settings):
         await gateway.stop()
         return 1
     log.info("ilianaai-avatar listening on http://%s:%s", settings.host, gateway.port)
+    log.info("settings: %s", settings.public())
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

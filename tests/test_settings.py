@@ -83,3 +83,11 @@ def test_unreachable_mongodb_at_start_is_one_clear_line():
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == "ilianaai-avatar: MongoDB at MONGODB_URI is unreachable"
     assert "Traceback" not in result.stderr
+
+
+def test_public_view_masks_every_secret():
+    settings = load_settings(environ=VALID, dotenv_path=None)
+    shown = settings.public()
+    assert shown["HEYGEN_API_KEY"] == shown["PETYA_AUTH_TOKEN"] == shown["GATEWAY_SECRET"] == "***"
+    assert shown["MONGODB_URI"] == "***" and shown["PORT"] == 8000
+    assert "0123456789abcdef" not in str(shown)
