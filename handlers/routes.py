@@ -6,6 +6,7 @@ from handlers.heygen import (CreateTokenHandler, InterruptHandler, KeepAliveHand
                              StopHandler, TaskHandler)
 from handlers import liveavatar
 from handlers.messages import AvatarMessageHandler, UserMessageHandler
+from handlers.transcript import TranscriptHandler
 from handlers.websocket import StreamingChatRelay
 
 PREFIXES = ("", "/api/v1/avatar")
@@ -20,6 +21,7 @@ API = [
     (r"/v1/streaming\.keep_alive", KeepAliveHandler),
     (r"/v1/streaming\.avatar_message", AvatarMessageHandler),
     (r"/v1/streaming\.user_message", UserMessageHandler),
+    (r"/v1/streaming\.transcript", TranscriptHandler),
     (r"/v1/ws/streaming\.chat", StreamingChatRelay),
     (r"/v1/sessions/token", liveavatar.SessionTokenHandler),
     (r"/v1/sessions/start", liveavatar.StartHandler),

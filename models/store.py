@@ -20,6 +20,7 @@ class Store:
         self.workers = workers
         self.server_selection_timeout_ms = server_selection_timeout_ms
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mongo")
+        self.closed = False
 
     def connect(self):
         if _users["count"] and _users["uri"] != self.uri:
@@ -39,12 +40,15 @@ class Store:
 
     async def run(self, fn, *args, **kwargs):
         """Run a blocking MongoDB call on the executor; an unreachable database is a 503, never a 500."""
+        if self.closed:
+            raise ServiceUnavailable("shutting down")
         try:
             return await IOLoop.current().run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
         except ConnectionFailure as exc:  # also server selection timeouts and lost connections
             raise ServiceUnavailable("session database unavailable") from exc
 
     def close(self):
+        self.closed = True
         self.executor.shutdown(wait=True)
         _users["count"] -= 1
         if not _users["count"]:

@@ -57,11 +57,16 @@ def spoken_order(turns):
     return sorted(turns, key=lambda t: t["absolute_timestamp"])  # stable: equal times keep arrival order
 
 
-def for_petya(turns):
-    """The turn format Petya stores: both timestamp names, as the two specs differ (unix seconds)."""
-    return [{"role": t["role"], "transcript": t["transcript"],
-             "absolute_timestamp": round(t["absolute_timestamp"], 3), "timestamp": round(t["absolute_timestamp"], 3)}
-            for t in spoken_order(turns)]
+def for_petya(turns, with_sources=False):
+    """The turn format Petya stores, in spoken order: both timestamp names, as the two specs differ (unix seconds).
+    with_sources adds the paths that reported each turn (for the session's owner, not for Petya)."""
+    out = []
+    for t in spoken_order(turns):
+        at = round(t["absolute_timestamp"], 3)
+        out.append({"role": t["role"], "transcript": t["transcript"], "absolute_timestamp": at, "timestamp": at})
+        if with_sources:
+            out[-1]["sources"] = t["sources"]
+    return out
 
 
 class ChunkJoiner:

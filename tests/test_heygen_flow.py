@@ -89,3 +89,31 @@ async def test_whole_plugin_flow_delivers_transcript_once(sandbox, client, prefi
     await sandbox.gateway.lifecycle.sweep()
     assert len(sandbox.petya.deliveries("conv-1")) == 1
     assert len(deliveries) == 1
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_transcript_route_shows_the_owner_the_merged_record(sandbox, client):
+    from conftest import GatewayClient
+    token, session = await open_session(client)
+    session_id = session["session_id"]
+    ws = await websocket_connect(ws_url(sandbox, session_id, token))
+    await client.call("/v1/streaming.start", {"session_id": session_id})
+    await client.call("/v1/streaming.task", {"session_id": session_id, "text": "Hi there.", "task_type": "repeat"})
+    await read_events(ws, "avatar_end_message")
+    path = f"/v1/streaming.transcript?session_id={session_id}"
+    reply = await eventually(lambda: _two_sources(client, path))
+    assert reply.data["status"] == "started" and reply.data["flush_state"] == "none"
+    assert [(t["role"], t["transcript"], t["sources"]) for t in reply.data["transcript"]] == [
+        ("avatar", "Hi there.", ["socket", "task"])]
+    sandbox.petya.create_account("other-key")
+    other = GatewayClient(sandbox.gateway_url, "other-key")
+    assert (await other.call(path, method="GET")).status == 404
+    assert (await client.call("/v1/streaming.transcript", method="GET")).status == 400
+    assert (await client.call(path, method="GET", api_key=None)).status == 401
+    ws.close()
+
+
+async def _two_sources(client, path):
+    reply = await client.call(path, method="GET")
+    turns = (reply.data or {}).get("transcript") or []
+    return reply if turns and len(turns[0]["sources"]) == 2 else None

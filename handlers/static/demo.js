@@ -7,7 +7,7 @@
   'use strict';
 
   var DEFAULT_INTRO = 'Hello and welcome. How can I help you today?';
-  var DEDUPE_WINDOW = 120; // seconds, as the gateway's transcript merge
+  var TRANSCRIPT_REFRESH_MS = 150; // after an utterance ends, the gateway stores it; then the page reads it back
   var PETYA_POLL_DELAYS = [300, 500, 800, 1200, 1500, 2000, 2500, 3000, 4000, 5000]; // ms, ~20 s in all
   var TALKING = { avatar_talking_message: 'avatar', user_talking_message: 'user' };
   var ENDING = { avatar_end_message: 'avatar', user_end_message: 'user' };
@@ -43,8 +43,10 @@
     session: null, // {provider, sessionId, token, conversationId, intro, livekitUrl}
     ws: null,
     closingSocket: false,
-    turns: [], // {role, text, at, taskIds, sources}
-    open: {}, // streamed chunks per role|task_id: {role, taskId, parts, at}
+    turns: [], // the gateway's record: {role, text, at, sources}
+    open: {}, // chunks still streaming on the socket, per role|task_id: {role, taskId, parts, at}
+    pending: [], // utterances the page saw end but the gateway's record does not show yet
+    refreshTimer: null,
     petyaRun: 0,
     timelineCount: 0,
     stickTimeline: true
@@ -312,28 +314,25 @@
     return headers;
   }
 
-  // --- transcript (the gateway's merge rules, from what the page sees) ----------------------------------------
+  // --- transcript: the gateway's own record (GET /v1/streaming.transcript), plus what is still being spoken ---
 
-  function sameUtterance(turn, fresh) {
-    if (turn.role !== fresh.role) return false;
-    if (turn.taskIds.some(function (id) { return fresh.taskIds.indexOf(id) >= 0; })) return true;
-    if (turn.sources.some(function (s) { return fresh.sources.indexOf(s) >= 0; })) return false;
-    return normalize(turn.text) === normalize(fresh.text) && Math.abs(turn.at - fresh.at) <= DEDUPE_WINDOW;
-  }
-
-  function addTurn(role, text, at, source, taskId) {
-    text = String(text || '').trim();
-    if (!text) return;
-    var fresh = { role: role, text: text, at: at, sources: [source], taskIds: taskId ? [String(taskId)] : [] };
-    var match = state.turns.filter(function (turn) { return sameUtterance(turn, fresh); })[0];
-    if (match) {
-      fresh.sources.forEach(function (s) { if (match.sources.indexOf(s) < 0) match.sources.push(s); });
-      fresh.taskIds.forEach(function (t) { if (match.taskIds.indexOf(t) < 0) match.taskIds.push(t); });
-      match.at = Math.min(match.at, at);
-    } else {
-      state.turns.push(fresh);
-    }
-    renderTranscript();
+  function refreshTranscript() {
+    var session = state.session;
+    clearTimeout(state.refreshTimer);
+    state.refreshTimer = setTimeout(function () {
+      if (!session || state.session !== session) return;
+      call('streaming.transcript', 'GET', gatewayBase(),
+        '/v1/streaming.transcript?session_id=' + encodeURIComponent(session.sessionId), {
+          headers: { 'X-Api-Key': apiKey() }
+        }).then(function (body) {
+        if (state.session !== session) return;
+        state.turns = ((body && body.data && body.data.transcript) || []).map(function (turn) {
+          return { role: turn.role, text: turn.transcript, at: turn.absolute_timestamp, sources: turn.sources || [] };
+        });
+        state.pending = [];
+        renderTranscript();
+      }, report);
+    }, TRANSCRIPT_REFRESH_MS);
   }
 
   function feedSocketEvent(event) {
@@ -347,23 +346,21 @@
       renderTranscript();
     } else if (ENDING[kind]) {
       var endKey = ENDING[kind] + '|' + taskId;
-      var open = state.open[endKey] || { parts: [], at: now() };
+      var open = state.open[endKey];
       delete state.open[endKey];
-      var spoken = typeof text === 'string' && text.trim() ? text : open.parts.join('');
-      addTurn(ENDING[kind], spoken, open.at, 'socket', taskId || null);
+      if (open) state.pending.push(open);
       renderTranscript();
+      refreshTranscript();
     }
     if (SPEECH_ON[kind]) el.video.dataset.speaking = 'true';
     if (SPEECH_OFF[kind]) el.video.dataset.speaking = 'false';
   }
 
   function drainOpen() {
-    Object.keys(state.open).forEach(function (key) {
-      var entry = state.open[key];
-      addTurn(entry.role, entry.parts.join(''), entry.at, 'socket', entry.taskId || null);
-    });
+    Object.keys(state.open).forEach(function (key) { state.pending.push(state.open[key]); });
     state.open = {};
     renderTranscript();
+    refreshTranscript();
   }
 
   function turnItem(role, text, meta, live) {
@@ -380,6 +377,9 @@
   function renderTranscript() {
     var items = state.turns.map(function (turn) {
       return { at: turn.at, node: turnItem(turn.role, turn.text, clock(new Date(turn.at * 1000)) + ' · ' + turn.sources.join(' + ')) };
+    });
+    state.pending.forEach(function (entry) {
+      items.push({ at: entry.at, node: turnItem(entry.role, entry.parts.join(''), 'recording…', true) });
     });
     Object.keys(state.open).forEach(function (key) {
       var entry = state.open[key];
@@ -495,15 +495,11 @@
       });
     },
     say: function (session, text, asUser) {
-      var at = now();
       var taskType = asUser ? 'talk' : 'repeat';
       return call('streaming.task (' + taskType + ')', 'POST', gatewayBase(), '/v1/streaming.task', {
         headers: jsonHeaders({ 'X-Api-Key': apiKey() }),
         body: { session_id: session.sessionId, text: text, task_type: taskType }
-      }).then(function (body) {
-        var taskId = body && body.data && body.data.task_id;
-        addTurn(asUser ? 'user' : 'avatar', text, at, 'task', taskId || null);
-      });
+      }).then(refreshTranscript);
     },
     stop: function (session) {
       return call('streaming.stop', 'POST', gatewayBase(), '/v1/streaming.stop', {
@@ -536,12 +532,11 @@
       });
     },
     say: function (session, text, asUser) {
-      var at = now();
       var path = asUser ? '/v1/streaming.user_message' : '/v1/streaming.avatar_message';
       return call(path.slice(4), 'POST', gatewayBase(), path, {
         headers: jsonHeaders({ 'X-Api-Key': apiKey() }),
         body: { session_id: session.sessionId, text: text }
-      }).then(function () { addTurn(asUser ? 'user' : 'avatar', text, at, 'reported'); });
+      }).then(refreshTranscript);
     },
     stop: function (session) {
       return call('sessions/stop', 'POST', gatewayBase(), '/v1/sessions/stop', {
@@ -654,6 +649,7 @@
     state.session = null;
     state.turns = [];
     state.open = {};
+    state.pending = [];
     state.petyaRun += 1;
     el.sessionId.textContent = '—';
     el.conversationId.textContent = '—';
