@@ -24,7 +24,6 @@ def origin_allowed(allowed, origin):
 class Customer:
     id: str  # HMAC of the API key
     config: dict  # avatar config from Petya (or the token's snapshot of it)
-    api_key: str | None = None  # set when the caller presented the key itself
     token: object = None  # the GatewayToken when the caller presented one
 
 
@@ -141,10 +140,11 @@ class BaseHandler(GatewayHandlerMixin, tornado.web.RequestHandler):
     async def authenticate(self, allow_token=True):
         return await authenticate(self.gateway, *self.credentials(), allow_token=allow_token)
 
-    async def owned_session(self, session_id, customer, touch=True):
-        """The customer's session (404 otherwise); by default the call counts as activity on it."""
+    async def owned_session(self, session_id, customer, provider=None, touch=True):
+        """The customer's session (of that provider, when given; 404 otherwise); by default the call counts as
+        activity on it."""
         self.log_session_id = session_id
-        return await self.gateway.sessions.owned(session_id, customer.id, touch=touch)
+        return await self.gateway.sessions.owned(session_id, customer.id, provider=provider, touch=touch)
 
     async def record_new_session(self, provider, session_id, **fields):
         """Record a session the provider just created; if that fails, stop it upstream rather than leak it."""
@@ -167,7 +167,7 @@ async def authenticate(gateway, api_key, token, allow_token=True):
         raise Unauthorized("missing API key: send X-Api-Key or Authorization: Bearer")
     cid = customer_id(gateway.settings.gateway_secret, api_key)
     config = await gateway.petya.get_config(api_key, cid)
-    return Customer(id=cid, config=config, api_key=api_key)
+    return Customer(id=cid, config=config)
 
 
 class NotFoundHandler(BaseHandler):

@@ -3,7 +3,7 @@ import time
 
 from handlers.base import BaseHandler
 from handlers.schemas import NEW_SESSION, SESSION_REF, TASK
-from models.errors import NotFound, Unauthorized, UpstreamUnavailable
+from models.errors import Unauthorized, UpstreamUnavailable
 from models.sessions import new_gateway_token
 from models.transcript import new_turn
 
@@ -55,9 +55,7 @@ class NewSessionHandler(BaseHandler):
             return self.pass_through(response)
         self.log_session_id = session_id
         await self.record_new_session(heygen, session_id, conversation_id=conversation_id, customer=customer.id,
-                                      upstream_token=token.upstream_token if token else None,
-                                      gateway_token_hash=token.token_hash if token else None,
-                                      intro=customer.config.get("intro"))
+                                      upstream_token=token.upstream_token if token else None)
         if token:
             await sessions.bind_token(token, session_id)
         body["data"]["intro"] = customer.config.get("intro")
@@ -73,9 +71,7 @@ class SessionCallHandler(BaseHandler):
     async def post(self):
         customer = await self.authenticate()
         request = self.load_body(self.schema)
-        session = await self.owned_session(request["session_id"], customer)
-        if session.provider != "heygen":
-            raise NotFound("session not found")
+        session = await self.owned_session(request["session_id"], customer, provider="heygen")
         started, response = time.time(), None
         try:
             response = await self.gateway.heygen.session_call(self.call, request)

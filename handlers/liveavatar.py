@@ -2,8 +2,8 @@
 without ever holding our key or LiveAvatar's session token."""
 from handlers.base import BaseHandler
 from handlers.schemas import OPTIONAL_SESSION_REF, TOKEN_REQUEST
-from models.errors import BadRequest, NotFound, Unauthorized, UpstreamUnavailable
-from models.sessions import new_gateway_token, token_hash
+from models.errors import BadRequest, Unauthorized, UpstreamUnavailable
+from models.sessions import new_gateway_token
 
 # Tokens the browser has no use for: LiveAvatar's agent token lets its holder join the room as the avatar's agent.
 SERVER_SIDE_FIELDS = ("livekit_agent_token",)
@@ -28,8 +28,7 @@ class SessionTokenHandler(BaseHandler):
         self.log_session_id = session_id
         await self.record_new_session(
             liveavatar, session_id, conversation_id=request.get("conversation_id"), customer=customer.id,
-            upstream_token=data["session_token"], gateway_token_hash=token_hash(token),
-            intro=customer.config.get("intro"))
+            upstream_token=data["session_token"])
         await self.gateway.sessions.save_token(token, customer.id, "liveavatar", data["session_token"],
                                                customer.config, self.gateway.settings.token_ttl, session_id)
         data["session_token"] = token
@@ -43,10 +42,7 @@ class LiveAvatarSessionHandler(BaseHandler):
         session_id = (request or {}).get("session_id") or (customer.token.session_id if customer.token else None)
         if not session_id:
             raise BadRequest("invalid field: session_id", errors={"session_id": ["required without a session token"]})
-        session = await self.owned_session(session_id, customer)
-        if session.provider != "liveavatar":
-            raise NotFound("session not found")
-        return session
+        return await self.owned_session(session_id, customer, provider="liveavatar")
 
 
 class StartHandler(LiveAvatarSessionHandler):

@@ -60,11 +60,9 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
             raise BadRequest("session_id and session_token are required")
         self.log_session_id = session_id
         customer = await authenticate(self.gateway, None, token)
-        session = await self.gateway.sessions.get(session_id)
-        if session is None or session.customer != customer.id or session.provider != "heygen" \
-                or session.status == "ended":
+        self.session = await self.gateway.sessions.owned(session_id, customer.id, provider="heygen")
+        if self.session.status == "ended":
             raise NotFound("session not found")
-        self.session = session
         await super().get(*args, **kwargs)
 
     async def open(self, *args, **kwargs):

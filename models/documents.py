@@ -1,5 +1,6 @@
 """MongoDB documents. All session state lives here (not in process memory), so several gateway processes behind
-one nginx can serve the same session. Times are float unix seconds."""
+one nginx can serve the same session. Times are float unix seconds. Documents are not strict: during a rolling
+deploy, or with sandbox data from an older version, a field one version does not know is ignored, not an error."""
 from mongoengine import DictField, Document, FloatField, IntField, ListField, StringField
 
 PROVIDERS = ("heygen", "liveavatar")
@@ -21,7 +22,7 @@ class TurnReport(Document):
     sources = ListField(StringField())  # the path that reported it: task, socket, reported, upstream
     task_ids = ListField(StringField())
 
-    meta = {"collection": "turn_reports", "indexes": [("session_id", "absolute_timestamp")]}
+    meta = {"collection": "turn_reports", "strict": False, "indexes": [("session_id", "absolute_timestamp")]}
 
 
 class AvatarSession(Document):
@@ -31,8 +32,6 @@ class AvatarSession(Document):
     customer = StringField(required=True)  # HMAC of the customer's API key, never the key
     status = StringField(required=True, choices=SESSION_STATUSES, default="created")
     upstream_token = StringField()  # the provider's session token; server-side only
-    gateway_token_hash = StringField()
-    intro = StringField()
     created_at = FloatField(required=True)
     last_activity_at = FloatField(required=True)
     open_sockets = IntField(default=0)
@@ -51,6 +50,7 @@ class AvatarSession(Document):
 
     meta = {
         "collection": "avatar_sessions",
+        "strict": False,
         "indexes": [
             "customer",
             ("flush_state", "flush_next_at"),
@@ -70,4 +70,4 @@ class GatewayToken(Document):
     created_at = FloatField(required=True)
     expires_at = FloatField(required=True)
 
-    meta = {"collection": "gateway_tokens", "indexes": [("customer", "session_id", "created_at")]}
+    meta = {"collection": "gateway_tokens", "strict": False, "indexes": [("customer", "session_id", "created_at")]}

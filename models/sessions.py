@@ -70,14 +70,11 @@ class SessionStore:
     # --- sessions -------------------------------------------------------------------------------------------------
 
     @blocking
-    def create(self, session_id, provider, conversation_id, customer, upstream_token=None, gateway_token_hash=None,
-               intro=None):
+    def create(self, session_id, provider, conversation_id, customer, upstream_token=None):
         now = self.clock()
         session = AvatarSession(
             session_id=session_id, provider=provider, conversation_id=conversation_id or session_id,
-            customer=customer, status="created", upstream_token=upstream_token,
-            gateway_token_hash=gateway_token_hash,
-            intro=intro, created_at=now, last_activity_at=now)
+            customer=customer, status="created", upstream_token=upstream_token, created_at=now, last_activity_at=now)
         session.save(force_insert=True)
         return session
 
@@ -86,10 +83,13 @@ class SessionStore:
         return AvatarSession.objects(session_id=session_id).first()
 
     @blocking
-    def owned(self, session_id, customer, touch=False):
-        """The session, if this customer created it; NotFound otherwise (unknown and foreign look the same).
-        With touch, the call also counts as activity, in the same round trip."""
+    def owned(self, session_id, customer, provider=None, touch=False):
+        """The session, if this customer created it (with that provider, when given); NotFound otherwise: unknown,
+        foreign and other-provider sessions look the same. With touch, the call also counts as activity, in the
+        same round trip."""
         query = AvatarSession.objects(session_id=session_id, customer=customer)
+        if provider:
+            query = query.filter(provider=provider)
         session = query.modify(new=True, set__last_activity_at=self.clock()) if touch else query.first()
         if session is None:
             raise NotFound("session not found")
