@@ -138,5 +138,4 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
         session_id = self.session.session_id
         for turn in unfinished:
             await self.gateway.sessions.add_turn(session_id, turn)
-        await self.gateway.sessions.socket_closed(session_id)
-        self.gateway.lifecycle.socket_closed(session_id)
+        await self.gateway.sessions.socket_closed(session_id)  # the sweep ends it if no socket reopens in time

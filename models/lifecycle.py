@@ -12,7 +12,7 @@
 import asyncio
 import logging
 
-from tornado.ioloop import IOLoop, PeriodicCallback
+from tornado.ioloop import PeriodicCallback
 
 from models.errors import GatewayError
 from models.transcript import for_petya
@@ -30,7 +30,6 @@ class Lifecycle:
         self._tasks = set()
         self._periodic = None
         self._sweeping = False
-        self._timers = set()
         self._closed = False
 
     # --- background work ------------------------------------------------------------------------------------------
@@ -58,9 +57,6 @@ class Lifecycle:
     async def close(self, timeout=None):
         if self._periodic:
             self._periodic.stop()
-        for timer in self._timers:
-            IOLoop.current().remove_timeout(timer)
-        self._timers.clear()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
         self._closed = True
@@ -88,18 +84,6 @@ class Lifecycle:
         except GatewayError as exc:
             log.warning("could not stop %s session %s upstream: %s", session.provider, session.session_id, exc)
             await self.sessions.note_stop_error(session.session_id, exc.message)
-
-    def socket_closed(self, session_id):
-        """After the grace period, end the session unless a socket reopened (in any process)."""
-        def check():
-            self._timers.discard(timer)
-            self.spawn(self.end_if_abandoned(session_id))
-        timer = IOLoop.current().call_later(self.settings.socket_grace_period, check)
-        self._timers.add(timer)
-
-    async def end_if_abandoned(self, session_id):
-        before = self.sessions.clock() - self.settings.socket_grace_period
-        return await self.end(session_id, "socket_closed", abandoned_before=before + 0.001)
 
     # --- flush ----------------------------------------------------------------------------------------------------
 
