@@ -1,7 +1,7 @@
 """The one shared curl HTTP client and the JSON call every upstream client makes through it."""
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tornado.curl_httpclient import CurlAsyncHTTPClient
 from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -27,22 +27,29 @@ def make_http_client(settings):
     )
 
 
+_UNPARSED = object()
+
+
 @dataclass
 class UpstreamResponse:
     status: int
     body: bytes
     content_type: str
+    _parsed: object = field(default=_UNPARSED, init=False, repr=False, compare=False)
 
     @property
     def ok(self):
         return 200 <= self.status < 300
 
     def json(self):
-        """The body as JSON, or None when it is not JSON."""
-        try:
-            return json.loads(self.body) if self.body else None
-        except ValueError:
-            return None
+        """The body as JSON, or None when it is not JSON; parsed once (the same object on every call, so a
+        handler that edits it answers with the edited copy)."""
+        if self._parsed is _UNPARSED:
+            try:
+                self._parsed = json.loads(self.body) if self.body else None
+            except ValueError:
+                self._parsed = None
+        return self._parsed
 
 
 class Upstream:
