@@ -111,6 +111,7 @@ class EmulatedSession:
     closed_reason: str | None = None  # "stopped" | "idle_timeout"
     sockets: set = field(default_factory=set)
     ws_closes: list = field(default_factory=list)  # (code, reason) the peer sent when closing, per socket
+    ws_pings: int = 0  # pings received from the peer (the gateway keeps its leg alive)
     pending: collections.deque = field(default_factory=collections.deque)  # tasks waiting to be spoken
     speaker: asyncio.Task | None = None
     speaking: dict | None = None
@@ -470,6 +471,9 @@ class StreamingChatSocket(tornado.websocket.WebSocketHandler):
 
     def open(self):
         self.session.sockets.add(self)
+
+    def on_ping(self, data):
+        self.session.ws_pings += 1
 
     def on_message(self, message):
         is_binary = isinstance(message, bytes)

@@ -147,3 +147,56 @@ async def _flush_state_is(sandbox, session_id, state, with_error=False):
     if record and record.flush_state == state and (record.flush_error or not with_error):
         return record
     return None
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_gateway_restart_mid_session_the_browser_reconnects_and_carries_on(make_sandbox):
+    sandbox = await make_sandbox(SOCKET_GRACE_PERIOD="3")
+    client = GatewayClient(sandbox.gateway_url)
+    token, session = await open_session(client)
+    session_id = session["session_id"]
+    ws = await websocket_connect(ws_url(sandbox, session_id, token))
+    await client.call("/v1/streaming.start", {"session_id": session_id})
+    await client.call("/v1/streaming.task", {"session_id": session_id, "text": "Before.", "task_type": "repeat"})
+    await read_events(ws, "avatar_end_message")
+
+    await sandbox.restart_gateway()  # a deploy: the process goes away and a new one takes the port
+    while await ws.read_message() is not None:  # frames already on their way, then the close
+        pass
+    ws.close()
+    assert ws.close_code == 1001  # going away, so the plugin reconnects
+    assert sandbox.heygen.sessions[session_id].status == "connected"  # the session outlives the process
+
+    ws = await websocket_connect(ws_url(sandbox, session_id, token))  # the plugin's reconnect, same token
+    assert (await client.call("/v1/streaming.task", {"session_id": session_id, "text": "After.",
+                                                     "task_type": "repeat"})).status == 200
+    await read_events(ws, "avatar_end_message")
+    assert (await client.call("/v1/streaming.stop", {"session_id": session_id})).status == 200
+    await eventually(lambda: sandbox.petya.deliveries("conv-1"))
+    await asyncio.sleep(0.3)
+    deliveries = sandbox.petya.deliveries("conv-1")
+    assert len(deliveries) == 1
+    assert [t["transcript"] for t in deliveries[0]["transcript"]] == ["Before.", "After."]
+    ws.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_gateway_restart_mid_liveavatar_session_keeps_its_token_and_transcript(sandbox, client):
+    reply = await client.call("/v1/sessions/token", {"conversation_id": "la-restart"})
+    session_id, token = reply.data["session_id"], reply.data["session_token"]
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert (await client.call("/v1/sessions/start", api_key=None, headers=bearer)).status == 201
+    await client.call("/v1/streaming.avatar_message", {"session_id": session_id, "text": "Said before."})
+
+    await sandbox.restart_gateway()
+
+    # LiveAvatar's SDK carries on with the same Bearer token against the new process.
+    assert (await client.call("/v1/sessions/keep-alive", api_key=None, headers=bearer)).status == 200
+    await client.call("/v1/streaming.user_message", {"session_id": session_id, "text": "Said after."})
+    assert (await client.call("/v1/sessions/stop", api_key=None, headers=bearer)).status == 200
+    await eventually(lambda: sandbox.petya.deliveries("la-restart"))
+    await asyncio.sleep(0.3)
+    deliveries = sandbox.petya.deliveries("la-restart")
+    assert len(deliveries) == 1
+    assert [(t["role"], t["transcript"]) for t in deliveries[0]["transcript"]] == [
+        ("avatar", "Said before."), ("user", "Said after.")]

@@ -162,3 +162,16 @@ async def test_a_burst_of_utterances_on_one_socket_loses_none(sandbox, client):
     transcript = sandbox.petya.get_conversation("conv-1")["transcript"]
     assert sorted(t["transcript"] for t in transcript) == sorted(said)
     ws.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_both_legs_are_pinged(make_sandbox):
+    sandbox = await make_sandbox(WS_PING_INTERVAL="0.1")
+    client = GatewayClient(sandbox.gateway_url)
+    session_id, _, ws = await connected(sandbox, client)
+    browser_pings = []
+    ws.on_ping = browser_pings.append  # tornado's client hook for a ping it received (it answers the pong itself)
+    await asyncio.sleep(0.6)
+    assert len(browser_pings) >= 3  # gateway -> browser
+    assert sandbox.heygen.sessions[session_id].ws_pings >= 3  # gateway -> HeyGen
+    ws.close()
