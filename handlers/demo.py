@@ -4,13 +4,17 @@ import os
 import tornado.web
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
+PAGE = "demo.html"
 
 
 class DemoHandler(tornado.web.StaticFileHandler):
-    """Serves handlers/static/ under /demo/ (the page itself at /demo)."""
+    """Serves the page at /demo (and /demo/) without a redirect, and handlers/static/ under /demo/."""
 
     def initialize(self, **kwargs):
-        super().initialize(path=STATIC_DIR, default_filename="demo.html")
+        super().initialize(path=STATIC_DIR)
+
+    def get(self, path=None, include_body=True):
+        return super().get(path or PAGE, include_body)
 
     def set_extra_headers(self, path):
         self.set_header("Cache-Control", "no-cache")

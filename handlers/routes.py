@@ -34,7 +34,7 @@ def routes(gateway):
     deps = {"gateway": gateway}
     table = [(prefix + path, handler, deps) for prefix in PREFIXES for path, handler in API]
     table.append((r"/healthz", HealthHandler, deps))
-    table.append((r"/demo/?()", DemoHandler))
+    table.append((r"/demo/?", DemoHandler))
     table.append((r"/demo/(.+)", DemoHandler))
     return table
 

@@ -46,6 +46,7 @@ def test_sandbox_starts_everything_and_stops_cleanly(tmp_path):
         with urllib.request.urlopen(request, timeout=10) as response:
             assert b'"token": "ilgt_' in response.read()
         with urllib.request.urlopen(f"{gateway}/demo", timeout=10) as response:
+            assert response.url == f"{gateway}/demo"  # the printed URL itself, no redirect
             assert b"<title>" in response.read()
         mongo_pids = subprocess.run(["pgrep", "-P", str(process.pid), "-f", "secantusd-rs"],
                                     capture_output=True, text=True).stdout.split()
