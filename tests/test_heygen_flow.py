@@ -38,6 +38,14 @@ async def open_session(client, prefix="", conversation_id="conv-1"):
     return token.data["token"], new.data
 
 
+async def connected(sandbox, client, **kwargs):
+    """A new, started session with the browser's socket open: (session_id, token, socket)."""
+    token, session = await open_session(client)
+    ws = await websocket_connect(ws_url(sandbox, session["session_id"], token), **kwargs)
+    await client.call("/v1/streaming.start", {"session_id": session["session_id"]})
+    return session["session_id"], token, ws
+
+
 @pytest.mark.parametrize("prefix", ["", "/api/v1/avatar"])
 @pytest.mark.gen_test(timeout=30)
 async def test_whole_plugin_flow_delivers_transcript_once(sandbox, client, prefix):
@@ -94,10 +102,7 @@ async def test_whole_plugin_flow_delivers_transcript_once(sandbox, client, prefi
 @pytest.mark.gen_test(timeout=30)
 async def test_transcript_route_shows_the_owner_the_merged_record(sandbox, client):
     from conftest import GatewayClient
-    token, session = await open_session(client)
-    session_id = session["session_id"]
-    ws = await websocket_connect(ws_url(sandbox, session_id, token))
-    await client.call("/v1/streaming.start", {"session_id": session_id})
+    session_id, _, ws = await connected(sandbox, client)
     await client.call("/v1/streaming.task", {"session_id": session_id, "text": "Hi there.", "task_type": "repeat"})
     await read_events(ws, "avatar_end_message")
     path = f"/v1/streaming.transcript?session_id={session_id}"

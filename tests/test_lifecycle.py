@@ -6,7 +6,7 @@ from tornado.websocket import websocket_connect
 
 from conftest import GatewayClient, eventually
 from server import Gateway
-from test_heygen_flow import open_session, read_events, ws_url
+from test_heygen_flow import connected, open_session, read_events, ws_url
 
 
 async def talked_session(sandbox, client, conversation_id="conv-1", gateway_url=None):
@@ -153,10 +153,7 @@ async def _flush_state_is(sandbox, session_id, state, with_error=False):
 async def test_gateway_restart_mid_session_the_browser_reconnects_and_carries_on(make_sandbox):
     sandbox = await make_sandbox(SOCKET_GRACE_PERIOD="3")
     client = GatewayClient(sandbox.gateway_url)
-    token, session = await open_session(client)
-    session_id = session["session_id"]
-    ws = await websocket_connect(ws_url(sandbox, session_id, token))
-    await client.call("/v1/streaming.start", {"session_id": session_id})
+    session_id, token, ws = await connected(sandbox, client)
     await client.call("/v1/streaming.task", {"session_id": session_id, "text": "Before.", "task_type": "repeat"})
     await read_events(ws, "avatar_end_message")
 

@@ -7,14 +7,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from conftest import GatewayClient, eventually
-from test_heygen_flow import open_session, read_events, ws_url
-
-
-async def connected(sandbox, client, **kwargs):
-    token, session = await open_session(client)
-    ws = await websocket_connect(ws_url(sandbox, session["session_id"], token), **kwargs)
-    await client.call("/v1/streaming.start", {"session_id": session["session_id"]})
-    return session["session_id"], token, ws
+from test_heygen_flow import connected, open_session, read_events, ws_url
 
 
 @pytest.mark.gen_test(timeout=20)
