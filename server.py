@@ -16,11 +16,13 @@ from clients.petya import PetyaClient
 from conf import ConfigError, load_settings
 from handlers.requestlog import clamp_secret_loggers, log_request
 from handlers.routes import DEFAULT_HANDLER, routes
-from handlers.websocket import StreamingChatRelay
+from handlers.websocket import StreamingChatRelay, move_relays
 from models.errors import ServiceUnavailable
+from models.leases import Leases
 from models.lifecycle import Lifecycle
 from models.sessions import SessionStore
 from models.store import Store
+from models.turns import TurnQueue
 
 log = logging.getLogger("gateway")
 
@@ -33,14 +35,18 @@ class Gateway:
         clamp_secret_loggers()
         self.settings = settings
         self.http = make_http_client(settings)
-        self.store = Store(settings.mongodb_uri, settings.db_workers)
+        self.store = Store(settings.mongodb_uri, settings.db_workers, timeout=settings.db_timeout,
+                           write_concern=settings.db_write_concern)
         self.sessions = SessionStore(self.store)
+        self.leases = Leases(self.store, settings.lease_heartbeat, settings.lease_ttl)
+        self.turns = TurnQueue(self.sessions, settings.turn_queue_max)
         self.petya = PetyaClient(self.http, settings.petya_base_url, settings.petya_auth_token,
                                  settings.petya_config_ttl)
         self.heygen = HeyGenClient(self.http, settings.heygen_base_url, settings.heygen_api_key)
         self.liveavatar = LiveAvatarClient(self.http, settings.liveavatar_base_url, settings.liveavatar_api_key)
         self.lifecycle = Lifecycle(self.sessions, {"heygen": self.heygen, "liveavatar": self.liveavatar},
-                                   self.petya, settings)
+                                   self.petya, settings, self.turns, self.leases,
+                                   on_lease_lost=lambda process_id: move_relays(self, process_id))
         self.app = tornado.web.Application(
             routes(self), default_handler_class=DEFAULT_HANDLER, default_handler_args={"gateway": self},
             log_function=log_request, compress_response=False,
@@ -52,13 +58,20 @@ class Gateway:
         self.stopped = False
 
     async def start(self, sockets=None):
-        """Connect to MongoDB, resume pending flushes, and serve on `sockets` (else HOST:PORT)."""
+        """Connect to MongoDB, take this process's lease, resume pending flushes, and serve on `sockets` (else
+        HOST:PORT)."""
         self.store.connect()
         await self.store.ensure_indexes()
+        await self.leases.take(self.leases.process_id)
         self.lifecycle.start()
-        # The hard cap on bodies; MAX_BODY_SIZE itself is enforced in the handlers, which answer a JSON 413.
-        self.server = HTTPServer(self.app, xheaders=self.settings.xheaders,
-                                 max_body_size=max(4 * self.settings.max_body_size, 1 << 20))
+        # Every handler that can receive a body streams it in and enforces MAX_BODY_SIZE itself (a JSON 413 before
+        # the body is read), lifting tornado's per-request cap, whose bare 400 would follow its answer; the
+        # WebSocket relay, which buffers, gets no body (handlers/routes.py). The cap here is a backstop.
+        # idle_connection_timeout is tornado's header timeout: waiting for, and reading, each request's headers.
+        settings = self.settings
+        self.server = HTTPServer(self.app, xheaders=settings.xheaders, max_body_size=settings.max_body_size,
+                                 idle_connection_timeout=settings.http_idle_timeout,
+                                 body_timeout=settings.http_body_timeout, max_header_size=settings.http_max_header_size)
         sockets = sockets or bind_sockets(self.settings.port, self.settings.host)
         self.server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
@@ -71,14 +84,23 @@ class Gateway:
         self.stopped = True
         if self.server:
             self.server.stop()
-        for relay in list(StreamingChatRelay.open_relays):
-            if relay.gateway is self:
-                relay.close(1001, "server shutting down")
+        self.close_relays("server shutting down")
         if self.server:
             await self.server.close_all_connections()
         await self.lifecycle.close(timeout=self.settings.shutdown_timeout)
+        await self.turns.close(timeout=self.settings.shutdown_timeout)
+        try:
+            await self.leases.release()
+        except ServiceUnavailable:
+            pass  # the lease expires instead, and this process's sockets count as closed then
         self.http.close()
         self.store.close()
+
+    def close_relays(self, reason):
+        """Close this gateway's sockets with 1001 (going away): their clients reconnect, here or elsewhere."""
+        for relay in list(StreamingChatRelay.open_relays):
+            if relay.gateway is self:
+                relay.close(1001, reason)
 
 
 async def serve(settings):

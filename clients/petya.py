@@ -96,13 +96,14 @@ class PetyaClient:
         config.update({k: v for k, v in body.items() if k not in config})
         return config
 
-    async def post_status(self, conversation_id, session_id, transcript, status="completed"):
-        """Hand a finished session's transcript to Petya (updateConversationStatus)."""
+    async def post_status(self, conversation_id, session_id, transcript, delivery_id, status="completed"):
+        """Hand a finished session's transcript to Petya (updateConversationStatus). `delivery_id` is the same on
+        every attempt (header Idempotency-Key and body deliveryId): Petya applies a repeat of it as a no-op."""
         path = f"/api/v1/avatar/conversations/{quote(conversation_id, safe='')}/status"
-        body = {"sessionId": session_id, "status": status, "transcript": transcript}
+        body = {"sessionId": session_id, "status": status, "transcript": transcript, "deliveryId": delivery_id}
+        headers = {"Authorization": f"Bearer {self.auth_token}", "Idempotency-Key": delivery_id}
         try:
-            response = await self.upstream.call(
-                "POST", path, headers={"Authorization": f"Bearer {self.auth_token}"}, body=body)
+            response = await self.upstream.call("POST", path, headers=headers, body=body)
         except (UpstreamUnavailable, UpstreamTimeout) as exc:
             return FlushOutcome(delivered=False, retry=True, error=exc.message)
         if response.ok:

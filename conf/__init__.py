@@ -77,6 +77,15 @@ def _bool(raw):
     raise ValueError("must be true or false")
 
 
+def _choice(*choices):
+    def parse(raw):
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+    return parse
+
+
 def _log_level(raw):
     level = raw.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -112,11 +121,32 @@ SETTINGS = (
             "MongoDB URI holding sessions and transcripts; the database is the URI's path, else ilianaai_avatar.",
             secret=True),
     Setting("DB_WORKERS", "8", _int(1, 256), "Threads running MongoDB calls (and pymongo's pool size)."),
+    Setting("DB_TIMEOUT", "5", _float(0.1),
+            "Seconds a MongoDB call may wait for the server (selection, connect); meanwhile callers get 503."),
+    Setting("DB_WRITE_CONCERN", "journaled", _choice("journaled", "majority"),
+            "How durable an acknowledged write is: journaled (w=1, j=true) or majority (w=majority, j=true; "
+            "replica sets)."),
+    Setting("LEASE_HEARTBEAT", "2", _float(0.05),
+            "Seconds between a process's lease heartbeats in MongoDB (its open sockets are recorded against it)."),
+    Setting("LEASE_TTL", "30", _float(0.2),
+            "Seconds without a heartbeat after which a process counts as dead and its sockets as closed."),
+    Setting("TURN_QUEUE_MAX", "10000", _int(1),
+            "Turns a process holds while MongoDB cannot take them; when full, tasks and reports answer 503 and "
+            "socket relays pause."),
     Setting("CORS_ORIGINS", "*", _origins, "Origins allowed to call the gateway: a comma list, or * for any."),
     Setting("UPSTREAM_CONNECT_TIMEOUT", "5", _float(0.1), "Seconds to connect to HeyGen/LiveAvatar/Petya."),
     Setting("UPSTREAM_REQUEST_TIMEOUT", "30", _float(0.1), "Seconds for a whole upstream HTTP exchange."),
     Setting("HTTP_MAX_CLIENTS", "200", _int(1, 10000), "Concurrent upstream HTTP requests of the shared curl client."),
-    Setting("MAX_BODY_SIZE", "65536", _int(256), "Largest request body accepted, in bytes (larger: 413)."),
+    Setting("MAX_BODY_SIZE", "65536", _int(256),
+            "Largest request body accepted, in bytes (larger: 413, answered before the body is read)."),
+    Setting("HTTP_IDLE_TIMEOUT", "60", _float(0.1),
+            "Seconds a client connection may wait before and while sending a request's headers, from its connect or "
+            "the end of its previous answer (tornado's header timeout): ends idle keep-alive connections and "
+            "slowloris."),
+    Setting("HTTP_BODY_TIMEOUT", "15", _float(0.1),
+            "Seconds a client may take to send a request body once its headers are in; slower: connection closed."),
+    Setting("HTTP_MAX_HEADER_SIZE", "16384", _int(1024, 1 << 20),
+            "Largest request line plus headers, in bytes; larger: the connection is closed without an answer."),
     Setting("WS_PING_INTERVAL", "25", _float(0), "Seconds between WebSocket pings on both legs (0 disables)."),
     Setting("WS_MAX_MESSAGE_SIZE", "1048576", _int(1024), "Largest WebSocket message relayed, in bytes."),
     Setting("SOCKET_GRACE_PERIOD", "30", _float(0),

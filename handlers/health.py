@@ -3,6 +3,7 @@ from mongoengine.connection import get_db
 
 from handlers.base import BaseHandler
 from models.errors import ServiceUnavailable
+from models.store import RETRY_AFTER
 
 
 class HealthHandler(BaseHandler):
@@ -10,5 +11,5 @@ class HealthHandler(BaseHandler):
         try:
             await self.gateway.store.run(lambda: get_db().command("ping"))
         except Exception:
-            raise ServiceUnavailable("database unreachable") from None
+            raise ServiceUnavailable("database unreachable", retry_after=RETRY_AFTER) from None
         self.send_json({"status": "ok"})

@@ -1,4 +1,5 @@
 """HeyGen-compatible REST routes: a plugin built against HeyGen works unchanged against these."""
+import asyncio
 import time
 
 from handlers.base import BaseHandler
@@ -6,6 +7,8 @@ from handlers.schemas import NEW_SESSION, SESSION_REF, TASK
 from models.errors import Unauthorized, UpstreamUnavailable
 from models.sessions import new_gateway_token
 from models.transcript import new_turn
+
+TURN_WRITE_WAIT = 0.5  # seconds a task's answer waits for its turn to be stored before answering anyway
 
 
 class CreateTokenHandler(BaseHandler):
@@ -31,7 +34,7 @@ class NewSessionHandler(BaseHandler):
     """streaming.new with the customer's avatar config injected, answered with HeyGen's body plus data.intro."""
 
     async def post(self):
-        customer = await self.authenticate()
+        customer = await self.authenticate(provider="heygen")
         request = self.load_body(NEW_SESSION)
         conversation_id = request.pop("conversation_id", None)
         sessions, heygen = self.gateway.sessions, self.gateway.heygen
@@ -69,7 +72,7 @@ class SessionCallHandler(BaseHandler):
     schema = SESSION_REF
 
     async def post(self):
-        customer = await self.authenticate()
+        customer = await self.authenticate(provider="heygen")
         request = self.load_body(self.schema)
         session = await self.owned_session(request["session_id"], customer, provider="heygen")
         started, response = time.time(), None
@@ -81,8 +84,6 @@ class SessionCallHandler(BaseHandler):
 
     async def settle(self, session, request, started, response):
         """What the call means for our record of the session (response is None when HeyGen was not reached)."""
-
-
 class StartHandler(SessionCallHandler):
     call = "start"
 
@@ -100,18 +101,25 @@ class KeepAliveHandler(SessionCallHandler):
 
 
 class TaskHandler(SessionCallHandler):
-    """A talk task is the user speaking; a repeat task is the avatar saying the given words."""
+    """A talk task is the user speaking; a repeat task is the avatar saying the given words. Its turn is queued
+    for MongoDB (models.turns): the answer is HeyGen's, whether or not MongoDB is there at that moment."""
 
     call = "task"
     schema = TASK
+
+    async def post(self):
+        with self.gateway.turns.take_slot() as self.slot:  # before HeyGen performs it: 503 when the queue is full
+            await super().post()
 
     async def settle(self, session, request, started, response):
         if response is None or not response.ok:
             return
         role = "avatar" if request.get("task_type", "repeat") == "repeat" else "user"
         task_id = ((response.json() or {}).get("data") or {}).get("task_id")
-        await self.gateway.sessions.add_turn(
+        stored = self.slot.submit(
             session.session_id, new_turn(role, request["text"], started, "task", str(task_id) if task_id else None))
+        # Usually stored within a millisecond, so the transcript reads it back at once; never waited on for long.
+        await asyncio.wait([stored], timeout=TURN_WRITE_WAIT)
 
 
 class StopHandler(SessionCallHandler):

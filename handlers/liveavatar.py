@@ -51,7 +51,7 @@ class StartHandler(LiveAvatarSessionHandler):
     async def post(self):
         if self.credentials()[1] is None:
             raise Unauthorized("start needs the session token from /v1/sessions/token (Authorization: Bearer)")
-        customer = await self.authenticate()
+        customer = await self.authenticate(provider="liveavatar")
         session = await self.liveavatar_session(customer)
         response = await self.gateway.liveavatar.start(session.upstream_token)
         if response.ok:
@@ -69,7 +69,7 @@ class StopHandler(LiveAvatarSessionHandler):
     """Stops LiveAvatar's session, then ends ours: LiveAvatar's transcript, merged, goes to Petya once."""
 
     async def post(self):
-        customer = await self.authenticate()
+        customer = await self.authenticate(provider="liveavatar")
         session = await self.liveavatar_session(customer, self.load_body(OPTIONAL_SESSION_REF))
         response = None
         try:
@@ -81,6 +81,6 @@ class StopHandler(LiveAvatarSessionHandler):
 
 class KeepAliveHandler(LiveAvatarSessionHandler):
     async def post(self):
-        customer = await self.authenticate()
+        customer = await self.authenticate(provider="liveavatar")
         session = await self.liveavatar_session(customer, self.load_body(OPTIONAL_SESSION_REF))
         self.pass_through(await self.gateway.liveavatar.keep_alive(session.session_id))

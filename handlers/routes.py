@@ -1,5 +1,7 @@
 """The gateway's routes: every one under the root and, identically, under /api/v1/avatar."""
-from handlers.base import NotFoundHandler
+from tornado.routing import PathMatches
+
+from handlers.base import NoBodyHandler, NotFoundHandler
 from handlers.demo import DemoHandler
 from handlers.health import HealthHandler
 from handlers.heygen import (CreateTokenHandler, InterruptHandler, KeepAliveHandler, NewSessionHandler, StartHandler,
@@ -30,12 +32,26 @@ API = [
 ]
 
 
+class WithBody(PathMatches):
+    """A path, for the requests that carry a body (any Content-Length but 0, or a Transfer-Encoding)."""
+
+    def match(self, request):
+        headers = request.headers
+        if headers.get("Content-Length", "0") == "0" and "Transfer-Encoding" not in headers:
+            return None
+        return super().match(request)
+
+
 def routes(gateway):
     deps = {"gateway": gateway}
-    table = [(prefix + path, handler, deps) for prefix in PREFIXES for path, handler in API]
+    # The WebSocket relay reads a request whole before it runs; a handshake carries no body, so one that comes with
+    # a body is answered by a handler that refuses it without reading it (413 / 400 JSON, with CORS headers).
+    table = [(WithBody(prefix + path), NoBodyHandler, deps)
+             for prefix in PREFIXES for path, handler in API if handler is StreamingChatRelay]
+    table += [(prefix + path, handler, deps) for prefix in PREFIXES for path, handler in API]
     table.append((r"/healthz", HealthHandler, deps))
-    table.append((r"/demo/?", DemoHandler))
-    table.append((r"/demo/(.+)", DemoHandler))
+    table.append((r"/demo/?", DemoHandler, deps))
+    table.append((r"/demo/(.+)", DemoHandler, deps))
     return table
 
 

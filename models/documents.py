@@ -25,6 +25,18 @@ class TurnReport(Document):
     meta = {"collection": "turn_reports", "strict": False, "indexes": [("session_id", "absolute_timestamp")]}
 
 
+class ProcessLease(Document):
+    """A live gateway process: its heartbeat, and the oldest turn it still holds in memory (models.turns)."""
+    process_id = StringField(required=True, unique=True)
+    host = StringField()
+    pid = IntField()
+    started_at = FloatField(required=True)
+    heartbeat_at = FloatField(required=True)
+    pending_since = FloatField()  # when its oldest turn not yet in MongoDB was seen; None when it holds none
+
+    meta = {"collection": "gateway_processes", "strict": False}
+
+
 class AvatarSession(Document):
     session_id = StringField(required=True, unique=True)
     provider = StringField(required=True, choices=PROVIDERS)
@@ -34,7 +46,9 @@ class AvatarSession(Document):
     upstream_token = StringField()  # the provider's session token; server-side only
     created_at = FloatField(required=True)
     last_activity_at = FloatField(required=True)
-    open_sockets = IntField(default=0)
+    # One entry per open socket: {"id", "process" (the ProcessLease holding it), "opened_at"}. A socket whose
+    # process's lease expired counts as closed at that lease's last heartbeat (models.leases).
+    sockets = ListField(DictField())
     socket_closed_at = FloatField()
     ended_at = FloatField()
     end_reason = StringField()
@@ -45,6 +59,7 @@ class AvatarSession(Document):
     flush_next_at = FloatField()
     flush_lease_until = FloatField()
     flush_error = StringField()
+    flush_cutoff = FloatField()  # set when the flush first takes its lease: reports after it are refused (409)
     flushed_at = FloatField()
     transcript_note = StringField()  # why a provider transcript could not be merged, when it could not
 
@@ -55,6 +70,7 @@ class AvatarSession(Document):
             "customer",
             ("flush_state", "flush_next_at"),
             ("status", "last_activity_at"),
+            "sockets.process",
         ],
     }
 

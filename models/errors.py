@@ -11,12 +11,13 @@ class GatewayError(HTTPError):
     status = 500
     default_message = "internal error"
 
-    def __init__(self, message=None, errors=None, status=None):
+    def __init__(self, message=None, errors=None, status=None, retry_after=None):
         if status is not None:
             self.status = status
         super().__init__(self.status)
         self.message = message or self.default_message
         self.errors = errors
+        self.retry_after = retry_after  # seconds, sent as Retry-After when set
 
     def __str__(self):
         return f"{self.status}: {self.message}"

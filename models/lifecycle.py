@@ -3,32 +3,52 @@
 - `end()` claims the end of a session atomically (one winner across processes), stops it upstream unless the
   caller already did, and queues the flush in MongoDB before trying to deliver it.
 - A flush is leased before delivery, retried with backoff while Petya is down or answers 5xx (also after a
-  restart: the state is in MongoDB), and kept with its error when Petya rejects it (4xx).
+  restart: the state is in MongoDB), and kept with its error when Petya rejects it (4xx). Its first lease fixes
+  the session's cut-off (reports after it are refused); before reading the transcript it waits until every turn
+  seen before the cut-off is stored — in this process (models.turns) and in every other live one (their leases
+  publish the oldest turn they hold). Every attempt carries the same delivery id, so Petya applies it once.
+- Each process holds a lease (models.leases); the sweep releases the sockets of processes whose lease expired.
 - A periodic sweep (safe in several processes at once: every end is claimed atomically) ends sessions whose
   sockets closed longer than the grace period ago without a stop, reaps sessions gone quiet for SESSION_IDLE_TIMEOUT
   or older than SESSION_MAX_AGE (stopping them upstream: a leaked session holds one of our few concurrent slots),
   and delivers every due flush.
 """
 import asyncio
+import hashlib
 import logging
 
 from tornado.ioloop import PeriodicCallback
 
-from models.errors import GatewayError
+from models.errors import GatewayError, ServiceUnavailable
+from models.leases import new_process_id
 from models.transcript import for_petya
 
 log = logging.getLogger("gateway.lifecycle")
 
 
+# How long a flush waits in-process for this process's own turns before it gives its lease back and tries later.
+LOCAL_SETTLE_WAIT = 1.0
+# How long a socket close that could not be recorded waits before the next try (doubling).
+RECORD_RETRY_INITIAL, RECORD_RETRY_MAX = 0.1, 5.0
+
+
+def delivery_id(session_id):
+    """The hand-off's idempotency key: the same for every attempt, from every process."""
+    return "dlv_" + hashlib.sha256(f"handoff:{session_id}".encode()).hexdigest()[:32]
+
+
 class Lifecycle:
-    def __init__(self, sessions, providers, petya, settings):
+    def __init__(self, sessions, providers, petya, settings, turns, leases, on_lease_lost=None):
         self.sessions = sessions
         self.providers = providers  # provider name -> client with stop_session() and final_turns()
         self.petya = petya
         self.settings = settings
+        self.turns = turns  # models.turns.TurnQueue
+        self.leases = leases  # models.leases.Leases
+        self.on_lease_lost = on_lease_lost  # async f(new_process_id): move this process's sockets to a new lease
         self.lease_seconds = 2 * settings.upstream_request_timeout + 5
         self._tasks = set()
-        self._periodic = None
+        self._periodic = []
         self._sweeping = False
         self._closed = False
 
@@ -49,19 +69,54 @@ class Lifecycle:
             log.error("background task failed: %r", task.exception())
 
     def start(self):
-        self._periodic = PeriodicCallback(lambda: self.spawn(self.sweep()),
-                                          self.settings.sweep_interval * 1000)
-        self._periodic.start()
+        self._periodic = [PeriodicCallback(lambda: self.spawn(self.sweep()), self.settings.sweep_interval * 1000),
+                          PeriodicCallback(lambda: self.spawn(self.heartbeat()), self.settings.lease_heartbeat * 1000)]
+        for periodic in self._periodic:
+            periodic.start()
         self.spawn(self.sweep())  # flushes left pending by a previous run
 
+    async def heartbeat(self):
+        pending = self.turns.pending_since()
+        try:
+            if await self.leases.renew(pending):
+                return
+            if not self.leases.held:  # the first heartbeat, at start
+                return await self.leases.take(self.leases.process_id, pending)
+            moved_to = new_process_id()
+            await self.leases.take(moved_to, pending)
+        except ServiceUnavailable:
+            log.warning("lease heartbeat failed: MongoDB unavailable")
+            return
+        log.warning("this process's lease had expired: its sockets move to a new lease %s", moved_to)
+        if self.on_lease_lost:
+            await self.on_lease_lost(moved_to)
+        self.leases.process_id = moved_to
+
     async def close(self, timeout=None):
-        if self._periodic:
-            self._periodic.stop()
+        for periodic in self._periodic:
+            periodic.stop()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
         self._closed = True
         for task in list(self._tasks):
             task.cancel()
+
+    # --- sockets ----------------------------------------------------------------------------------------------------
+
+    def socket_closed(self, session_id, socket_id, at):
+        """Record a socket's close, retrying until MongoDB takes it (the sweep then ends the session after the grace
+        period). Should this process die first, its lease expires and the socket counts as closed all the same."""
+        async def record():
+            delay = RECORD_RETRY_INITIAL
+            while True:
+                try:
+                    return await self.sessions.socket_closed(session_id, socket_id, at)
+                except ServiceUnavailable:
+                    if self.sessions.store.closed:
+                        return None  # stopping: the lease's release covers it
+                    await asyncio.sleep(delay)
+                    delay = min(2 * delay, RECORD_RETRY_MAX)
+        return self.spawn(record())
 
     # --- ending a session -----------------------------------------------------------------------------------------
 
@@ -88,17 +143,21 @@ class Lifecycle:
     # --- flush ----------------------------------------------------------------------------------------------------
 
     async def deliver(self, session_id=None):
-        """Deliver one due flush (this session's, or any): True when Petya took it, False when it did not,
-        None when no flush was due."""
+        """Deliver one due flush (this session's, or any): True when Petya took it, False when it did not or must
+        wait for turns, None when no flush was due."""
         session = await self.sessions.lease_flush(self.lease_seconds, session_id)
         if session is None:
             return None
+        if not await self.wait_for_turns(session.flush_cutoff):
+            await self.sessions.flush_defer(session.session_id, self.settings.lease_heartbeat)
+            return False
         recorded = await self.sessions.transcript(session.session_id)
         try:
             turns, note = await self.providers[session.provider].final_turns(session, recorded)
         except GatewayError as exc:
             turns, note = recorded, f"provider transcript unavailable: {exc.message}"
-        outcome = await self.petya.post_status(session.conversation_id, session.session_id, for_petya(turns))
+        outcome = await self.petya.post_status(session.conversation_id, session.session_id, for_petya(turns),
+                                               delivery_id(session.session_id))
         if outcome.delivered:
             await self.sessions.flush_done(session.session_id, note)
             log.info("transcript of %s delivered to Petya (%d turns)", session.session_id, len(turns))
@@ -113,11 +172,37 @@ class Lifecycle:
             log.error("flush of %s rejected: %s", session.session_id, outcome.error)
         return False
 
+    async def wait_for_turns(self, cutoff):
+        """Wait, for up to two heartbeats of the other processes, until turns_settled(cutoff); False if not yet."""
+        heartbeat = self.settings.lease_heartbeat
+        for _ in range(5):
+            if await self.turns_settled(cutoff):
+                return True
+            await asyncio.sleep(heartbeat / 2)
+        return False
+
+    async def turns_settled(self, cutoff):
+        """Whether every turn seen before `cutoff` is in MongoDB: this process's (waited for briefly), and every
+        other live process's, as its lease published after the cut-off. A dead process's lease stops counting
+        once it expires, which bounds the wait."""
+        if not await self.turns.settled(cutoff, LOCAL_SETTLE_WAIT):
+            return False
+        for lease in await self.leases.others_alive():
+            pending = lease.get("pending_since")
+            if lease["heartbeat_at"] < cutoff or (pending is not None and pending <= cutoff):
+                return False
+        return True
+
     async def sweep(self):
         if self._sweeping:
             return
         self._sweeping = True
         try:
+            for process_id, last_heartbeat in await self.leases.expired():
+                released = await self.sessions.release_sockets(process_id, last_heartbeat)
+                await self.leases.remove(process_id, last_heartbeat)
+                log.warning("process %s stopped heartbeating: %d sessions' sockets count as closed", process_id,
+                            released)
             now = self.sessions.clock()
             before = now - self.settings.socket_grace_period
             for session_id in await self.sessions.abandoned(before):
@@ -128,6 +213,8 @@ class Lifecycle:
                 await self.end(session_id, reason)
             while await self.deliver() is not None:
                 pass
+        except ServiceUnavailable as exc:  # MongoDB away: the next sweep tries again
+            log.warning("sweep skipped: %s", exc.message)
         except Exception:  # the next sweep tries again; never let one failure stop the loop
             log.exception("sweep failed")
         finally:

@@ -8,8 +8,11 @@ import hmac
 import secrets
 import time
 
+from pymongo import ReturnDocument
+from pymongo.errors import BulkWriteError
+
 from models.documents import AvatarSession, GatewayToken, TurnReport
-from models.errors import NotFound
+from models.errors import Conflict, NotFound
 from models.store import blocking
 from models.transcript import merge_all, merge_turn
 
@@ -31,6 +34,8 @@ def new_gateway_token():
 
 
 REPORT_FIELDS = ("role", "transcript", "absolute_timestamp", "sources", "task_ids")
+NO_SOCKET = {"sockets.0": {"$exists": False}}  # a session none of whose sockets is open
+DUPLICATE_KEY = 11000
 
 
 class SessionStore:
@@ -83,14 +88,22 @@ class SessionStore:
         return AvatarSession.objects(session_id=session_id).first()
 
     @blocking
-    def owned(self, session_id, customer, provider=None, touch=False):
+    def owned(self, session_id, customer, provider=None, touch=False, before_cutoff=False):
         """The session, if this customer created it (with that provider, when given); NotFound otherwise: unknown,
         foreign and other-provider sessions look the same. With touch, the call also counts as activity, in the
-        same round trip."""
+        same round trip. With before_cutoff, atomically only while its flush has not fixed its cut-off (Conflict
+        after it): what is accepted then is in the hand-off."""
         query = AvatarSession.objects(session_id=session_id, customer=customer)
         if provider:
             query = query.filter(provider=provider)
-        session = query.modify(new=True, set__last_activity_at=self.clock()) if touch else query.first()
+        if before_cutoff:
+            session = query.filter(flush_cutoff=None).modify(new=True, set__last_activity_at=self.clock())
+            if session is None and query.only("session_id").first() is not None:
+                raise Conflict("session has ended and its transcript was handed over")
+        elif touch:
+            session = query.modify(new=True, set__last_activity_at=self.clock())
+        else:
+            session = query.first()
         if session is None:
             raise NotFound("session not found")
         return session
@@ -101,13 +114,21 @@ class SessionStore:
             set__status="started", set__last_activity_at=self.clock())
 
     @blocking
-    def add_turn(self, session_id, turn, tell_duplicate=False):
-        """Store one report of an utterance: a single insert, so concurrent writers never conflict and the cost does
-        not grow with the transcript. With tell_duplicate, returns whether the utterance was new to the transcript
-        (this reads the transcript, so only for reports the client sends)."""
-        new = merge_turn(self._transcript(session_id), turn)[1] if tell_duplicate else None
-        TurnReport(session_id=session_id, **{field: turn[field] for field in REPORT_FIELDS}).save(force_insert=True)
-        return new
+    def insert_turns(self, documents):
+        """Store turn reports (models.turns builds them, each with its own _id): a single insert whatever the
+        transcript's length. One already stored (a retry after a lost acknowledgement) counts as stored. Returns
+        {_id: error} of those MongoDB refused for good."""
+        try:
+            TurnReport._get_collection().insert_many(documents, ordered=False)
+        except BulkWriteError as exc:
+            return {documents[e["index"]]["_id"]: e.get("errmsg", "")
+                    for e in exc.details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY}
+        return {}
+
+    @blocking
+    def is_new_utterance(self, session_id, turn):
+        """Whether `turn` would add an utterance to the session's transcript (not another path's report of one)."""
+        return merge_turn(self._transcript(session_id), turn)[1]
 
     def _transcript(self, session_id):
         reports = TurnReport.objects(session_id=session_id).order_by("absolute_timestamp").as_pymongo()
@@ -118,29 +139,54 @@ class SessionStore:
         """The session's transcript: every report, each utterance once (see models.transcript)."""
         return self._transcript(session_id)
 
-    @blocking
-    def socket_opened(self, session_id):
-        AvatarSession.objects(session_id=session_id).update_one(
-            inc__open_sockets=1, set__last_activity_at=self.clock())
+    # --- sockets: each recorded against the process holding it (models.leases) -------------------------------------
 
     @blocking
-    def socket_closed(self, session_id):
+    def socket_opened(self, session_id, socket_id, process_id):
         now = self.clock()
-        AvatarSession.objects(session_id=session_id).update_one(
-            dec__open_sockets=1, set__socket_closed_at=now, set__last_activity_at=now)
+        AvatarSession._get_collection().update_one(
+            {"session_id": session_id},
+            {"$push": {"sockets": {"id": socket_id, "process": process_id, "opened_at": now}},
+             "$set": {"last_activity_at": now}})
+
+    @blocking
+    def socket_closed(self, session_id, socket_id, at):
+        """Record that a socket closed at `at`; repeating it (a retry) changes nothing."""
+        AvatarSession._get_collection().update_one(
+            {"session_id": session_id, "sockets.id": socket_id},
+            {"$pull": {"sockets": {"id": socket_id}}, "$max": {"socket_closed_at": at, "last_activity_at": at}})
+
+    @blocking
+    def socket_moved(self, session_id, socket_id, process_id):
+        """Record an open socket under this process's new lease (models.leases), then drop its old record."""
+        collection = AvatarSession._get_collection()
+        collection.update_one({"session_id": session_id, "status": {"$ne": "ended"}},
+                              {"$push": {"sockets": {"id": socket_id, "process": process_id,
+                                                     "opened_at": self.clock()}}})
+        collection.update_one({"session_id": session_id},
+                              {"$pull": {"sockets": {"id": socket_id, "process": {"$ne": process_id}}}})
+
+    @blocking
+    def release_sockets(self, process_id, last_heartbeat):
+        """The sockets a dead process held count as closed at its last heartbeat."""
+        return AvatarSession._get_collection().update_many(
+            {"sockets.process": process_id},
+            {"$pull": {"sockets": {"process": process_id}},
+             "$max": {"socket_closed_at": last_heartbeat, "last_activity_at": last_heartbeat}}).modified_count
 
     @blocking
     def claim_end(self, session_id, reason, abandoned_before=None):
         """Atomically end a live session and queue its flush; returns the session as it was just before (so the
         caller sees whether it had started). None when it had already ended, or (with `abandoned_before`) when a
         socket is open again or closed after that time."""
-        query = dict(session_id=session_id, status__ne="ended")
+        query = {"session_id": session_id, "status": {"$ne": "ended"}}
         if abandoned_before is not None:
-            query.update(open_sockets__lte=0, socket_closed_at__lte=abandoned_before)
+            query.update(NO_SOCKET, socket_closed_at={"$lte": abandoned_before})
         now = self.clock()
-        return AvatarSession.objects(**query).modify(
-            new=False, set__status="ended", set__ended_at=now, set__end_reason=reason,
-            set__flush_state="pending", set__flush_next_at=now)
+        before = AvatarSession._get_collection().find_one_and_update(
+            query, {"$set": {"status": "ended", "ended_at": now, "end_reason": reason,
+                             "flush_state": "pending", "flush_next_at": now}})
+        return AvatarSession._from_son(before) if before else None
 
     @blocking
     def note_stop_error(self, session_id, error):
@@ -152,29 +198,38 @@ class SessionStore:
         `born_before`: (session_id, "max_age" | "idle") pairs for the reaper."""
         raw = {"status": {"$ne": "ended"},
                "$or": [{"created_at": {"$lt": born_before}},
-                       {"last_activity_at": {"$lt": idle_before}, "open_sockets": {"$lte": 0}}]}
+                       {"last_activity_at": {"$lt": idle_before}, **NO_SOCKET}]}
         found = AvatarSession.objects(__raw__=raw).only("session_id", "created_at").limit(limit)
         return [(s.session_id, "max_age" if s.created_at < born_before else "idle") for s in found]
 
     @blocking
     def abandoned(self, before, limit=100):
         """Sessions whose sockets all closed before `before` and which nobody ended."""
-        return [s.session_id for s in AvatarSession.objects(
-            status__ne="ended", open_sockets__lte=0, socket_closed_at__lte=before).only("session_id").limit(limit)]
+        raw = {"status": {"$ne": "ended"}, "socket_closed_at": {"$lte": before}, **NO_SOCKET}
+        return [s.session_id for s in AvatarSession.objects(__raw__=raw).only("session_id").limit(limit)]
 
     # --- flush to Petya -------------------------------------------------------------------------------------------
 
     @blocking
     def lease_flush(self, lease_seconds, session_id=None):
-        """Take one due flush (pending and due, or delivering with an expired lease) for delivery."""
+        """Take one due flush (pending and due, or delivering with an expired lease) for delivery. The first lease
+        fixes the session's cut-off: reports are refused after it (see owned)."""
         now = self.clock()
         raw = {"$or": [{"flush_state": "pending", "flush_next_at": {"$lte": now}},
                        {"flush_state": "delivering", "flush_lease_until": {"$lte": now}}]}
         if session_id:
             raw["session_id"] = session_id
-        return AvatarSession.objects(__raw__=raw).modify(
-            new=True, set__flush_state="delivering", set__flush_lease_until=now + lease_seconds,
-            inc__flush_attempts=1)
+        leased = AvatarSession._get_collection().find_one_and_update(
+            raw, {"$set": {"flush_state": "delivering", "flush_lease_until": now + lease_seconds},
+                  "$inc": {"flush_attempts": 1}, "$min": {"flush_cutoff": now}},
+            return_document=ReturnDocument.AFTER)
+        return AvatarSession._from_son(leased) if leased else None
+
+    @blocking
+    def flush_defer(self, session_id, delay):
+        """Give a leased flush back for `delay` seconds without counting an attempt (it waits for turns)."""
+        AvatarSession.objects(session_id=session_id, flush_state="delivering").update_one(
+            set__flush_state="pending", set__flush_next_at=self.clock() + delay, dec__flush_attempts=1)
 
     @blocking
     def flush_done(self, session_id, note=None):

@@ -3,23 +3,34 @@ import functools
 from concurrent.futures import ThreadPoolExecutor
 
 import mongoengine
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import ConnectionFailure, NotPrimaryError, WriteConcernError
 from pymongo.uri_parser import parse_uri
 from tornado.ioloop import IOLoop
 
-from models.documents import AvatarSession, GatewayToken, TurnReport
+from models.documents import AvatarSession, GatewayToken, ProcessLease, TurnReport
 from models.errors import ServiceUnavailable
 
 DEFAULT_DATABASE = "ilianaai_avatar"
+# How durable an acknowledged write is (DB_WRITE_CONCERN): both survive a crash of the database once acknowledged.
+WRITE_CONCERNS = {"journaled": {"w": 1, "journal": True}, "majority": {"w": "majority", "journal": True}}
+# Calls waiting for a worker beyond workers x this are refused at once (503) rather than queued without bound.
+QUEUED_CALLS_PER_WORKER = 32
+# What a caller is told to wait when the database is away (the Retry-After of the 503).
+RETRY_AFTER = 2
+# Failures that mean "the database is not there right now": the call may be retried as it is.
+UNAVAILABLE = (ConnectionFailure, NotPrimaryError, WriteConcernError)
 _users = {"count": 0, "uri": None}  # gateways sharing this process's mongoengine connection (tests run several)
 
 
 class Store:
-    def __init__(self, uri, workers, server_selection_timeout_ms=5000):
+    def __init__(self, uri, workers, timeout=5.0, write_concern="journaled"):
         self.uri = uri
         self.workers = workers
-        self.server_selection_timeout_ms = server_selection_timeout_ms
+        self.timeout_ms = int(timeout * 1000)
+        self.write_concern = WRITE_CONCERNS[write_concern]
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mongo")
+        self.max_queued = workers * QUEUED_CALLS_PER_WORKER
+        self.in_flight = 0
         self.closed = False
 
     def connect(self):
@@ -28,24 +39,30 @@ class Store:
         if not _users["count"]:
             mongoengine.connect(
                 db=parse_uri(self.uri)["database"] or DEFAULT_DATABASE, host=self.uri,
-                maxPoolSize=self.workers, serverSelectionTimeoutMS=self.server_selection_timeout_ms,
-                connectTimeoutMS=self.server_selection_timeout_ms, uuidRepresentation="standard")
+                maxPoolSize=self.workers, serverSelectionTimeoutMS=self.timeout_ms,
+                connectTimeoutMS=self.timeout_ms, socketTimeoutMS=4 * self.timeout_ms,
+                uuidRepresentation="standard", **self.write_concern)
             _users["uri"] = self.uri
         _users["count"] += 1
 
     async def ensure_indexes(self):
-        await self.run(AvatarSession.ensure_indexes)
-        await self.run(GatewayToken.ensure_indexes)
-        await self.run(TurnReport.ensure_indexes)
+        for document in (AvatarSession, GatewayToken, TurnReport, ProcessLease):
+            await self.run(document.ensure_indexes)
 
     async def run(self, fn, *args, **kwargs):
-        """Run a blocking MongoDB call on the executor; an unreachable database is a 503, never a 500."""
+        """Run a blocking MongoDB call on the executor; an unreachable or saturated database is a 503 (with
+        Retry-After), never a 500."""
         if self.closed:
-            raise ServiceUnavailable("shutting down")
+            raise ServiceUnavailable("shutting down", retry_after=RETRY_AFTER)
+        if self.in_flight >= self.max_queued:
+            raise ServiceUnavailable("session database busy", retry_after=RETRY_AFTER)
+        self.in_flight += 1
         try:
             return await IOLoop.current().run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
-        except ConnectionFailure as exc:  # also server selection timeouts and lost connections
-            raise ServiceUnavailable("session database unavailable") from exc
+        except UNAVAILABLE as exc:  # also server selection timeouts and lost connections
+            raise ServiceUnavailable("session database unavailable", retry_after=RETRY_AFTER) from exc
+        finally:
+            self.in_flight -= 1
 
     def close(self):
         self.closed = True

@@ -129,6 +129,7 @@ class HeyGenEmulator:
         self.idle_timeout = idle_timeout  # overrides each session's activity_idle_timeout when set
         self.response_delay = response_delay
         self.recorder = Recorder()
+        self.on_task = None  # tests: `f(session, body)` called after a task is queued, before the answer
         self.sessions = {}
         self.tokens = {}
         self._idle_sweeper = None
@@ -409,6 +410,8 @@ class TaskHandler(SessionCallHandler):
             return
         # UNVERIFIED: a "sync" task may answer only once spoken upstream; here every task answers at once.
         task = self.emulator.enqueue_task(session, body["text"], task_type, task_mode)
+        if self.emulator.on_task is not None:  # tests: a fault injected once HeyGen has performed the task
+            self.emulator.on_task(session, body)
         self.reply(200, {**SUCCESS, "data": {"task_id": task["task_id"], "duration_ms": task["duration_ms"]}})
 
 

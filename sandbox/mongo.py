@@ -33,6 +33,8 @@ class MongoServer:
     """Starts `secantusd-rs` on a loopback port with its data in `data_dir`; stop() ends it."""
 
     def __init__(self, data_dir, host="127.0.0.1", port=None, cache_size="128M"):
+        """Writes acknowledged as journaled (j=true, DB_WRITE_CONCERN) are synced before the acknowledgement
+        (--sync-on-commit), so they survive a kill -9 as they would on a real MongoDB."""
         self.data_dir = os.path.abspath(data_dir)
         self.host = host
         self.port = port or free_port(host)
@@ -48,7 +50,8 @@ class MongoServer:
         log = open(os.path.join(self.data_dir, "server.log"), "ab")
         self.process = subprocess.Popen(
             [find_binary(), "--host", self.host, "--port", str(self.port),
-             "--storage-path", self.data_dir, "--log-file-max", "16MB", "--cache-size", self.cache_size],
+             "--storage-path", self.data_dir, "--log-file-max", "16MB", "--cache-size", self.cache_size,
+             "--sync-on-commit"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         log.close()
@@ -63,6 +66,13 @@ class MongoServer:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"{BINARY} did not accept connections within {timeout}s")
+
+    def kill(self):
+        """SIGKILL, as a crash or an OOM kill would end it; start() brings it back on the same port and storage."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
 
     def stop(self, timeout=10.0):
         if self.process and self.process.poll() is None:

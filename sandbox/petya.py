@@ -48,10 +48,16 @@ class StatusValidationError(ValueError):
     """A status body that does not match the contract; the message names the field."""
 
 
-def validate_status_body(body):
-    """(sessionId, status, transcript) from a status body, or StatusValidationError naming the bad field."""
+def validate_status_body(body, idempotency_key=None):
+    """(sessionId, status, transcript, deliveryId) from a status body and its Idempotency-Key header, or
+    StatusValidationError naming the bad field. deliveryId, when both are sent, must equal the header."""
     if body is None:
         raise StatusValidationError("body must be a JSON object")
+    delivery_id = body.get("deliveryId", idempotency_key)
+    if delivery_id is not None and (not isinstance(delivery_id, str) or not delivery_id):
+        raise StatusValidationError("deliveryId must be a non-empty string")
+    if idempotency_key is not None and delivery_id != idempotency_key:
+        raise StatusValidationError("deliveryId must equal the Idempotency-Key header")
     session_id = body.get("sessionId")
     if not isinstance(session_id, str) or not session_id:
         raise StatusValidationError("sessionId must be a non-empty string")
@@ -72,7 +78,7 @@ def validate_status_body(body):
         for name in TIMESTAMP_FIELDS:
             if name in turn and not is_number(turn[name]):
                 raise StatusValidationError(f"{where}.{name} must be a number")
-    return session_id, status, transcript
+    return session_id, status, transcript, delivery_id
 
 
 class ConfigValidationError(ValueError):
@@ -107,6 +113,7 @@ class PetyaReference:
         self.recorder = Recorder()
         self.fail_status = None
         self.config_fail_status = None
+        self.on_status = None  # tests: `async f(conversation_id)` run after a status is stored, before the answer
         self.client = pymongo.MongoClient(mongodb_uri, serverSelectionTimeoutMS=5000)
         db = self.client[db_name]
         self.accounts = db["accounts"]
@@ -115,6 +122,7 @@ class PetyaReference:
         self.accounts.create_index("api_key_sha256", unique=True)
         self.conversations.create_index("conversationId", unique=True)
         self.delivery_log.create_index("conversationId")
+        self.delivery_log.create_index("deliveryId")  # one delivery per id: record_status checks under its lock
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="petya-reference")
         self.status_lock = threading.Lock()  # makes compare-then-write of a status atomic
 
@@ -162,12 +170,15 @@ class PetyaReference:
 
     # Conversations
 
-    def record_status(self, conversation_id, session_id, status, transcript):
-        """Upserts the conversation and logs a delivery; returns False for an identical repeat (nothing written)."""
+    def record_status(self, conversation_id, session_id, status, transcript, delivery_id=None):
+        """Upserts the conversation and logs a delivery; returns False for a repeat (nothing written): a delivery id
+        seen before, or — without one — a status identical to the stored one."""
         with self.status_lock:
+            if delivery_id is not None and self.delivery_log.find_one({"deliveryId": delivery_id}, {"_id": 1}):
+                return False
             current = self.conversations.find_one({"conversationId": conversation_id})
-            if current and (current["sessionId"], current["status"], current["transcript"]) == (
-                    session_id, status, transcript):
+            if delivery_id is None and current and (current["sessionId"], current["status"],
+                                                    current["transcript"]) == (session_id, status, transcript):
                 return False
             now = time.time()
             self.conversations.update_one(
@@ -177,7 +188,8 @@ class PetyaReference:
                 upsert=True,
             )
             self.delivery_log.insert_one({"conversationId": conversation_id, "sessionId": session_id,
-                                          "status": status, "transcript": transcript, "at": now})
+                                          "status": status, "transcript": transcript, "at": now,
+                                          "deliveryId": delivery_id})
             return True
 
     def get_conversation(self, conversation_id):
@@ -213,11 +225,16 @@ class ConversationStatusHandler(EmulatorHandler):
         if self.bearer() != petya.service_token:
             return self.reply(401, {"message": "Invalid service token"})
         try:
-            session_id, status, transcript = validate_status_body(self.json_body())
+            session_id, status, transcript, delivery_id = validate_status_body(
+                self.json_body(), self.request.headers.get("Idempotency-Key"))
         except StatusValidationError as error:
             return self.reply(400, {"message": str(error)})
-        await petya.run(petya.record_status, conversation_id, session_id, status, transcript)
-        self.reply(200, {"ok": True, "conversationId": conversation_id, "sessionId": session_id})
+        applied = await petya.run(petya.record_status, conversation_id, session_id, status, transcript,
+                                  delivery_id)
+        if petya.on_status is not None:  # tests: a fault injected once Petya has taken the delivery
+            await petya.on_status(conversation_id)
+        self.reply(200, {"ok": True, "conversationId": conversation_id, "sessionId": session_id,
+                         "repeat": not applied})
 
 
 class CorsHandler(EmulatorHandler):

@@ -49,7 +49,7 @@ class ServedApp:
 
 class Sandbox:
     def __init__(self, mongodb_uri, database="ilianaai_sandbox", host="127.0.0.1", gateway_port=0,
-                 demo_api_key=DEMO_API_KEY, **settings):
+                 demo_api_key=DEMO_API_KEY, petya_mongodb_uri=None, **settings):
         self.mongodb_uri = mongodb_uri
         self.database = database
         self.host = host
@@ -58,10 +58,12 @@ class Sandbox:
         self.overrides = settings  # setting name (any case) -> raw string value
         self.heygen = HeyGenEmulator()
         self.liveavatar = LiveAvatarEmulator()
-        self.petya = PetyaReference(with_database(mongodb_uri, database + "_petya"), database + "_petya")
+        self.petya = PetyaReference(with_database(petya_mongodb_uri or mongodb_uri, database + "_petya"),
+                                    database + "_petya")
         self.served = {}
         self.gateway = None
         self.settings = None
+        self.env = None  # the gateway's settings as environment variables, fixed at start
 
     def environment(self):
         """The gateway's settings, as a production deployment would set them, pointed at the emulators."""
@@ -82,6 +84,13 @@ class Sandbox:
 
     async def start(self):
         from server import Gateway  # the gateway knows nothing of the sandbox; the sandbox builds it as main does
+        self.start_upstreams()
+        self.gateway = await Gateway(self.settings).start()
+        return self
+
+    def start_upstreams(self):
+        """Everything but the gateway: the emulators and the Petya reference (with the demo customer), and the
+        gateway's settings (`env`, `settings`) for starting gateways in this process or as processes of their own."""
         self.served["heygen"] = ServedApp(self.heygen.make_app(), self.host).start()
         self.served["liveavatar"] = ServedApp(self.liveavatar.make_app(), self.host).start()
         self.served["petya"] = ServedApp(self.petya.make_app(), self.host).start()
@@ -89,8 +98,8 @@ class Sandbox:
             # LiveAvatar's avatar ids differ from HeyGen's: the demo customer has both.
             self.petya.create_account(self.demo_api_key, name="Demo customer",
                                       liveAvatar={"avatarId": LIVEAVATAR_DEMO_AVATAR})
-        self.settings = load_settings(environ=self.environment(), dotenv_path=None)
-        self.gateway = await Gateway(self.settings).start()
+        self.env = self.environment()
+        self.settings = load_settings(environ=self.env, dotenv_path=None)
         return self
 
     @property

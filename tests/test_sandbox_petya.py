@@ -31,8 +31,8 @@ async def get_config(http_client, base_url, headers):
     return response.code, json.loads(response.body)
 
 
-async def post_status(http_client, base_url, conversation_id, body, token=SERVICE_TOKEN):
-    headers = {"Content-Type": "application/json"}
+async def post_status(http_client, base_url, conversation_id, body, token=SERVICE_TOKEN, headers=None):
+    headers = {"Content-Type": "application/json", **(headers or {})}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     payload = body if isinstance(body, str) else json.dumps(body)
@@ -131,7 +131,8 @@ async def test_status_validation_names_field(petya, http_client, base_url, body,
 @pytest.mark.gen_test
 async def test_status_upserts_conversation_and_logs_delivery(petya, http_client, base_url):
     code, reply = await post_status(http_client, base_url, "conv-3", status_body(status="active", transcript=[]))
-    assert (code, reply) == (200, {"ok": True, "conversationId": "conv-3", "sessionId": "heygen_session_1"})
+    assert (code, reply) == (200, {"ok": True, "conversationId": "conv-3", "sessionId": "heygen_session_1",
+                                   "repeat": False})
     first = petya.get_conversation("conv-3")
     assert (first["status"], first["transcript"]) == ("active", [])
 
@@ -145,7 +146,7 @@ async def test_status_upserts_conversation_and_logs_delivery(petya, http_client,
     deliveries = petya.deliveries("conv-3")
     assert [d["status"] for d in deliveries] == ["active", "completed"]
     assert deliveries[1] == {"conversationId": "conv-3", "sessionId": "heygen_session_1", "status": "completed",
-                             "transcript": TRANSCRIPT, "at": conversation["updatedAt"]}
+                             "transcript": TRANSCRIPT, "at": conversation["updatedAt"], "deliveryId": None}
     assert petya.deliveries("other") == []
 
 
@@ -158,6 +159,24 @@ async def test_identical_repeat_is_idempotent(petya, http_client, base_url):
     assert petya.get_conversation("conv-4") == stored
     assert len(petya.deliveries()) == 1
     assert len(petya.recorder.calls("/conv-4/status", "POST")) == 2
+
+
+@pytest.mark.gen_test
+async def test_a_delivery_id_is_applied_once_whatever_the_repeat_carries(petya, http_client, base_url):
+    key = {"Idempotency-Key": "dlv_1"}
+    code, reply = await post_status(http_client, base_url, "conv-6", status_body(deliveryId="dlv_1"), headers=key)
+    assert (code, reply["repeat"]) == (200, False)
+    stored = petya.get_conversation("conv-6")
+    code, reply = await post_status(http_client, base_url, "conv-6", status_body(deliveryId="dlv_1", transcript=[]),
+                                    headers=key)
+    assert (code, reply["repeat"]) == (200, True)
+    assert petya.get_conversation("conv-6") == stored and len(petya.deliveries("conv-6")) == 1
+    # A new delivery id is a new delivery; a body that contradicts its header is refused.
+    code, _ = await post_status(http_client, base_url, "conv-6", status_body(deliveryId="dlv_2", status="failed"),
+                                headers={"Idempotency-Key": "dlv_2"})
+    assert code == 200 and petya.get_conversation("conv-6")["status"] == "failed"
+    code, reply = await post_status(http_client, base_url, "conv-6", status_body(deliveryId="dlv_3"), headers=key)
+    assert code == 400 and "Idempotency-Key" in reply["message"]
 
 
 @pytest.mark.gen_test
