@@ -50,6 +50,7 @@ class Lifecycle:
         self._tasks = set()
         self._periodic = []
         self._sweeping = False
+        self._beating = False
         self._closed = False
 
     # --- background work ------------------------------------------------------------------------------------------
@@ -76,6 +77,15 @@ class Lifecycle:
         self.spawn(self.sweep())  # flushes left pending by a previous run
 
     async def heartbeat(self):
+        if self._beating:  # MongoDB slower than the heartbeat: one at a time
+            return
+        self._beating = True
+        try:
+            await self._heartbeat()
+        finally:
+            self._beating = False
+
+    async def _heartbeat(self):
         pending = self.turns.pending_since()
         try:
             if await self.leases.renew(pending):

@@ -182,8 +182,12 @@ async def test_minted_but_never_started_session_is_reaped(make_sandbox):
     await eventually(lambda: sandbox.liveavatar.sessions[session_id].status == "stopped", timeout=5)
     assert sandbox.liveavatar.sessions[session_id].stop_reason == "ZOMBIE_SESSION_REAP"
     await eventually(lambda: sandbox.petya.deliveries("la-conv-1"))
-    record = await sandbox.gateway.sessions.get(session_id)
-    assert record.end_reason == "idle" and record.flush_state == "delivered"
+
+    async def delivered():  # Petya stores it before the gateway records that it did
+        record = await sandbox.gateway.sessions.get(session_id)
+        return record if record.flush_state == "delivered" else None
+    record = await eventually(delivered)
+    assert record.end_reason == "idle"
 
 
 @pytest.mark.gen_test(timeout=30)
