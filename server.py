@@ -22,6 +22,7 @@ from models.leases import Leases
 from models.lifecycle import Lifecycle
 from models.sessions import SessionStore
 from models.store import Store
+from models.tokens import TokenSigner
 from models.turns import TurnQueue
 
 log = logging.getLogger("gateway")
@@ -38,6 +39,7 @@ class Gateway:
         self.store = Store(settings.mongodb_uri, settings.db_workers, timeout=settings.db_timeout,
                            write_concern=settings.db_write_concern)
         self.sessions = SessionStore(self.store)
+        self.tokens = TokenSigner(settings.gateway_secret)
         self.leases = Leases(self.store, settings.lease_heartbeat, settings.lease_ttl)
         self.turns = TurnQueue(self.sessions, settings.turn_queue_max)
         self.petya = PetyaClient(self.http, settings.petya_base_url, settings.petya_auth_token,

@@ -12,7 +12,8 @@ from tornado.iostream import StreamClosedError
 
 from handlers.requestlog import request_summary
 from models.errors import BadRequest, GatewayError, NotFound, PayloadTooLarge, ServiceUnavailable, Unauthorized
-from models.sessions import TOKEN_PREFIX, customer_id
+from models.sessions import customer_id
+from models.tokens import TokenSigner
 from models.store import RETRY_AFTER
 
 log = logging.getLogger("gateway")
@@ -283,7 +284,7 @@ class BaseHandler(BodyLimitMixin, GatewayHandlerMixin, tornado.web.RequestHandle
         auth = self.request.headers.get("Authorization", "")
         if auth[:7].lower() == "bearer ":
             value = auth[7:].strip()
-            if value.startswith(TOKEN_PREFIX):
+            if TokenSigner.is_gateway_token(value):
                 return None, value
             return value or None, None
         return None, None
@@ -313,7 +314,7 @@ async def authenticate(gateway, api_key, token, allow_token=True, provider=None)
     """The calling customer; Unauthorized (401) for a missing or unknown key or token, or a token of another
     provider than `provider` (when given)."""
     if token and allow_token:
-        record = await gateway.sessions.find_token(token)
+        record = await gateway.sessions.find_token(token) if gateway.tokens.verify(token) else None
         if record is None:
             raise Unauthorized("invalid or expired session token")
         if provider and record.provider != provider:
@@ -347,12 +348,14 @@ def _plausible_key(key):
 
 
 class NotFoundHandler(BaseHandler):
-    """Unknown routes: 404 once the body is in (a body over the limit is a 413 first; the connection stays open)."""
+    """Unknown routes: 404 once the body is in (a body over the limit is a 413 first; the connection stays open).
+    A preflight is answered like any other (204 with CORS headers), so the browser goes on to show the page the
+    real 404 and its body instead of a bare "Failed to fetch"."""
 
     def not_found(self, *args, **kwargs):
         raise NotFound("no such route")
 
-    get = head = post = put = delete = patch = options = not_found
+    get = head = post = put = delete = patch = not_found
 
 
 class NoBodyHandler(BaseHandler):

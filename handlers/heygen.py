@@ -5,7 +5,6 @@ import time
 from handlers.base import BaseHandler
 from handlers.schemas import NEW_SESSION, SESSION_REF, TASK
 from models.errors import Unauthorized, UpstreamUnavailable
-from models.sessions import new_gateway_token
 from models.transcript import new_turn
 
 TURN_WRITE_WAIT = 0.5  # seconds a task's answer waits for its turn to be stored before answering anyway
@@ -23,7 +22,7 @@ class CreateTokenHandler(BaseHandler):
         heygen_token = ((body or {}).get("data") or {}).get("token")
         if not heygen_token:
             raise UpstreamUnavailable("HeyGen answered create_token without a token")
-        token = new_gateway_token()
+        token = self.gateway.tokens.mint("heygen", self.gateway.settings.token_ttl)
         await self.gateway.sessions.save_token(token, customer.id, "heygen", heygen_token, customer.config,
                                                self.gateway.settings.token_ttl)
         body["data"]["token"] = token
@@ -98,6 +97,24 @@ class InterruptHandler(SessionCallHandler):
 
 class KeepAliveHandler(SessionCallHandler):
     call = "keep_alive"
+
+
+class StartListeningHandler(SessionCallHandler):
+    call = "start_listening"
+
+
+class StopListeningHandler(SessionCallHandler):
+    call = "stop_listening"
+
+
+class OtherSessionCallHandler(SessionCallHandler):
+    """A HeyGen session call the gateway does not list (a newer SDK's): forwarded as `POST /v1/streaming.<name>`
+    with the client's body once the caller is shown to own its `session_id`, so it can only ever act on the caller's
+    own session. HeyGen's answer passes through (its 404 for a name it does not know)."""
+
+    async def post(self, name):
+        self.call = name
+        await super().post()
 
 
 class TaskHandler(SessionCallHandler):

@@ -3,7 +3,6 @@ without ever holding our key or LiveAvatar's session token."""
 from handlers.base import BaseHandler
 from handlers.schemas import OPTIONAL_SESSION_REF, TOKEN_REQUEST
 from models.errors import BadRequest, Unauthorized, UpstreamUnavailable
-from models.sessions import new_gateway_token
 
 # Tokens the browser has no use for: LiveAvatar's agent token lets its holder join the room as the avatar's agent.
 SERVER_SIDE_FIELDS = ("livekit_agent_token",)
@@ -24,7 +23,8 @@ class SessionTokenHandler(BaseHandler):
             if response.ok:
                 raise UpstreamUnavailable("LiveAvatar answered without a session")
             return self.pass_through(response)
-        session_id, token = data["session_id"], new_gateway_token()
+        session_id = data["session_id"]
+        token = self.gateway.tokens.mint("liveavatar", self.gateway.settings.token_ttl, data["session_token"])
         self.log_session_id = session_id
         await self.record_new_session(
             liveavatar, session_id, conversation_id=request.get("conversation_id"), customer=customer.id,

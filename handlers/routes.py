@@ -4,8 +4,9 @@ from tornado.routing import PathMatches
 from handlers.base import NoBodyHandler, NotFoundHandler
 from handlers.demo import DemoHandler
 from handlers.health import HealthHandler
-from handlers.heygen import (CreateTokenHandler, InterruptHandler, KeepAliveHandler, NewSessionHandler, StartHandler,
-                             StopHandler, TaskHandler)
+from handlers.heygen import (CreateTokenHandler, InterruptHandler, KeepAliveHandler, NewSessionHandler,
+                             OtherSessionCallHandler, StartHandler, StartListeningHandler, StopHandler,
+                             StopListeningHandler, TaskHandler)
 from handlers import liveavatar
 from handlers.messages import AvatarMessageHandler, UserMessageHandler
 from handlers.transcript import TranscriptHandler
@@ -21,6 +22,8 @@ API = [
     (r"/v1/streaming\.stop", StopHandler),
     (r"/v1/streaming\.interrupt", InterruptHandler),
     (r"/v1/streaming\.keep_alive", KeepAliveHandler),
+    (r"/v1/streaming\.start_listening", StartListeningHandler),
+    (r"/v1/streaming\.stop_listening", StopListeningHandler),
     (r"/v1/streaming\.avatar_message", AvatarMessageHandler),
     (r"/v1/streaming\.user_message", UserMessageHandler),
     (r"/v1/streaming\.transcript", TranscriptHandler),
@@ -29,6 +32,8 @@ API = [
     (r"/v1/sessions/start", liveavatar.StartHandler),
     (r"/v1/sessions/stop", liveavatar.StopHandler),
     (r"/v1/sessions/keep-alive", liveavatar.KeepAliveHandler),
+    # Any other per-session HeyGen call, after every route above (HeyGen's account-wide streaming.list is not one).
+    (r"/v1/streaming\.(?!list$)([a-z][a-z_]{0,39})", OtherSessionCallHandler),
 ]
 
 

@@ -5,7 +5,6 @@ Each transition is a single conditional update in MongoDB, so two gateway proces
 """
 import hashlib
 import hmac
-import secrets
 import time
 
 from pymongo import ReturnDocument
@@ -16,7 +15,6 @@ from models.errors import Conflict, NotFound
 from models.store import blocking
 from models.transcript import merge_all, merge_turn
 
-TOKEN_PREFIX = "ilgt_"
 _CLAIMING = "__claiming__"
 
 
@@ -27,10 +25,6 @@ def customer_id(secret, api_key):
 
 def token_hash(token):
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def new_gateway_token():
-    return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 REPORT_FIELDS = ("role", "transcript", "absolute_timestamp", "sources", "task_ids")

@@ -35,6 +35,10 @@ WS_CLOSE_NORMAL = 1000  # UNVERIFIED: close code upstream uses on stop and idle 
 
 UNAUTHORIZED = {"code": 400112, "message": "Unauthorized"}
 AVATAR_NOT_FOUND = {"code": 10013, "message": "avatar not found"}
+# HeyGen rejects avatars of versions v1/v2 (../shared/upstream-apis.md §7.3); the HTTP status 400 is UNVERIFIED.
+AVATAR_DEPRECATED = {"code": 10003, "message": "avatar version is deprecated, please update to v3+",
+                     "details": "invalid avatar"}
+DEPRECATED_AVATARS = ("Tyler-incasualsuit-20220721", "Susan_public_2_20240328")  # stand-ins for v1/v2 avatars
 WRONG_STATE = {"code": 400006, "message": "Session is not in correct state"}
 SUCCESS = {"code": 100, "message": "success"}
 
@@ -126,6 +130,7 @@ class HeyGenEmulator:
         self.max_sessions = max_sessions
         self.chunk_delay = chunk_delay
         self.known_avatars = tuple(known_avatars)
+        self.deprecated_avatars = DEPRECATED_AVATARS
         self.idle_timeout = idle_timeout  # overrides each session's activity_idle_timeout when set
         self.response_delay = response_delay
         self.recorder = Recorder()
@@ -328,6 +333,9 @@ class NewSessionHandler(HeyGenHandler):
             return
         # UNVERIFIED: the SDK makes the avatar optional; we assume upstream then picks a default avatar.
         avatar_id = body.get("avatar_id") or body.get("avatar_name") or self.emulator.known_avatars[0]
+        if avatar_id in self.emulator.deprecated_avatars:
+            self.reply(400, AVATAR_DEPRECATED)
+            return
         if avatar_id not in self.emulator.known_avatars:
             self.reply(400, AVATAR_NOT_FOUND)
             return

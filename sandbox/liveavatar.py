@@ -166,6 +166,7 @@ class EmulatedSession:
     last_activity: float = field(default_factory=time.time)
     livekit_client_token: str | None = None
     livekit_agent_token: str | None = None
+    events: list = field(default_factory=list)  # server events for the room's clients, oldest first
 
     @property
     def mode(self):
@@ -227,7 +228,9 @@ class LiveAvatarEmulator:
 
     def mint(self, body):
         session_id = str(uuid.uuid4())
-        token = jwt_like({"session_id": session_id, "iat": int(time.time())})
+        # The web SDK decodes the token and reads start_session_data.mode (and agent settings) from it (§7.5). That
+        # it holds the token request's fields is UNVERIFIED; mode is what the SDK needs.
+        token = jwt_like({"session_id": session_id, "iat": int(time.time()), "start_session_data": dict(body)})
         session = EmulatedSession(session_id=session_id, token=token, body=body)
         self.sessions[session_id] = session
         return session
@@ -257,6 +260,9 @@ class LiveAvatarEmulator:
             return
         session.status, session.ended_at = "stopped", time.time()
         session.end_reason, session.stop_reason = end_reason, stop_reason
+        # What the room's clients are told (on agent-response, once the sandbox has LiveKit): the SDK reads stop_reason.
+        session.events.append({"event_type": "session.stopped", "session_id": session.session_id,
+                               "stop_reason": end_reason})
 
     def touch(self, session):
         session.last_activity = time.time()

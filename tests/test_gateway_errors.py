@@ -72,7 +72,8 @@ async def test_body_over_the_limit_is_413(make_sandbox):
 
 @pytest.mark.gen_test
 async def test_unknown_route_is_json_404(client):
-    assert_error(await client.call("/v1/streaming.nope", {}), 404)
+    assert_error(await client.call("/v1/nope", {}), 404)
+    assert_error(await client.call("/v1/streaming.list", {}), 404)
 
 
 @pytest.mark.gen_test
