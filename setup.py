@@ -25,6 +25,7 @@ setup(
         "pymongo==4.20.0",
         "marshmallow==4.4.0",
         "python-dotenv==1.2.4",
+        "protobuf==7.36.2",  # reads the web SDK's pipecat TextFrames on the socket (clients/pipecat.py)
     ],
     extras_require={"sandbox": SANDBOX, "test": TEST, "dev": TEST},
     entry_points={"console_scripts": ["ilianaai-avatar=server:main"]},

@@ -15,9 +15,10 @@ import uuid
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, websocket_connect
 
+from clients.pipecat import text_of
 from handlers.base import GatewayHandlerMixin, authenticate, origin_allowed, owned_session
 from models.errors import BadRequest, Forbidden, GatewayError, NotFound, ServiceUnavailable
-from models.transcript import ChunkJoiner
+from models.transcript import ChunkJoiner, new_turn
 
 log = logging.getLogger("gateway.websocket")
 
@@ -147,11 +148,16 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
             self.close(code, reason)
 
     async def on_message(self, message):
-        """Browser -> HeyGen (text and binary protobuf frames alike)."""
+        """Browser -> HeyGen (text and binary protobuf frames alike). The words of the SDK's speak() (a pipecat
+        TextFrame, see clients.pipecat) are queued as a user turn first; audio frames are not parsed."""
         if self.upstream is None:
             return
+        binary = isinstance(message, bytes)
+        if binary and (text := text_of(message)) and text.strip():
+            turn = new_turn("user", text, self.gateway.sessions.clock(), "socket")
+            await self.gateway.turns.put(self.session.session_id, turn)
         try:
-            await self.upstream.write_message(message, binary=isinstance(message, bytes))
+            await self.upstream.write_message(message, binary=binary)
         except WebSocketClosedError:
             pass  # relay_upstream closes the browser's socket
 
