@@ -1,7 +1,8 @@
 """The HeyGen streaming-chat WebSocket relay: browser <-> gateway <-> HeyGen, frames unchanged and in order.
 
-The browser presents our opaque session token; HeyGen gets its own. Text frames from HeyGen are read on the way
-through for transcript events, whose turns are queued for MongoDB (models.turns). Each leg awaits the other's write,
+The browser presents our session token; HeyGen gets its own. Text frames from HeyGen are read on the way through
+for transcript events, and the client's binary protobuf TextFrames (the SDK's default speak()) for the user's words;
+their turns are queued for MongoDB (models.turns). Audio frames pass unread. Each leg awaits the other's write,
 so a slow reader slows its writer (backpressure) instead of growing a buffer.
 
 Each open socket is recorded on its session against this process's lease (models.leases) before HeyGen is
@@ -154,7 +155,7 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
             return
         binary = isinstance(message, bytes)
         if binary and (text := text_of(message)) and text.strip():
-            turn = new_turn("user", text, self.gateway.sessions.clock(), "socket")
+            turn = new_turn("user", text, self.gateway.sessions.clock(), "frame")
             await self.gateway.turns.put(self.session.session_id, turn)
         try:
             await self.upstream.write_message(message, binary=binary)

@@ -19,7 +19,8 @@ class TurnReport(Document):
     role = StringField(required=True, choices=ROLES)
     transcript = StringField(required=True)
     absolute_timestamp = FloatField(required=True)
-    sources = ListField(StringField())  # the path that reported it: task, socket, reported, upstream
+    # The path that reported it: task, socket (HeyGen's events), frame (the client's TextFrame), reported, upstream.
+    sources = ListField(StringField())
     task_ids = ListField(StringField())
 
     meta = {"collection": "turn_reports", "strict": False, "indexes": [("session_id", "absolute_timestamp")]}

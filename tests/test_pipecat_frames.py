@@ -192,8 +192,8 @@ async def test_speak_over_the_socket_reaches_heygen_unchanged_and_the_transcript
     if first == "socket":
         await eventually(lambda: _has_turns(client, session_id))
         assert (await client.call("/v1/streaming.user_message", report)).data == {"recorded": False}
-    await eventually(lambda: _has_turns(client, session_id, ["reported", "socket"]))
-    assert await transcript_turns(client, session_id) == [("user", words, ["reported", "socket"])]
+    await eventually(lambda: _has_turns(client, session_id, ["frame", "reported"]))
+    assert await transcript_turns(client, session_id) == [("user", words, ["frame", "reported"])]
     assert await delivered(sandbox, client, session_id) == [("user", words)]
     ws.close()
 
