@@ -11,11 +11,19 @@ $(STAMP): setup.py
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Headless Chromium for the demo console's browser test (Debian packages; needs root, as CI and dev machines have).
+# Debian packages the browser tests use (needs root, as CI and dev machines have): Chromium (the demo console's test
+# and the official SDKs' test), nginx (TLS in front of the gateway in tests/test_sdk_browser.py) and, where the machine
+# has none, Node.js and npm (that test installs and bundles the SDKs pinned in tests/sdk/). One apt-get update, only
+# when something is missing.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "chromium is not installed (apt-get install chromium): the browser test will be skipped"; fi; }
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "not installed:$$missing (apt-get install$$missing): the browser tests that need them will be skipped"; fi; \
+	fi
 
 run: $(STAMP)
 	$(VENV)/bin/ilianaai-avatar --sandbox

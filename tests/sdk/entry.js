@@ -1,0 +1,20 @@
+// The two official SDKs, unchanged, exposed on `window` for tests/test_sdk_browser.py to drive over CDP.
+import StreamingAvatar, * as heygen from "@heygen/streaming-avatar";
+import * as liveavatar from "@heygen/liveavatar-web-sdk";
+
+window.HeyGenSDK = { ...heygen, StreamingAvatar };
+window.LiveAvatarSDK = { ...liveavatar };
+
+// What a call gave: its value, or the error it threw, as plain JSON for Runtime.evaluate(returnByValue).
+window.outcome = async (call) => {
+  try {
+    const value = await call();
+    return { ok: true, value: value === undefined ? null : JSON.parse(JSON.stringify(value)) };
+  } catch (error) {
+    const described = { name: error?.name ?? error?.constructor?.name ?? typeof error, message: String(error?.message ?? error) };
+    for (const field of ["status", "responseText", "errorCode", "type"]) {
+      if (error?.[field] !== undefined) described[field] = error[field];
+    }
+    return { ok: false, error: described };
+  }
+};
