@@ -13,13 +13,15 @@ from clients.heygen import HeyGenClient
 from clients.http import make_http_client
 from clients.liveavatar import LiveAvatarClient
 from clients.petya import PetyaClient
+from clients.ratelimit import RateLimiter
 from conf import ConfigError, load_settings
-from handlers.requestlog import clamp_secret_loggers, log_request
-from handlers.routes import DEFAULT_HANDLER, routes
+from handlers.requestlog import clamp_secret_loggers, log_formatter, log_request
+from handlers.routes import DEFAULT_HANDLER, admin_routes, routes
 from handlers.websocket import StreamingChatRelay, move_relays
 from models.errors import ServiceUnavailable
 from models.leases import Leases
 from models.lifecycle import Lifecycle
+from models.metrics import GatewayMetrics
 from models.sessions import SessionStore
 from models.store import Store
 from models.tokens import TokenSigner
@@ -30,7 +32,8 @@ log = logging.getLogger("gateway")
 
 class Gateway:
     """Everything the handlers share, built once per process: settings, the one curl client, the MongoDB store,
-    the upstream clients and the session lifecycle. Handlers receive it through initialize()."""
+    the upstream clients and the session lifecycle. Handlers receive it through initialize(). With ADMIN_ADDRESS
+    set, /metrics, /readyz and /healthz are served by a second HTTPServer of its own there, and not on PORT."""
 
     def __init__(self, settings):
         clamp_secret_loggers()
@@ -42,10 +45,14 @@ class Gateway:
         self.tokens = TokenSigner(settings.gateway_secret)
         self.leases = Leases(self.store, settings.lease_heartbeat, settings.lease_ttl)
         self.turns = TurnQueue(self.sessions, settings.turn_queue_max)
+        self.metrics = GatewayMetrics(self)  # this gateway's registry (models.metrics)
         self.petya = PetyaClient(self.http, settings.petya_base_url, settings.petya_auth_token,
                                  settings.petya_config_ttl)
         self.heygen = HeyGenClient(self.http, settings.heygen_base_url, settings.heygen_api_key)
-        self.liveavatar = LiveAvatarClient(self.http, settings.liveavatar_base_url, settings.liveavatar_api_key)
+        self.liveavatar = LiveAvatarClient(
+            self.http, settings.liveavatar_base_url, settings.liveavatar_api_key,
+            RateLimiter(settings.liveavatar_rate_limit, processes=lambda: self.leases.live_processes),
+            browser_wait=settings.rate_limit_wait)
         self.lifecycle = Lifecycle(self.sessions, {"heygen": self.heygen, "liveavatar": self.liveavatar},
                                    self.petya, settings, self.turns, self.leases,
                                    on_lease_lost=lambda process_id: move_relays(self, process_id))
@@ -57,6 +64,8 @@ class Gateway:
             websocket_max_message_size=settings.ws_max_message_size)
         self.server = None
         self.port = None
+        self.admin_server = None
+        self.admin_port = None
         self.stopped = False
 
     async def start(self, sockets=None):
@@ -77,7 +86,22 @@ class Gateway:
         sockets = sockets or bind_sockets(self.settings.port, self.settings.host)
         self.server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
+        if settings.admin_address:
+            self.start_admin(*settings.admin_address)
         return self
+
+    def start_admin(self, host, port):
+        """The operators' listener: /metrics, /readyz, /healthz (404 for anything else)."""
+        app = tornado.web.Application(admin_routes(self), default_handler_class=DEFAULT_HANDLER,
+                                      default_handler_args={"gateway": self}, log_function=log_request,
+                                      compress_response=False)
+        self.admin_server = HTTPServer(app, max_body_size=self.settings.max_body_size,
+                                       idle_connection_timeout=self.settings.http_idle_timeout,
+                                       body_timeout=self.settings.http_body_timeout,
+                                       max_header_size=self.settings.http_max_header_size)
+        sockets = bind_sockets(port, host)
+        self.admin_server.add_sockets(sockets)
+        self.admin_port = sockets[0].getsockname()[1]
 
     async def stop(self):
         """Graceful stop: no new connections, sockets closed with 1001 (going away), in-flight work drained."""
@@ -97,6 +121,9 @@ class Gateway:
             pass  # the lease expires instead, and this process's sockets count as closed then
         self.http.close()
         self.store.close()
+        if self.admin_server:  # last: /readyz answered 503 (shutting down) while the rest drained
+            self.admin_server.stop()
+            await self.admin_server.close_all_connections()
 
     def close_relays(self, reason):
         """Close this gateway's sockets with 1001 (going away): their clients reconnect, here or elsewhere."""
@@ -114,6 +141,9 @@ async def serve(settings):
         await gateway.stop()
         return 1
     log.info("ilianaai-avatar listening on http://%s:%s", settings.host, gateway.port)
+    if gateway.admin_port:
+        log.info("metrics and health on http://%s:%s (/metrics, /readyz, /healthz)", settings.admin_address[0],
+                 gateway.admin_port)
     log.info("settings: %s", settings.public())
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -125,8 +155,11 @@ async def serve(settings):
     return 0
 
 
-def configure_logging(level="INFO"):
-    logging.basicConfig(level=level, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(level="INFO", log_format="text"):
+    """Every logger to stdout, as text lines or JSON objects (LOG_FORMAT), secrets scrubbed either way."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(log_formatter(log_format))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def main(argv=None):
@@ -143,7 +176,7 @@ def main(argv=None):
     except ConfigError as exc:
         print(f"ilianaai-avatar: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     return asyncio.run(serve(settings))
 
 
@@ -151,7 +184,7 @@ def run_in_sandbox():
     import os
 
     from sandbox.run import run_sandbox
-    configure_logging(os.environ.get("LOG_LEVEL", "INFO"))
+    configure_logging(os.environ.get("LOG_LEVEL", "INFO"), os.environ.get("LOG_FORMAT", "text").strip().lower())
     try:
         port = int(os.environ.get("PORT", "8000"))
     except ValueError:

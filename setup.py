@@ -26,6 +26,7 @@ setup(
         "marshmallow==4.4.0",
         "python-dotenv==1.2.4",
         "protobuf==7.36.2",  # reads the web SDK's pipecat TextFrames on the socket (clients/pipecat.py)
+        "prometheus_client==0.26.0",  # GET /metrics (models/metrics.py)
     ],
     extras_require={"sandbox": SANDBOX, "test": TEST, "dev": TEST},
     entry_points={"console_scripts": ["ilianaai-avatar=server:main"]},

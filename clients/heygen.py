@@ -52,6 +52,14 @@ class HeyGenClient:
         """Stop a session the gateway could not record."""
         return await self.session_call("stop", {"session_id": session_id})
 
+    @staticmethod
+    def is_concurrency_error(response):
+        """HeyGen's answer when our account's concurrent sessions are all in use (UNVERIFIED: known only as a 400;
+        the emulator's message names the limit)."""
+        body = response.json()
+        return (response.status in (400, 429) and isinstance(body, dict)
+                and "concurrent" in str(body.get("message", "")).lower())
+
     async def final_turns(self, session, turns):
         """HeyGen keeps no transcript: the turns the gateway recorded are the transcript."""
         return turns, None

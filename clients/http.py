@@ -1,11 +1,13 @@
 """The one shared curl HTTP client and the JSON call every upstream client makes through it."""
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 
 from tornado.curl_httpclient import CurlAsyncHTTPClient
 from tornado.httpclient import HTTPClientError, HTTPRequest
 
+from models import metrics
 from models.errors import UpstreamTimeout, UpstreamUnavailable
 
 log = logging.getLogger("gateway.upstream")
@@ -30,11 +32,20 @@ def make_http_client(settings):
 _UNPARSED = object()
 
 
+def _seconds(value):
+    """A Retry-After given in seconds (the HTTP-date form counts as absent)."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
 @dataclass
 class UpstreamResponse:
     status: int
     body: bytes
     content_type: str
+    retry_after: float = None  # seconds, from a Retry-After header (429, 503)
     _parsed: object = field(default=_UNPARSED, init=False, repr=False, compare=False)
 
     @property
@@ -54,14 +65,15 @@ class UpstreamResponse:
 
 class Upstream:
     """A JSON API at `base_url`, reached through the shared client. Error statuses come back as responses;
-    only transport failures raise (UpstreamTimeout 504, UpstreamUnavailable 502)."""
+    only transport failures raise (UpstreamTimeout 504, UpstreamUnavailable 502). Every call is timed into the
+    upstream latency histogram (models.metrics) under `call`, or its method and path with ids replaced."""
 
     def __init__(self, http, base_url, name):
         self.http = http
         self.base_url = base_url.rstrip("/")
         self.name = name
 
-    async def call(self, method, path, headers=None, body=None, query=""):
+    async def call(self, method, path, headers=None, body=None, query="", call=None):
         url = self.base_url + path + (("?" + query) if query else "")
         headers = dict(headers or {})
         payload = None
@@ -70,12 +82,18 @@ class Upstream:
             headers.setdefault("Content-Type", "application/json")
         headers.setdefault("Accept", "application/json")
         request = HTTPRequest(url, method=method, headers=headers, body=payload)
+        started, status = time.perf_counter(), None
         try:
             response = await self.http.fetch(request, raise_error=False)
+            status = response.code
         except HTTPClientError as exc:  # curl failures (599) raise even with raise_error=False
             raise self._transport_error(exc) from None
+        finally:
+            metrics.observe_upstream(self.name, call or metrics.call_label(self.name, method, path), status,
+                                     time.perf_counter() - started)
         return UpstreamResponse(response.code, response.body or b"",
-                                response.headers.get("Content-Type", "application/json"))
+                                response.headers.get("Content-Type", "application/json"),
+                                _seconds(response.headers.get("Retry-After")))
 
     def _transport_error(self, error):
         detail = str(error)

@@ -2,7 +2,7 @@
 from urllib.parse import quote
 
 from clients.http import Upstream
-from models.errors import ServiceUnavailable, UpstreamUnavailable
+from models.errors import ServiceUnavailable, TooManyRequests, UpstreamUnavailable
 from models.transcript import merge_all, new_turn
 
 # Why the gateway ended a session -> LiveAvatar's stop reason.
@@ -26,47 +26,79 @@ def liveavatar_config(config):
             "language": merged.get("language") or "en"}
 
 
+# How long a call made with our key may wait for the rate limiter: a browser's briefly (RATE_LIMIT_WAIT), the
+# gateway's own background calls (the reaper's stops, the hand-off's transcript reads) much longer.
+BACKGROUND_WAIT = 30.0
+
+
 class LiveAvatarClient:
+    """Every call made with our API key passes the rate limiter (clients.ratelimit) first; a 429 from LiveAvatar
+    blocks that endpoint for its Retry-After and is raised as TooManyRequests (429 with Retry-After)."""
+
     provider = "liveavatar"
 
-    def __init__(self, http, base_url, api_key):
+    def __init__(self, http, base_url, api_key, limiter, browser_wait=2.0):
         self.upstream = Upstream(http, base_url, "LiveAvatar")
         self.api_key = api_key
+        self.limiter = limiter
+        self.browser_wait = browser_wait
 
     def _key(self):
         if not self.api_key:
             raise ServiceUnavailable("LiveAvatar is not configured on this gateway")
         return {"X-API-KEY": self.api_key}
 
+    async def _call(self, endpoint, method, path, wait=None, bearer=None, **kwargs):
+        """One call: with our key (rate-limited, waiting up to `wait` seconds) or with a session's Bearer token."""
+        if bearer is None:
+            headers = self._key()
+            await self.limiter.acquire(endpoint, self.browser_wait if wait is None else wait)
+        else:
+            self._key()
+            headers = {"Authorization": f"Bearer {bearer}"}
+        response = await self.upstream.call(method, path, headers=headers, **kwargs)
+        if response.status == 429:
+            retry_after = response.retry_after if response.retry_after is not None else 1.0
+            if bearer is None:
+                self.limiter.upstream_refused(endpoint, retry_after)
+            raise TooManyRequests("LiveAvatar is rate-limiting these calls: try again shortly",
+                                  retry_after=max(1, round(retry_after + 0.49)))
+        return response
+
     async def create_token(self, config):
         la = liveavatar_config(config)
         body = {"mode": "FULL", "avatar_id": la["avatar_id"],
                 "avatar_persona": {"voice_id": la["voice_id"], "context_id": la["context_id"],
                                    "language": la["language"]}}
-        return await self.upstream.call("POST", "/v1/sessions/token", headers=self._key(), body=body)
+        return await self._call("sessions/token", "POST", "/v1/sessions/token", body=body)
 
     async def start(self, upstream_token):
-        """Bearer-only upstream; no body, as LiveAvatar's SDK sends it."""
-        self._key()
-        return await self.upstream.call("POST", "/v1/sessions/start",
-                                        headers={"Authorization": f"Bearer {upstream_token}"})
+        """Bearer-only upstream (counted per session there, not against our key); no body, as LiveAvatar's SDK."""
+        return await self._call("sessions/start", "POST", "/v1/sessions/start", bearer=upstream_token)
 
     async def keep_alive(self, session_id):
-        return await self.upstream.call("POST", "/v1/sessions/keep-alive", headers=self._key(),
-                                        body={"session_id": session_id})
+        return await self._call("sessions/keep-alive", "POST", "/v1/sessions/keep-alive",
+                                body={"session_id": session_id})
 
-    async def stop(self, session_id, reason):
-        return await self.upstream.call("POST", "/v1/sessions/stop", headers=self._key(),
-                                        body={"session_id": session_id, "reason": reason})
+    async def stop(self, session_id, reason, wait=None):
+        return await self._call("sessions/stop", "POST", "/v1/sessions/stop", wait=wait,
+                                body={"session_id": session_id, "reason": reason})
 
     async def stop_session(self, session, reason):
         if reason == "idle" and session.status == "created":
             reason = "never_started"
-        return await self.stop(session.session_id, STOP_REASONS.get(reason, "UNKNOWN"))
+        return await self.stop(session.session_id, STOP_REASONS.get(reason, "UNKNOWN"), wait=BACKGROUND_WAIT)
 
     async def abandon(self, session_id):
         """Stop a session the gateway could not record."""
-        return await self.stop(session_id, "SERVER_ERROR")
+        return await self.stop(session_id, "SERVER_ERROR", wait=BACKGROUND_WAIT)
+
+    @staticmethod
+    def is_concurrency_error(response):
+        """LiveAvatar's answer when our account's concurrent sessions are all in use (UNVERIFIED wording)."""
+        body = response.json()
+        return (response.status in (400, 429) and isinstance(body, dict)
+                and "concurrent" in str(body.get("message", "")).lower())
 
     async def transcript(self, session_id):
         """Every entry of LiveAvatar's server-side transcript, following next_timestamp page by page."""
@@ -74,7 +106,7 @@ class LiveAvatarClient:
         path = f"/v1/sessions/{quote(session_id, safe='')}/transcript"
         for _ in range(MAX_TRANSCRIPT_PAGES):
             query = f"start_timestamp={start}" if start is not None else ""
-            response = await self.upstream.call("GET", path, headers=self._key(), query=query)
+            response = await self._call("sessions/transcript", "GET", path, wait=BACKGROUND_WAIT, query=query)
             data = (response.json() or {}).get("data") if response.ok else None
             if not isinstance(data, dict):
                 raise UpstreamUnavailable(f"LiveAvatar transcript answered {response.status}")

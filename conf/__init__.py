@@ -86,6 +86,18 @@ def _choice(*choices):
     return parse
 
 
+def _address(raw):
+    """`host:port` (`[v6 address]:port`), or empty for none."""
+    raw = raw.strip()
+    if not raw:
+        return None
+    host, sep, port = raw.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError("must be host:port, e.g. 127.0.0.1:9100")
+    return host, int(port)
+
+
 def _log_level(raw):
     level = raw.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -106,7 +118,13 @@ SETTINGS = (
     Setting("HOST", "127.0.0.1", str, "Address to listen on (nginx proxies to it)."),
     Setting("PORT", "8000", _int(0, 65535), "Port to listen on (0: any free port)."),
     Setting("XHEADERS", "true", _bool, "Trust X-Real-IP / X-Forwarded-* from the proxy in front (nginx)."),
+    Setting("ADMIN_ADDRESS", "", _address,
+            "host:port of a separate listener for /metrics, /readyz and /healthz (then 404 on PORT); empty: they are "
+            "served on PORT."),
     Setting("LOG_LEVEL", "INFO", _log_level, "Log level of the gateway's own loggers."),
+    Setting("LOG_FORMAT", "text", _choice("text", "json"),
+            "Log lines as text, or as JSON objects (time, level, logger, message; access lines also method, path, "
+            "status, duration_ms, session) for log pipelines."),
     Setting("GATEWAY_SECRET", REQUIRED, _secret(16),
             "Key of the HMAC that turns customer API keys into stored customer ids (16+ chars).", secret=True),
     Setting("HEYGEN_API_KEY", REQUIRED, _secret(), "Our HeyGen API key; never leaves the server.", secret=True),
@@ -114,6 +132,13 @@ SETTINGS = (
     Setting("LIVEAVATAR_API_KEY", "", str,
             "Our LiveAvatar API key; never leaves the server. Empty: the LiveAvatar routes answer 503.", secret=True),
     Setting("LIVEAVATAR_BASE_URL", "https://api.liveavatar.com", _url, "LiveAvatar API base URL."),
+    Setting("LIVEAVATAR_RATE_LIMIT", "10", _int(0),
+            "Calls per second per LiveAvatar endpoint made with our key, for all processes together (divided "
+            "among the live ones); 0: no limit."),
+    Setting("RATE_LIMIT_WAIT", "2", _float(0),
+            "Seconds a browser's call may wait for the rate limiter before it is answered 429 with Retry-After."),
+    Setting("MAX_CONCURRENT_SESSIONS", "3", _int(1),
+            "Live sessions a customer may hold at once, unless its Petya config sets maxConcurrentSessions."),
     Setting("PETYA_BASE_URL", REQUIRED, _url, "Petya backend base URL (avatar config and conversation status)."),
     Setting("PETYA_AUTH_TOKEN", REQUIRED, _secret(), "Service token the gateway presents to Petya.", secret=True),
     Setting("PETYA_CONFIG_TTL", "60", _float(0), "Seconds a customer's avatar config from Petya stays cached."),

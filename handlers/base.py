@@ -1,4 +1,5 @@
 """The base of every gateway handler: JSON errors, CORS, body limits, customer authentication, scrubbed logs."""
+import contextlib
 import json
 import logging
 import sys
@@ -298,6 +299,25 @@ class BaseHandler(BodyLimitMixin, GatewayHandlerMixin, tornado.web.RequestHandle
         self.log_session_id = session_id
         return await owned_session(self.gateway, session_id, customer, provider=provider, touch=touch,
                                    before_cutoff=before_cutoff)
+
+    @contextlib.asynccontextmanager
+    async def session_slot(self, customer):
+        """One of the customer's concurrent sessions (`maxConcurrentSessions` in its Petya config, else
+        MAX_CONCURRENT_SESSIONS), held while the upstream call that opens a session is under way; 429
+        concurrency_limit_exceeded when all are taken, before any upstream call."""
+        settings = self.gateway.settings
+        limit = customer.config.get("maxConcurrentSessions")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            limit = settings.max_concurrent_sessions
+        claim = await self.gateway.sessions.claim_slot(customer.id, limit,
+                                                       ttl=2 * settings.upstream_request_timeout + 5)
+        try:
+            yield
+        finally:
+            try:
+                await self.gateway.sessions.release_slot(claim)
+            except ServiceUnavailable:
+                pass  # it expires by itself
 
     async def record_new_session(self, provider, session_id, **fields):
         """Record a session the provider just created; if that fails, stop it upstream rather than leak it."""

@@ -4,7 +4,7 @@ import time
 
 from handlers.base import BaseHandler
 from handlers.schemas import NEW_SESSION, SESSION_REF, TASK
-from models.errors import Unauthorized, UpstreamUnavailable
+from models.errors import ConcurrencyLimitExceeded, Unauthorized, UpstreamUnavailable
 from models.transcript import new_turn
 
 TURN_WRITE_WAIT = 0.5  # seconds a task's answer waits for its turn to be stored before answering anyway
@@ -35,6 +35,10 @@ class NewSessionHandler(BaseHandler):
     async def post(self):
         customer = await self.authenticate(provider="heygen")
         request = self.load_body(NEW_SESSION)
+        async with self.session_slot(customer):  # the customer's quota, before HeyGen is called
+            await self.open_session(customer, request)
+
+    async def open_session(self, customer, request):
         conversation_id = request.pop("conversation_id", None)
         sessions, heygen = self.gateway.sessions, self.gateway.heygen
         token = await sessions.claim_token(customer.id, customer.token.id if customer.token else None)
@@ -54,6 +58,8 @@ class NewSessionHandler(BaseHandler):
                 await sessions.release_token(token)
             if response.ok:
                 raise UpstreamUnavailable("HeyGen answered streaming.new without a session_id")
+            if heygen.is_concurrency_error(response):
+                raise ConcurrencyLimitExceeded("all of the gateway's HeyGen sessions are in use: try again shortly")
             return self.pass_through(response)
         self.log_session_id = session_id
         await self.record_new_session(heygen, session_id, conversation_id=conversation_id, customer=customer.id,

@@ -2,7 +2,7 @@
 without ever holding our key or LiveAvatar's session token."""
 from handlers.base import BaseHandler
 from handlers.schemas import OPTIONAL_SESSION_REF, TOKEN_REQUEST
-from models.errors import BadRequest, Unauthorized, UpstreamUnavailable
+from models.errors import BadRequest, ConcurrencyLimitExceeded, Unauthorized, UpstreamUnavailable
 
 # Tokens the browser has no use for: LiveAvatar's agent token lets its holder join the room as the avatar's agent.
 SERVER_SIDE_FIELDS = ("livekit_agent_token",)
@@ -15,6 +15,10 @@ class SessionTokenHandler(BaseHandler):
     async def post(self):
         customer = await self.authenticate(allow_token=False)
         request = self.load_body(TOKEN_REQUEST)
+        async with self.session_slot(customer):  # the customer's quota, before LiveAvatar is called
+            await self.open_session(customer, request)
+
+    async def open_session(self, customer, request):
         liveavatar = self.gateway.liveavatar
         response = await liveavatar.create_token(customer.config)
         body = response.json()
@@ -54,6 +58,8 @@ class StartHandler(LiveAvatarSessionHandler):
         customer = await self.authenticate(provider="liveavatar")
         session = await self.liveavatar_session(customer)
         response = await self.gateway.liveavatar.start(session.upstream_token)
+        if self.gateway.liveavatar.is_concurrency_error(response):
+            raise ConcurrencyLimitExceeded("all of the gateway's LiveAvatar sessions are in use: try again shortly")
         if response.ok:
             await self.gateway.sessions.mark_started(session.session_id)
         body = response.json()

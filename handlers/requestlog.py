@@ -1,6 +1,9 @@
-"""One access-log line per request, with keys and tokens scrubbed from whatever is logged."""
+"""One access-log line per request, with keys and tokens scrubbed from whatever is logged; the log formats
+(LOG_FORMAT): text lines, or JSON objects for log pipelines."""
+import json
 import logging
 import re
+from datetime import datetime, timezone
 
 log = logging.getLogger("gateway.access")
 
@@ -21,14 +24,56 @@ def request_summary(handler):
 
 
 def log_request(handler):
-    """Application `log_function`: method, path, status, duration, session id. Never headers or bodies."""
+    """Application `log_function`: method, path, status, duration, session id. Never headers or bodies. The fields
+    also go on the record (`access`) for the JSON format."""
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if not log.isEnabledFor(level):
+        return
     session_id = getattr(handler, "log_session_id", None) or "-"
-    log.log(level, "%s %s %d %.1fms session=%s", handler.request.method, scrub(handler.request.path),
-            status, 1000.0 * handler.request.request_time(), session_id)
+    method, path = handler.request.method, scrub(handler.request.path)
+    duration_ms = 1000.0 * handler.request.request_time()
+    log.log(level, "%s %s %d %.1fms session=%s", method, path, status, duration_ms, session_id,
+            extra={"access": {"method": method, "path": path, "status": status,
+                              "duration_ms": round(duration_ms, 1), "session": session_id}})
 
 
 def clamp_secret_loggers():
     for name in SECRET_BEARING_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger(name).level))
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class TextFormatter(logging.Formatter):
+    """`LOG_FORMAT=text`: one line per event, scrubbed (a traceback included)."""
+
+    def __init__(self):
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record):
+        return scrub(super().format(record))
+
+
+class JsonFormatter(logging.Formatter):
+    """`LOG_FORMAT=json`: one JSON object per event (ASCII, one line): time (UTC, ISO 8601), level, logger,
+    message; access lines add method, path, status, duration_ms and session, as in their text; a traceback goes
+    into `exception`. Scrubbed as the text lines are."""
+
+    def format(self, record):
+        entry = {"time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
+                 .replace("+00:00", "Z"),
+                 "level": record.levelname, "logger": record.name, "message": scrub(record.getMessage())}
+        access = getattr(record, "access", None)
+        if isinstance(access, dict):
+            entry.update(access)
+        if record.exc_info:
+            entry["exception"] = scrub(self.formatException(record.exc_info))
+        if record.stack_info:
+            entry["stack"] = scrub(self.formatStack(record.stack_info))
+        return json.dumps(entry, default=str)
+
+
+def log_formatter(log_format):
+    return JsonFormatter() if log_format == "json" else TextFormatter()

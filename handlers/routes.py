@@ -1,14 +1,16 @@
-"""The gateway's routes: every one under the root and, identically, under /api/v1/avatar."""
+"""The gateway's routes: every API route under the root and, identically, under /api/v1/avatar; the operators'
+routes (/healthz, /readyz, /metrics) at the root of the public port, or only on ADMIN_ADDRESS when that is set."""
 from tornado.routing import PathMatches
 
 from handlers.base import NoBodyHandler, NotFoundHandler
 from handlers.demo import DemoHandler
-from handlers.health import HealthHandler
+from handlers.health import HealthHandler, ReadyHandler
 from handlers.heygen import (CreateTokenHandler, InterruptHandler, KeepAliveHandler, NewSessionHandler,
                              OtherSessionCallHandler, StartHandler, StartListeningHandler, StopHandler,
                              StopListeningHandler, TaskHandler)
 from handlers import liveavatar
 from handlers.messages import AvatarMessageHandler, UserMessageHandler
+from handlers.metrics import MetricsHandler
 from handlers.transcript import TranscriptHandler
 from handlers.websocket import StreamingChatRelay
 
@@ -37,6 +39,13 @@ API = [
 ]
 
 
+OPERATIONS = [
+    (r"/healthz", HealthHandler),
+    (r"/readyz", ReadyHandler),
+    (r"/metrics", MetricsHandler),
+]
+
+
 class WithBody(PathMatches):
     """A path, for the requests that carry a body (any Content-Length but 0, or a Transfer-Encoding)."""
 
@@ -54,10 +63,16 @@ def routes(gateway):
     table = [(WithBody(prefix + path), NoBodyHandler, deps)
              for prefix in PREFIXES for path, handler in API if handler is StreamingChatRelay]
     table += [(prefix + path, handler, deps) for prefix in PREFIXES for path, handler in API]
-    table.append((r"/healthz", HealthHandler, deps))
+    if not gateway.settings.admin_address:
+        table += admin_routes(gateway)
     table.append((r"/demo/?", DemoHandler, deps))
     table.append((r"/demo/(.+)", DemoHandler, deps))
     return table
+
+
+def admin_routes(gateway):
+    """The operators' routes: on the public port, or on their own listener (ADMIN_ADDRESS)."""
+    return [(path, handler, {"gateway": gateway}) for path, handler in OPERATIONS]
 
 
 DEFAULT_HANDLER = NotFoundHandler

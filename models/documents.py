@@ -72,6 +72,7 @@ class AvatarSession(Document):
             ("flush_state", "flush_next_at"),
             ("status", "last_activity_at"),
             "sockets.process",
+            ("customer", "status"),
         ],
     }
 
@@ -88,3 +89,13 @@ class GatewayToken(Document):
     expires_at = FloatField(required=True)
 
     meta = {"collection": "gateway_tokens", "strict": False, "indexes": [("customer", "session_id", "created_at")]}
+
+
+class SessionClaims(Document):
+    """The sessions being opened for one customer (their upstream calls under way), in the order they were claimed:
+    each counts against the customer's concurrency quota until its session is recorded, or — if its process died
+    meanwhile — until it expires. One document per customer, so a claim and its place in line are one atomic $push."""
+    customer = StringField(primary_key=True)
+    claims = ListField(DictField())  # {"id", "expires_at"}, oldest first
+
+    meta = {"collection": "session_claims", "strict": False}

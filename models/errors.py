@@ -73,3 +73,22 @@ class ServiceUnavailable(GatewayError):
 class UpstreamTimeout(GatewayError):
     status = 504
     default_message = "upstream timed out"
+
+
+class TooManyRequests(GatewayError):
+    """An upstream's rate limit (ours in front of it, or its own 429): try again after `retry_after` seconds."""
+    status = 429
+    default_message = "too many requests to the upstream: try again shortly"
+
+
+class ConcurrencyLimitExceeded(GatewayError):
+    """The customer's (or our upstream account's) concurrent sessions are all taken."""
+    status = 429
+
+    def __init__(self, message, limit=None, running=None):
+        super().__init__(message)
+        self.limit, self.running = limit, running
+
+    def body(self):
+        return {"code": "concurrency_limit_exceeded", "message": self.message, "limit": self.limit,
+                "running": self.running}

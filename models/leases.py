@@ -36,6 +36,8 @@ class Leases:
         self.clock = clock
         self.process_id = new_process_id()
         self.held = False  # whether this process has held its lease yet
+        self.renewed_at = None  # when this process's lease was last taken or renewed (this process's clock)
+        self.live_processes = 1  # gateway processes with a live lease, this one included (as of the last heartbeat)
 
     @property
     def collection(self):
@@ -46,9 +48,12 @@ class Leases:
         """Heartbeat: False when this process's lease was lost (expired, or deleted by another process's sweep) or
         never taken; then take() a new one."""
         now = self.clock()
-        return bool(self.collection.update_one(
+        renewed = bool(self.collection.update_one(
             {"process_id": self.process_id, "heartbeat_at": {"$gte": now - self.ttl}},
             {"$set": {"heartbeat_at": now, "pending_since": pending_since}}).matched_count)
+        if renewed:
+            self.renewed_at = now
+        return renewed
 
     @blocking
     def take(self, process_id, pending_since=None):
@@ -59,6 +64,12 @@ class Leases:
             {"$set": {"heartbeat_at": now, "pending_since": pending_since},
              "$setOnInsert": {"host": socket.gethostname(), "pid": os.getpid(), "started_at": now}}, upsert=True)
         self.held = True
+        self.renewed_at = now
+
+    def holds(self):
+        """Whether this process's lease is live: taken or renewed within LEASE_TTL (else other processes may count
+        its sockets as closed, and it takes a new lease at its next heartbeat)."""
+        return self.renewed_at is not None and self.clock() - self.renewed_at < self.ttl
 
     @blocking
     def expired(self, limit=100):

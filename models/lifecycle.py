@@ -19,6 +19,7 @@ import logging
 
 from tornado.ioloop import PeriodicCallback
 
+from models import metrics
 from models.errors import GatewayError, ServiceUnavailable
 from models.leases import new_process_id
 from models.transcript import for_petya
@@ -89,6 +90,7 @@ class Lifecycle:
         pending = self.turns.pending_since()
         try:
             if await self.leases.renew(pending):
+                self.leases.live_processes = 1 + len(await self.leases.others_alive())
                 return
             if not self.leases.held:  # the first heartbeat, at start
                 return await self.leases.take(self.leases.process_id, pending)
@@ -135,6 +137,7 @@ class Lifecycle:
         session = await self.sessions.claim_end(session_id, reason, abandoned_before=abandoned_before)
         if session is None:
             return False
+        metrics.SESSIONS_ENDED.labels(provider=session.provider, reason=reason).inc()
         log.info("session %s ended (%s)", session_id, reason)
         if stop_upstream:
             await self.stop_upstream(session, reason)
@@ -160,6 +163,7 @@ class Lifecycle:
             return None
         if not await self.wait_for_turns(session.flush_cutoff):
             await self.sessions.flush_defer(session.session_id, self.settings.lease_heartbeat)
+            metrics.HANDOFFS.labels(outcome="deferred").inc()
             return False
         recorded = await self.sessions.transcript(session.session_id)
         try:
@@ -169,15 +173,20 @@ class Lifecycle:
         outcome = await self.petya.post_status(session.conversation_id, session.session_id, for_petya(turns),
                                                delivery_id(session.session_id))
         if outcome.delivered:
+            metrics.HANDOFFS.labels(outcome="delivered").inc()
+            metrics.HANDOFF_ATTEMPTS.labels(outcome="delivered").observe(session.flush_attempts)
             await self.sessions.flush_done(session.session_id, note)
             log.info("transcript of %s delivered to Petya (%d turns)", session.session_id, len(turns))
             return True
         if outcome.retry:
+            metrics.HANDOFFS.labels(outcome="retry").inc()
             delay = min(self.settings.flush_retry_initial * 2 ** (session.flush_attempts - 1),
                         self.settings.flush_retry_max)
             await self.sessions.flush_retry(session.session_id, delay, outcome.error)
             log.warning("flush of %s failed (%s); retry in %.1fs", session.session_id, outcome.error, delay)
         else:
+            metrics.HANDOFFS.labels(outcome="rejected").inc()
+            metrics.HANDOFF_ATTEMPTS.labels(outcome="rejected").observe(session.flush_attempts)
             await self.sessions.flush_rejected(session.session_id, outcome.error)
             log.error("flush of %s rejected: %s", session.session_id, outcome.error)
         return False
@@ -211,16 +220,20 @@ class Lifecycle:
             for process_id, last_heartbeat in await self.leases.expired():
                 released = await self.sessions.release_sockets(process_id, last_heartbeat)
                 await self.leases.remove(process_id, last_heartbeat)
+                metrics.REAPER_ACTIONS.labels(kind="lease_expired").inc()
+                metrics.REAPER_ACTIONS.labels(kind="sockets_released").inc(released)
                 log.warning("process %s stopped heartbeating: %d sessions' sockets count as closed", process_id,
                             released)
             now = self.sessions.clock()
             before = now - self.settings.socket_grace_period
             for session_id in await self.sessions.abandoned(before):
-                await self.end(session_id, "socket_closed", abandoned_before=before)
+                if await self.end(session_id, "socket_closed", abandoned_before=before):
+                    metrics.REAPER_ACTIONS.labels(kind="socket_closed").inc()
             quiet = await self.sessions.quiet(idle_before=now - self.settings.session_idle_timeout,
                                               born_before=now - self.settings.session_max_age)
             for session_id, reason in quiet:
-                await self.end(session_id, reason)
+                if await self.end(session_id, reason):
+                    metrics.REAPER_ACTIONS.labels(kind=reason).inc()
             while await self.deliver() is not None:
                 pass
         except ServiceUnavailable as exc:  # MongoDB away: the next sweep tries again

@@ -5,13 +5,14 @@ Each transition is a single conditional update in MongoDB, so two gateway proces
 """
 import hashlib
 import hmac
+import secrets
 import time
 
 from pymongo import ReturnDocument
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from models.documents import AvatarSession, GatewayToken, TurnReport
-from models.errors import Conflict, NotFound
+from models.documents import AvatarSession, GatewayToken, SessionClaims, TurnReport
+from models.errors import ConcurrencyLimitExceeded, Conflict, NotFound
 from models.store import blocking
 from models.transcript import merge_all, merge_turn
 
@@ -76,6 +77,43 @@ class SessionStore:
             customer=customer, status="created", upstream_token=upstream_token, created_at=now, last_activity_at=now)
         session.save(force_insert=True)
         return session
+
+    @blocking
+    def claim_slot(self, customer, limit, ttl):
+        """Take one of the customer's `limit` concurrent sessions before the upstream call that opens it; returns the
+        claim's id, to release once the session is recorded (or was not opened). Counted across processes: live
+        sessions plus the claims ahead of this one in the customer's line (taken atomically with the claim), so
+        racing starts are admitted in order, never over the limit. ConcurrencyLimitExceeded when all are taken."""
+        now, claim_id, collection = self.clock(), secrets.token_hex(8), SessionClaims._get_collection()
+        while True:
+            line = collection.find_one_and_update(
+                {"_id": customer}, {"$push": {"claims": {"id": claim_id, "expires_at": now + ttl}}},
+                return_document=ReturnDocument.AFTER)
+            if line is not None:
+                line = line["claims"]
+                break
+            try:  # the customer's first claim: its line starts now (racing first claims: one insert wins)
+                collection.insert_one({"_id": customer, "claims": []})
+            except DuplicateKeyError:
+                pass
+        ahead = [c for c in line[:-1] if c["expires_at"] > now]
+        if len(ahead) < len(line) - 1:  # claims of processes that died mid-call: drop them
+            SessionClaims._get_collection().update_one({"_id": customer},
+                                                       {"$pull": {"claims": {"expires_at": {"$lte": now}}}})
+        running = AvatarSession.objects(customer=customer, status__ne="ended").count() + len(ahead)
+        if running >= limit:
+            self._release_slot(customer, claim_id)
+            raise ConcurrencyLimitExceeded(f"this customer may run {limit} avatar sessions at once; end one first",
+                                           limit=limit, running=running)
+        return customer, claim_id
+
+    @blocking
+    def release_slot(self, claim):
+        self._release_slot(*claim)
+
+    @staticmethod
+    def _release_slot(customer, claim_id):
+        SessionClaims._get_collection().update_one({"_id": customer}, {"$pull": {"claims": {"id": claim_id}}})
 
     @blocking
     def get(self, session_id):

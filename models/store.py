@@ -7,7 +7,8 @@ from pymongo.errors import ConnectionFailure, NotPrimaryError, WriteConcernError
 from pymongo.uri_parser import parse_uri
 from tornado.ioloop import IOLoop
 
-from models.documents import AvatarSession, GatewayToken, ProcessLease, TurnReport
+from models import metrics
+from models.documents import AvatarSession, GatewayToken, ProcessLease, SessionClaims, TurnReport
 from models.errors import ServiceUnavailable
 
 DEFAULT_DATABASE = "ilianaai_avatar"
@@ -46,7 +47,7 @@ class Store:
         _users["count"] += 1
 
     async def ensure_indexes(self):
-        for document in (AvatarSession, GatewayToken, TurnReport, ProcessLease):
+        for document in (AvatarSession, GatewayToken, TurnReport, ProcessLease, SessionClaims):
             await self.run(document.ensure_indexes)
 
     async def run(self, fn, *args, **kwargs):
@@ -55,11 +56,13 @@ class Store:
         if self.closed:
             raise ServiceUnavailable("shutting down", retry_after=RETRY_AFTER)
         if self.in_flight >= self.max_queued:
+            metrics.MONGODB_ERRORS.labels(kind="busy").inc()
             raise ServiceUnavailable("session database busy", retry_after=RETRY_AFTER)
         self.in_flight += 1
         try:
             return await IOLoop.current().run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
         except UNAVAILABLE as exc:  # also server selection timeouts and lost connections
+            metrics.MONGODB_ERRORS.labels(kind=type(exc).__name__).inc()
             raise ServiceUnavailable("session database unavailable", retry_after=RETRY_AFTER) from exc
         finally:
             self.in_flight -= 1

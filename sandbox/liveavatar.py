@@ -48,9 +48,10 @@ DEFAULT_PAGE_SIZE = 20  # UNVERIFIED default of GET /v1/sessions; page_size <= 1
 class Reject(tornado.web.HTTPError):
     """Ends a request with `status` and the JSON `body`."""
 
-    def __init__(self, status, body):
+    def __init__(self, status, body, headers=None):
         super().__init__(status)
         self.body = body
+        self.headers = headers or {}
 
 
 def error(status, code, message, data=None):
@@ -207,6 +208,11 @@ class LiveAvatarEmulator:
         self.response_delay = response_delay
         self.max_sessions = max_sessions
         self.livekit_url = livekit_url
+        # Requests per credential and endpoint in each fixed 1-second window (§7.4), None for no limit. LiveAvatar's
+        # real numbers are UNVERIFIED.
+        self.rate_limit = None
+        self._windows = {}  # (credential, endpoint) -> (window second, count)
+        self.rate_limited = 0  # requests answered 429
         self.recorder = Recorder()
         self.sessions = {}
         self.transcript_fail_status = None
@@ -357,8 +363,27 @@ class LiveAvatarHandler(EmulatorHandler):
 
     async def prepare(self):
         super().prepare()
+        self.enforce_rate_limit()
         if self.emulator.response_delay > 0:
             await asyncio.sleep(self.emulator.response_delay)
+
+    def enforce_rate_limit(self):
+        """LiveAvatar counts calls per credential (our API key, or a session's Bearer token) and endpoint in fixed
+        1-second windows; over the limit: 429 with Retry-After and X-RateLimit-Reset. The body is UNVERIFIED."""
+        limit = self.emulator.rate_limit
+        if limit is None:
+            return
+        credential = self.request.headers.get("X-API-KEY") or self.bearer() or "-"
+        endpoint = self.request.path.rsplit("/", 1)[-1] if "/transcript" not in self.request.path else "transcript"
+        now = time.time()
+        second, count = self.emulator._windows.get((credential, endpoint), (int(now), 0))
+        if second != int(now):
+            second, count = int(now), 0
+        self.emulator._windows[(credential, endpoint)] = (second, count + 1)
+        if count + 1 > limit:
+            self.emulator.rate_limited += 1
+            raise Reject(429, {"code": 4029, "message": "Rate limit exceeded", "data": None},
+                         {"Retry-After": "1", "X-RateLimit-Reset": str(second + 1)})
 
     def ok(self, data, message, status=200):
         self.reply(status, {"code": SUCCESS, "data": data, "message": message})
@@ -366,6 +391,8 @@ class LiveAvatarHandler(EmulatorHandler):
     def write_error(self, status_code, **kwargs):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         body = exc.body if isinstance(exc, Reject) else {"detail": self._reason}
+        for name, value in (exc.headers if isinstance(exc, Reject) else {}).items():
+            self.set_header(name, value)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(body))
 

@@ -35,7 +35,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest  # noqa: E402
 from sandbox.stack import DEMO_API_KEY, Sandbox  # noqa: E402
 
 # Short timings so lifecycle tests run in fractions of a second.
-FAST = dict(SWEEP_INTERVAL="0.1", LEASE_HEARTBEAT="0.1", FLUSH_RETRY_INITIAL="0.05", FLUSH_RETRY_MAX="0.2",
+# A generous per-customer quota: most tests open more sessions than a real customer would (the quota has its own).
+FAST = dict(SWEEP_INTERVAL="0.1", LEASE_HEARTBEAT="0.1", MAX_CONCURRENT_SESSIONS="100", FLUSH_RETRY_INITIAL="0.05", FLUSH_RETRY_MAX="0.2",
             SOCKET_GRACE_PERIOD="0.3", UPSTREAM_REQUEST_TIMEOUT="3", UPSTREAM_CONNECT_TIMEOUT="1",
             CORS_ORIGINS="https://shop.example.com,https://other.example.org", LOG_LEVEL="INFO")
 

@@ -77,7 +77,8 @@ class World:
             try:
                 self.sandbox = self.loop.run_until_complete(Sandbox(
                     self.mongodb_uri, database="t_fuzz_" + uuid.uuid4().hex[:8], CORS_ORIGINS=ALLOWED,
-                    UPSTREAM_REQUEST_TIMEOUT="5", UPSTREAM_CONNECT_TIMEOUT="2").start())
+                    UPSTREAM_REQUEST_TIMEOUT="5", UPSTREAM_CONNECT_TIMEOUT="2",
+                    MAX_CONCURRENT_SESSIONS="1000").start())  # the quota is not what this fuzzes
             except BaseException as exc:  # reported to the test thread
                 failure.append(exc)
                 ready.set()
@@ -254,8 +255,9 @@ class Fixtures:
 # --- strategies ----------------------------------------------------------------------------------------------------
 
 API_PATHS = [prefix + path.replace("\\", "") for prefix in PREFIXES for path, _ in API]
-OTHER_PATHS = ["/healthz", "/demo", "/demo/", "/demo/x", "/demo/demo.html", "/demo/../server.py", "/demo/%2e%2e/x",
-               "/", "/v1", "/v1/streaming.nope", "/api/v1/avatar", "/api/v1/avatar/healthz", "/v1/sessions/x"]
+OTHER_PATHS = ["/healthz", "/readyz", "/metrics", "/demo", "/demo/", "/demo/x", "/demo/demo.html",
+               "/demo/../server.py", "/demo/%2e%2e/x", "/", "/v1", "/v1/streaming.nope", "/api/v1/avatar",
+               "/api/v1/avatar/healthz", "/v1/sessions/x"]
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 FIELDS = ["session_id", "text", "task_type", "task_mode", "quality", "version", "conversation_id", "voice",
           "avatar_id", "knowledge_base_id", "language", "mode", "reason"]

@@ -86,11 +86,14 @@ async def test_heygen_errors_pass_through_with_status_and_body(sandbox, client):
 
 
 @pytest.mark.gen_test
-async def test_heygen_session_limit_passes_through(sandbox, client):
+async def test_heygen_account_limit_is_answered_as_a_concurrency_limit(sandbox, client):
     for _ in range(sandbox.heygen.max_sessions):
         await open_session(client)
     reply = await client.call("/v1/streaming.new", {"version": "v2"})
-    assert reply.status == 400 and reply.json["code"] == 10004 and "limit" in reply.json["message"]
+    upstream = sandbox.heygen.recorder.calls("/v1/streaming.new")[-1]
+    assert upstream  # HeyGen was asked, and refused: our account's slots are all taken
+    assert reply.status == 429 and reply.json["code"] == "concurrency_limit_exceeded"
+    assert reply.json["limit"] is None and reply.json["running"] is None  # HeyGen does not say
 
 
 @pytest.mark.gen_test
