@@ -77,6 +77,8 @@ class StopHandler(LiveAvatarSessionHandler):
     async def post(self):
         customer = await self.authenticate(provider="liveavatar")
         session = await self.liveavatar_session(customer, self.load_body(OPTIONAL_SESSION_REF))
+        if session.status == "ended":  # the SDK's clean-up paths stop twice: spare LiveAvatar (and our rate limit)
+            return self.send_json({"code": 1000, "data": None, "message": "Session stopped"})
         response = None
         try:
             response = await self.gateway.liveavatar.stop(session.session_id, "USER_CLOSED")

@@ -408,7 +408,9 @@ class TaskHandler(SessionCallHandler):
         if session.status != "connected":
             self.reply(400, WRONG_STATE)
             return
-        task_type = body.get("task_type", "talk")
+        # HeyGen's docs give "repeat" as the default task_type (the gateway records it so); the SDK's default
+        # speak() sends none when no socket is open. UNVERIFIED which one real HeyGen applies.
+        task_type = body.get("task_type", "repeat")
         task_mode = body.get("task_mode", "sync")
         if task_type not in TASK_TYPES:
             self.reply(400, invalid_parameter("task_type"))

@@ -451,7 +451,7 @@ async def gateway_unreachable(sandbox, page):
 @pytest.mark.gen_test(timeout=30)
 @pytest.mark.parametrize("breakage, title, phrases", [
     (bad_key, "API key rejected (401)", ["Check the customer API key"]),
-    (session_limit, "Session limit reached (400)", ["Concurrent limit reached", "stop a session"]),
+    (session_limit, "Session limit reached (429)", ["sessions are in use", "stop a session"]),
     (heygen_down, "Upstream unavailable (502)", ["down or too slow"]),
     (gateway_unreachable, "Network error", ["could not reach the gateway at http://127.0.0.1:", "CORS"]),
 ])

@@ -270,7 +270,7 @@
     if (status === 401 || status === 403) {
       return { title: 'API key rejected (' + status + ')', text: what + said + ' Check the customer API key.' };
     }
-    if (code === 10004 || /concurren/i.test(message)) {
+    if (code === 'concurrency_limit_exceeded' || code === 10004 || /concurren/i.test(message)) {
       return {
         title: 'Session limit reached (' + status + ')',
         text: what + said + ' HeyGen allows only a few concurrent sessions: stop a session you no ' +
