@@ -4,6 +4,7 @@ from setuptools import setup
 SANDBOX = ["SecantusDB==0.6.0b17"]  # MongoDB wire server for local runs and tests (dev only, GPL-2.0)
 TEST = SANDBOX + [
     "pytest==9.2.0",
+    "supervisor==4.3.0",  # runs conf/supervisor.conf.example in tests/test_deployment.py
     "hypothesis==6.170.17",  # the bad-input fuzzer (tests/test_bad_input.py)
     "pytest-tornado==0.8.1",
     "setuptools<82",  # pytest-tornado imports pkg_resources

@@ -154,7 +154,7 @@ async def test_mongodb_killed_for_20s_no_500_no_turn_lost_recovery_without_resta
         calls = [("/v1/streaming.task", {"session_id": session_id, "text": "Lost?"}),
                  ("/v1/streaming.keep_alive", {"session_id": session_id}),
                  ("/v1/streaming.avatar_message", {"session_id": session_id, "text": "Heard."}),
-                 ("/v1/streaming.create_token", {}), ("/v1/sessions/token", {}), ("/healthz", None)]
+                 ("/v1/streaming.create_token", {}), ("/v1/sessions/token", {}), ("/readyz", None)]
         while time.monotonic() - outage_started < 20:
             n += 1
             if n <= 3:
@@ -192,7 +192,7 @@ async def test_mongodb_killed_for_20s_no_500_no_turn_lost_recovery_without_resta
 
 
 async def _healthy(client):
-    return (await client.call("/healthz", method="GET")).status == 200
+    return (await client.call("/readyz", method="GET")).status == 200
 
 
 @pytest.mark.gen_test(timeout=90)
