@@ -354,14 +354,14 @@ class Bench:
             if self.gateway.poll() is not None:
                 raise RuntimeError(f"the gateway exited with {self.gateway.returncode}; see {log_path}")
             try:
-                response = await self.http.fetch(self.gateway_url + "/healthz", raise_error=False,
+                response = await self.http.fetch(self.gateway_url + "/readyz", raise_error=False,
                                                  request_timeout=2)
                 if response.code == 200:
                     break
             except HTTPClientError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the gateway did not answer /healthz within 30s; see {log_path}")
+                raise RuntimeError(f"the gateway did not answer /readyz within 30s; see {log_path}")
             await asyncio.sleep(0.1)
         log(f"gateway pid {self.gateway.pid} at {self.gateway_url} (log: {os.path.relpath(log_path, ROOT)})")
 
@@ -451,17 +451,17 @@ class Bench:
         n = self.args.breakdown_iterations
         rows = []
 
-        # GET /healthz through the gateway: HTTP in and out of the gateway plus one MongoDB ping on its executor.
+        # GET /readyz through the gateway: HTTP in and out of the gateway plus one MongoDB ping on its executor.
         lat = []
         for i in range(n + 20):
             if i == 20:
                 cpu0 = proc_cpu_seconds(self.gateway.pid)
             t0 = time.perf_counter()
-            response = await self.http.fetch(self.gateway_url + "/healthz", raise_error=False)
+            response = await self.http.fetch(self.gateway_url + "/readyz", raise_error=False)
             if i >= 20:
                 lat.append(time.perf_counter() - t0)
             assert response.code == 200, response.code
-        rows.append({"what": "gateway GET /healthz (HTTP hop + 1 MongoDB ping on the gateway's executor)",
+        rows.append({"what": "gateway GET /readyz (HTTP hop + 1 MongoDB ping on the gateway's executor)",
                      **latency_summary(lat), "cpu_ms_per_iter": round(1000 * (proc_cpu_seconds(self.gateway.pid)
                                                                                - cpu0) / n, 3),
                      "cpu_of": "gateway"})

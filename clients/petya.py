@@ -12,6 +12,8 @@ from models.errors import ServiceUnavailable, Unauthorized, UpstreamTimeout, Ups
 log = logging.getLogger("gateway.petya")
 
 CONFIG_FIELDS = ("avatarId", "intro", "knowledgeBaseId", "voiceId", "language")
+# The hand-off's `call` label in the upstream latency histogram (conversation ids are the customer's: any text).
+STATUS_CALL = "POST /api/v1/avatar/conversations/:id/status"
 
 
 class TTLCache:
@@ -103,7 +105,7 @@ class PetyaClient:
         body = {"sessionId": session_id, "status": status, "transcript": transcript, "deliveryId": delivery_id}
         headers = {"Authorization": f"Bearer {self.auth_token}", "Idempotency-Key": delivery_id}
         try:
-            response = await self.upstream.call("POST", path, headers=headers, body=body)
+            response = await self.upstream.call("POST", path, headers=headers, body=body, call=STATUS_CALL)
         except (UpstreamUnavailable, UpstreamTimeout) as exc:
             return FlushOutcome(delivered=False, retry=True, error=exc.message)
         if response.ok:
