@@ -18,6 +18,7 @@ from conf import ConfigError, load_settings
 from handlers.requestlog import clamp_secret_loggers, log_formatter, log_request
 from handlers.routes import DEFAULT_HANDLER, admin_routes, routes
 from handlers.websocket import StreamingChatRelay, move_relays
+from models import metrics
 from models.errors import ServiceUnavailable
 from models.leases import Leases
 from models.lifecycle import Lifecycle
@@ -51,7 +52,8 @@ class Gateway:
         self.heygen = HeyGenClient(self.http, settings.heygen_base_url, settings.heygen_api_key)
         self.liveavatar = LiveAvatarClient(
             self.http, settings.liveavatar_base_url, settings.liveavatar_api_key,
-            RateLimiter(settings.liveavatar_rate_limit, processes=lambda: self.leases.live_processes),
+            RateLimiter(settings.liveavatar_rate_limit, processes=lambda: self.leases.live_processes,
+                        on_refused=lambda endpoint: metrics.RATE_LIMITED.labels(upstream="liveavatar").inc()),
             browser_wait=settings.rate_limit_wait)
         self.lifecycle = Lifecycle(self.sessions, {"heygen": self.heygen, "liveavatar": self.liveavatar},
                                    self.petya, settings, self.turns, self.leases,

@@ -326,6 +326,7 @@ class Bench:
             # the reaper stop the memory part's sessions (never started, idle between rounds) on a long run.
             "SOCKET_GRACE_PERIOD": "600",
             "SESSION_IDLE_TIMEOUT": "3600",
+            "MAX_CONCURRENT_SESSIONS": "100000",  # one bench customer holds every session
             "SHUTDOWN_TIMEOUT": "3",
         })
         for item in self.args.gateway_env:

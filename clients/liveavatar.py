@@ -2,6 +2,7 @@
 from urllib.parse import quote
 
 from clients.http import Upstream
+from models import metrics
 from models.errors import ServiceUnavailable, TooManyRequests, UpstreamUnavailable
 from models.transcript import merge_all, new_turn
 
@@ -59,6 +60,7 @@ class LiveAvatarClient:
         response = await self.upstream.call(method, path, headers=headers, **kwargs)
         if response.status == 429:
             retry_after = response.retry_after if response.retry_after is not None else 1.0
+            metrics.RATE_LIMITED.labels(upstream="liveavatar").inc()
             if bearer is None:
                 self.limiter.upstream_refused(endpoint, retry_after)
             raise TooManyRequests("LiveAvatar is rate-limiting these calls: try again shortly",

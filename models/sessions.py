@@ -11,6 +11,7 @@ import time
 from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from models import metrics
 from models.documents import AvatarSession, GatewayToken, SessionClaims, TurnReport
 from models.errors import ConcurrencyLimitExceeded, Conflict, NotFound
 from models.store import blocking
@@ -102,6 +103,7 @@ class SessionStore:
                                                        {"$pull": {"claims": {"expires_at": {"$lte": now}}}})
         running = AvatarSession.objects(customer=customer, status__ne="ended").count() + len(ahead)
         if running >= limit:
+            metrics.QUOTA_REFUSED.inc()
             self._release_slot(customer, claim_id)
             raise ConcurrencyLimitExceeded(f"this customer may run {limit} avatar sessions at once; end one first",
                                            limit=limit, running=running)
