@@ -22,6 +22,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
+from cdp import Tab
 from conftest import GatewayClient, eventually
 from sandbox.petya import DEFAULT_CONFIG
 from sandbox.stack import DEMO_API_KEY
@@ -39,9 +40,6 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
 
 
 # --- the CDP driver ----------------------------------------------------------------------------------------------
-
-class CDPError(AssertionError):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -86,38 +84,8 @@ def stop_process_group(process):
             continue
 
 
-class Page:
-    """One browser tab over CDP: commands run one at a time; events are kept in `events`."""
-
-    def __init__(self, ws):
-        self.ws = ws
-        self.next_id = 0
-        self.events = []  # (method, params), oldest first
-
-    async def send(self, method, timeout=20, **params):
-        import asyncio
-        self.next_id += 1
-        command_id = self.next_id
-        await self.ws.write_message(json.dumps({"id": command_id, "method": method, "params": params}))
-        while True:
-            message = await asyncio.wait_for(self.ws.read_message(), timeout)
-            if message is None:
-                raise CDPError(f"DevTools socket closed during {method}")
-            data = json.loads(message)
-            if "method" in data:
-                self.events.append((data["method"], data.get("params", {})))
-            elif data.get("id") == command_id:
-                if "error" in data:
-                    raise CDPError(f"{method}: {data['error']}")
-                return data.get("result", {})
-
-    async def js(self, expression):
-        """The value of a JavaScript expression in the page (promises awaited)."""
-        result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        if "exceptionDetails" in result:
-            details = result["exceptionDetails"]
-            raise CDPError(f"{expression!r} threw: {details.get('exception', {}).get('description') or details}")
-        return result["result"].get("value")
+class Page(Tab):
+    """The demo console's tab."""
 
     async def until(self, expression, timeout=10, banner_ok=False):
         """Wait until `expression` is truthy; fail at once, with its text, when the page shows an error banner."""

@@ -39,6 +39,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
+from cdp import Tab
 from conftest import FAST
 from sandbox.stack import DEMO_API_KEY, Sandbox
 
@@ -332,41 +333,16 @@ def stop_process_group(process):
             continue
 
 
-# --- the CDP driver (as in tests/test_demo_browser.py: one command at a time, events kept as they arrive) ---------
+# --- the CDP driver (tests/cdp.py) ----------------------------------------------------------------------------
 
-class CDPError(AssertionError):
-    pass
+class SDKTab(Tab):
+    """The test page's tab, driving one SDK."""
 
+    default_timeout = 60
 
-class Tab:
     def __init__(self, ws, sdk):
-        self.ws, self.sdk = ws, sdk
-        self.next_id = 0
-        self.events = []  # (method, params), oldest first
-
-    async def send(self, method, timeout=60, **params):
-        self.next_id += 1
-        command_id = self.next_id
-        await self.ws.write_message(json.dumps({"id": command_id, "method": method, "params": params}))
-        while True:
-            message = await asyncio.wait_for(self.ws.read_message(), timeout)
-            if message is None:
-                raise CDPError(f"DevTools socket closed during {method}")
-            data = json.loads(message)
-            if "method" in data:
-                self.events.append((data["method"], data.get("params", {})))
-            elif data.get("id") == command_id:
-                if "error" in data:
-                    raise CDPError(f"{method}: {data['error']}")
-                return data.get("result", {})
-
-    async def js(self, expression, timeout=60):
-        result = await self.send("Runtime.evaluate", timeout=timeout, expression=expression, returnByValue=True,
-                                 awaitPromise=True)
-        if "exceptionDetails" in result:
-            details = result["exceptionDetails"]
-            raise CDPError(f"{expression!r} threw: {details.get('exception', {}).get('description') or details}")
-        return result["result"].get("value")
+        super().__init__(ws)
+        self.sdk = sdk
 
     async def until(self, check, timeout=15, what=""):
         """Wait until check(self) is truthy, collecting events meanwhile."""
@@ -396,7 +372,7 @@ async def open_tab(devtools, sdk):
     response = await http.fetch(f"{devtools}/json/new?about:blank", method="PUT", body=b"")
     target = json.loads(response.body)
     ws = await websocket_connect(target["webSocketDebuggerUrl"], max_message_size=64 * 1024 * 1024)
-    tab = Tab(ws, sdk)
+    tab = SDKTab(ws, sdk)
     for domain in ("Page.enable", "Runtime.enable", "Network.enable", "Log.enable"):
         await tab.send(domain)
     tab.target_id = target["id"]
