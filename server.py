@@ -42,7 +42,7 @@ class Gateway:
         self.http = make_http_client(settings)
         self.store = Store(settings.mongodb_uri, settings.db_workers, timeout=settings.db_timeout,
                            write_concern=settings.db_write_concern)
-        self.sessions = SessionStore(self.store)
+        self.sessions = SessionStore(self.store, token_ttl=settings.token_ttl, session_ttl=settings.session_max_age)
         self.tokens = TokenSigner(settings.gateway_secret)
         self.leases = Leases(self.store, settings.lease_heartbeat, settings.lease_ttl)
         self.turns = TurnQueue(self.sessions, settings.turn_queue_max)

@@ -1,12 +1,11 @@
 """Petya, our main backend: the customer's avatar config (cached) and the conversation-status hand-off."""
 import asyncio
 import logging
-import time
 from urllib.parse import quote
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from clients.http import Upstream
+from models.cache import TTLCache
 from models.errors import ServiceUnavailable, Unauthorized, UpstreamTimeout, UpstreamUnavailable
 
 log = logging.getLogger("gateway.petya")
@@ -14,34 +13,6 @@ log = logging.getLogger("gateway.petya")
 CONFIG_FIELDS = ("avatarId", "intro", "knowledgeBaseId", "voiceId", "language")
 # The hand-off's `call` label in the upstream latency histogram (conversation ids are the customer's: any text).
 STATUS_CALL = "POST /api/v1/avatar/conversations/:id/status"
-
-
-class TTLCache:
-    """A bounded map whose entries expire `ttl` seconds after they were set (oldest evicted first)."""
-
-    def __init__(self, ttl, max_entries=10000, clock=time.monotonic):
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self.clock = clock
-        self._entries = OrderedDict()
-
-    def get(self, key):
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        expires, value = entry
-        if expires <= self.clock():
-            del self._entries[key]
-            return None
-        return value
-
-    def set(self, key, value):
-        if self.ttl <= 0:
-            return
-        self._entries.pop(key, None)
-        self._entries[key] = (self.clock() + self.ttl, value)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
 
 
 @dataclass

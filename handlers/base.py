@@ -293,12 +293,13 @@ class BaseHandler(BodyLimitMixin, GatewayHandlerMixin, tornado.web.RequestHandle
     async def authenticate(self, allow_token=True, provider=None):
         return await authenticate(self.gateway, *self.credentials(), allow_token=allow_token, provider=provider)
 
-    async def owned_session(self, session_id, customer, provider=None, touch=True, before_cutoff=False):
+    async def owned_session(self, session_id, customer, provider=None, touch=True, before_cutoff=False, facts=False):
         """The customer's session (of that provider, when given; 404 otherwise); by default the call counts as
-        activity on it. See SessionStore.owned for before_cutoff."""
+        activity on it. See SessionStore.owned for before_cutoff; with facts, only what never changes about it
+        (SessionStore.owned_facts: no MongoDB round trip once known)."""
         self.log_session_id = session_id
         return await owned_session(self.gateway, session_id, customer, provider=provider, touch=touch,
-                                   before_cutoff=before_cutoff)
+                                   before_cutoff=before_cutoff, facts=facts)
 
     @contextlib.asynccontextmanager
     async def session_slot(self, customer):
@@ -349,7 +350,7 @@ async def authenticate(gateway, api_key, token, allow_token=True, provider=None)
     return Customer(id=cid, config=config)
 
 
-async def owned_session(gateway, session_id, customer, provider=None, touch=True, before_cutoff=False):
+async def owned_session(gateway, session_id, customer, provider=None, touch=True, before_cutoff=False, facts=False):
     """The customer's session; NotFound unless it is theirs. A gateway token reaches only sessions of its own
     provider, and a LiveAvatar token only its own session."""
     token = customer.token
@@ -359,6 +360,8 @@ async def owned_session(gateway, session_id, customer, provider=None, touch=True
         provider = token.provider
         if provider == "liveavatar" and session_id != token.session_id:
             raise NotFound("session not found")
+    if facts:
+        return await gateway.sessions.owned_facts(session_id, customer.id, provider=provider)
     return await gateway.sessions.owned(session_id, customer.id, provider=provider, touch=touch,
                                         before_cutoff=before_cutoff)
 

@@ -79,7 +79,7 @@ class SessionCallHandler(BaseHandler):
     async def post(self):
         customer = await self.authenticate(provider="heygen")
         request = self.load_body(self.schema)
-        session = await self.owned_session(request["session_id"], customer, provider="heygen")
+        session = await self.owned_session(request["session_id"], customer, provider="heygen", facts=True)
         started, response = time.time(), None
         try:
             response = await self.gateway.heygen.session_call(self.call, request)

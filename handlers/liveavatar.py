@@ -40,13 +40,13 @@ class SessionTokenHandler(BaseHandler):
 
 
 class LiveAvatarSessionHandler(BaseHandler):
-    async def liveavatar_session(self, customer, request=None):
+    async def liveavatar_session(self, customer, request=None, facts=False):
         """The session named by the body's session_id, or else by the Bearer token; NotFound unless it is this
         customer's LiveAvatar session."""
         session_id = (request or {}).get("session_id") or (customer.token.session_id if customer.token else None)
         if not session_id:
             raise BadRequest("invalid field: session_id", errors={"session_id": ["required without a session token"]})
-        return await self.owned_session(session_id, customer, provider="liveavatar")
+        return await self.owned_session(session_id, customer, provider="liveavatar", facts=facts)
 
 
 class StartHandler(LiveAvatarSessionHandler):
@@ -90,5 +90,5 @@ class StopHandler(LiveAvatarSessionHandler):
 class KeepAliveHandler(LiveAvatarSessionHandler):
     async def post(self):
         customer = await self.authenticate(provider="liveavatar")
-        session = await self.liveavatar_session(customer, self.load_body(OPTIONAL_SESSION_REF))
+        session = await self.liveavatar_session(customer, self.load_body(OPTIONAL_SESSION_REF), facts=True)
         self.pass_through(await self.gateway.liveavatar.keep_alive(session.session_id))

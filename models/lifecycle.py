@@ -27,6 +27,9 @@ from models.transcript import for_petya
 log = logging.getLogger("gateway.lifecycle")
 
 
+# Seconds between the bulk writes of the hot calls' coalesced activity touches (at most a tenth of
+# SESSION_IDLE_TIMEOUT: the idle reaper sees activity that much later).
+ACTIVITY_FLUSH = 1.0
 # How long a flush waits in-process for this process's own turns before it gives its lease back and tries later.
 LOCAL_SETTLE_WAIT = 1.0
 # How long a socket close that could not be recorded waits before the next try (doubling).
@@ -72,7 +75,9 @@ class Lifecycle:
 
     def start(self):
         self._periodic = [PeriodicCallback(lambda: self.spawn(self.sweep()), self.settings.sweep_interval * 1000),
-                          PeriodicCallback(lambda: self.spawn(self.heartbeat()), self.settings.lease_heartbeat * 1000)]
+                          PeriodicCallback(lambda: self.spawn(self.heartbeat()), self.settings.lease_heartbeat * 1000),
+                          PeriodicCallback(lambda: self.spawn(self.flush_touches()),
+                                           min(ACTIVITY_FLUSH, self.settings.session_idle_timeout / 10) * 1000)]
         for periodic in self._periodic:
             periodic.start()
         self.spawn(self.sweep())  # flushes left pending by a previous run
@@ -104,9 +109,17 @@ class Lifecycle:
             await self.on_lease_lost(moved_to)
         self.leases.process_id = moved_to
 
+    async def flush_touches(self):
+        """The hot calls' activity touches, coalesced: one bulk write (SessionStore.flush_touches)."""
+        try:
+            await self.sessions.flush_touches()
+        except ServiceUnavailable:
+            pass  # kept for the next flush; the idle reaper allows minutes, not seconds
+
     async def close(self, timeout=None):
         for periodic in self._periodic:
             periodic.stop()
+        await self.flush_touches()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
         self._closed = True

@@ -7,11 +7,13 @@ import hashlib
 import hmac
 import secrets
 import time
+from dataclasses import dataclass
 
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from models import metrics
+from models.cache import TTLCache
 from models.documents import AvatarSession, GatewayToken, SessionClaims, TurnReport
 from models.errors import ConcurrencyLimitExceeded, Conflict, NotFound
 from models.store import blocking
@@ -34,10 +36,34 @@ NO_SOCKET = {"sockets.0": {"$exists": False}}  # a session none of whose sockets
 DUPLICATE_KEY = 11000
 
 
+# Bounds of the in-process caches (oldest evicted first: a miss costs one MongoDB round trip, nothing else).
+CACHED_TOKENS = 50_000
+CACHED_SESSIONS = 50_000
+
+
+@dataclass(frozen=True)
+class SessionFacts:
+    """What never changes about a session once it is recorded: enough for the calls that only forward. (No status:
+    a caller that needs it reads the session from MongoDB.)"""
+    session_id: str
+    provider: str
+    customer: str
+    conversation_id: str
+    upstream_token: str | None
+
+
 class SessionStore:
-    def __init__(self, store, clock=time.time):
+    """Reads and transitions of sessions and tokens. Facts that never change once set — a token's record, a
+    session's owner, provider and upstream token — are cached in the process (bounded), so the hot calls (keep-alive,
+    tasks, interrupts, listening) make no MongoDB round trip of their own; their activity touches are coalesced into
+    one bulk write every ACTIVITY_FLUSH seconds (models.lifecycle runs it)."""
+
+    def __init__(self, store, clock=time.time, token_ttl=3600.0, session_ttl=3600.0):
         self.store = store
         self.clock = clock
+        self.tokens = TTLCache(token_ttl, CACHED_TOKENS)  # token hash -> GatewayToken (expiry checked on use)
+        self.facts = TTLCache(session_ttl, CACHED_SESSIONS)  # session id -> SessionFacts
+        self._touched = {}  # session id -> latest activity time not yet written
 
     # --- gateway tokens -------------------------------------------------------------------------------------------
 
@@ -48,9 +74,16 @@ class SessionStore:
                      upstream_token=upstream_token, config=config, session_id=session_id,
                      created_at=now, expires_at=now + ttl).save()
 
-    @blocking
-    def find_token(self, token):
-        return GatewayToken.objects(token_hash=token_hash(token), expires_at__gt=self.clock()).first()
+    async def find_token(self, token):
+        """The token's record while it has not expired; None otherwise. Records are immutable in what callers read
+        (customer, provider, upstream token, config; a LiveAvatar token's session), so they are cached."""
+        key = token_hash(token)
+        record = self.tokens.get(key)
+        if record is None:
+            record = await self.store.run(lambda: GatewayToken.objects(token_hash=key).first())
+            if record is not None:
+                self.tokens.set(key, record)
+        return record if record is not None and record.expires_at > self.clock() else None
 
     @blocking
     def claim_token(self, customer, token_id=None):
@@ -120,6 +153,39 @@ class SessionStore:
     @blocking
     def get(self, session_id):
         return AvatarSession.objects(session_id=session_id).first()
+
+    async def owned_facts(self, session_id, customer, provider=None):
+        """The session's facts, if this customer created it (as owned()); the call counts as activity. No MongoDB
+        round trip once the session is known to this process."""
+        facts = self.facts.get(session_id)
+        if facts is None:
+            return self.remember(await self.owned(session_id, customer, provider, touch=True))
+        if facts.customer != customer or (provider and facts.provider != provider):
+            raise NotFound("session not found")
+        self._touched[session_id] = self.clock()
+        return facts
+
+    def remember(self, session):
+        facts = SessionFacts(session.session_id, session.provider, session.customer, session.conversation_id,
+                             session.upstream_token)
+        self.facts.set(session.session_id, facts)
+        return facts
+
+    @blocking
+    def flush_touches(self):
+        """Write the coalesced activity touches: one bulk write. Kept for the next try when MongoDB is away."""
+        touched, self._touched = self._touched, {}
+        if not touched:
+            return 0
+        try:
+            AvatarSession._get_collection().bulk_write(
+                [UpdateOne({"session_id": sid}, {"$max": {"last_activity_at": at}}) for sid, at in touched.items()],
+                ordered=False)
+        except Exception:
+            for sid, at in touched.items():
+                self._touched[sid] = max(at, self._touched.get(sid, 0))
+            raise
+        return len(touched)
 
     @blocking
     def owned(self, session_id, customer, provider=None, touch=False, before_cutoff=False):
