@@ -7,6 +7,7 @@ TEST = SANDBOX + [
     "supervisor==4.3.0",  # runs conf/supervisor.conf.example in tests/test_deployment.py
     "hypothesis==6.170.17",  # the bad-input fuzzer (tests/test_bad_input.py)
     "pytest-tornado==0.8.1",
+    "schemathesis==4.32.5",  # the contract test against /openapi.json (tests/test_openapi.py)
     "setuptools<82",  # pytest-tornado imports pkg_resources
 ]
 
@@ -28,6 +29,7 @@ setup(
         "python-dotenv==1.2.4",
         "protobuf==7.36.2",  # reads the web SDK's pipecat TextFrames on the socket (clients/pipecat.py)
         "prometheus_client==0.26.0",  # GET /metrics (models/metrics.py)
+        "apispec[marshmallow]==6.10.1",  # GET /openapi.json, from the marshmallow schemas (handlers/openapi.py)
     ],
     extras_require={"sandbox": SANDBOX, "test": TEST, "dev": TEST},
     entry_points={"console_scripts": ["ilianaai-avatar=server:main"]},

@@ -11,6 +11,7 @@ from handlers.heygen import (CreateTokenHandler, InterruptHandler, KeepAliveHand
 from handlers import liveavatar
 from handlers.messages import AvatarMessageHandler, UserMessageHandler
 from handlers.metrics import MetricsHandler
+from handlers.openapi import OpenAPIHandler
 from handlers.transcript import TranscriptHandler
 from handlers.websocket import StreamingChatRelay
 
@@ -34,6 +35,7 @@ API = [
     (r"/v1/sessions/start", liveavatar.StartHandler),
     (r"/v1/sessions/stop", liveavatar.StopHandler),
     (r"/v1/sessions/keep-alive", liveavatar.KeepAliveHandler),
+    (r"/openapi\.json", OpenAPIHandler),  # the contract (handlers/openapi.py), under both prefixes
     # Any other per-session HeyGen call, after every route above (HeyGen's account-wide streaming.list is not one).
     (r"/v1/streaming\.(?!list$)([a-z][a-z_]{0,39})", OtherSessionCallHandler),
 ]
