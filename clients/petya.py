@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from clients.http import Upstream
 from models.cache import TTLCache
 from models.errors import ServiceUnavailable, Unauthorized, UpstreamTimeout, UpstreamUnavailable
+from models.store import RETRY_AFTER
 
 log = logging.getLogger("gateway.petya")
 
@@ -56,7 +57,8 @@ class PetyaClient:
         try:
             response = await self.upstream.call("GET", "/api/v1/avatar/config", headers={"X-Api-Key": api_key})
         except UpstreamUnavailable:
-            raise ServiceUnavailable("customer configuration service (Petya) is unreachable") from None
+            raise ServiceUnavailable("customer configuration service (Petya) is unreachable",
+                                     retry_after=RETRY_AFTER) from None
         except UpstreamTimeout:
             raise UpstreamTimeout("customer configuration service (Petya) did not answer in time") from None
         if response.status in (401, 403):

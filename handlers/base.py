@@ -134,9 +134,18 @@ class GatewayHandlerMixin:
             body = {"code": status_code, "message": _tornado_message(error) or self._reason}
         else:
             body = {"code": status_code, "message": "internal error"}
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(allowed_methods(type(self))))
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.finish(json.dumps(body))
+
+
+def allowed_methods(handler_class):
+    """The methods a handler class serves (for a 405's Allow header): those it defines beyond RequestHandler's."""
+    return [method for method in handler_class.SUPPORTED_METHODS
+            if getattr(handler_class, method.lower(), None) is not getattr(tornado.web.RequestHandler,
+                                                                           method.lower(), None)]
 
 
 UNLIMITED = 1 << 62

@@ -360,7 +360,7 @@ def paths():
         "/demo/{file}": demo("file"),
     }
     for path, operations in table.items():
-        if path not in ("/v1/ws/streaming.chat",) and not path.startswith("/demo"):
+        if not path.startswith("/demo"):
             operations["options"] = preflight(next(iter(operations.values())))
         if path in ("/healthz", "/readyz", "/metrics") or path.startswith("/demo"):
             operations["servers"] = ROOT_ONLY

@@ -79,6 +79,12 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
     def check_origin(self, origin):
         return origin_allowed(self.gateway.settings.cors_origins, origin)
 
+    def options(self, *args, **kwargs):
+        """A preflight answered like the REST routes' (browsers send none before a WebSocket; tools may)."""
+        self.set_cors_headers()
+        self.set_status(204)
+        self.finish()
+
     def get_compression_options(self):
         return None  # frames are relayed as they come; audio does not compress
 

@@ -85,8 +85,8 @@ class ConcurrencyLimitExceeded(GatewayError):
     """The customer's (or our upstream account's) concurrent sessions are all taken."""
     status = 429
 
-    def __init__(self, message, limit=None, running=None):
-        super().__init__(message)
+    def __init__(self, message, limit=None, running=None, retry_after=5):
+        super().__init__(message, retry_after=retry_after)  # a guess: sessions end on their own time
         self.limit, self.running = limit, running
 
     def body(self):

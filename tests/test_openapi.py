@@ -184,8 +184,6 @@ CONFIG = {
     # A preflight takes no input: its coverage cases would only repeat its path's undeclared-method cases.
     "operations": [{"include-method": "OPTIONS", "phases": {"coverage": {"enabled": False}}}],
     "checks": {
-        # Replaced by undeclared_methods_answer_405 below: the same check without its demand for an Allow header.
-        "unsupported_method": {"enabled": False},
         # A valid request may still be answered 400 by HeyGen or LiveAvatar (a session in the wrong state, passed
         # through): validator_agrees_with_document below tells those from the gateway's own validation.
         "positive_data_acceptance": {"expected-statuses": ["101", "2xx", "400", "401", "404", "409", "429"]},
@@ -196,15 +194,6 @@ CONFIG = {
         "missing_required_header": {"expected-statuses": ["400", "401", "403", "426"]},
     },
 }
-
-
-def undeclared_methods_answer_405(ctx, response, case):
-    """schemathesis' unsupported_method check (a method the document does not list for a path is answered 405), less
-    its demand for an `Allow` header on the 405 (RFC 9110 requires one; the gateway sends none: reported)."""
-    from schemathesis.generation.meta import CoveragePhaseData, CoverageScenario
-    data = case.meta.phase.data if case.meta else None
-    if isinstance(data, CoveragePhaseData) and data.scenario == CoverageScenario.UNSPECIFIED_HTTP_METHOD:
-        assert response.status_code == 405, f"{response.request.method} {case.path} answered {response.status_code}"
 
 
 # The one conditional requirement a body schema cannot say: LiveAvatar's stop and keep-alive need session_id unless
@@ -241,7 +230,7 @@ def cors_headers_for_an_allowed_origin(ctx, response, case):
             f"{case.method} {case.path} {response.status_code}: {response.headers.get('access-control-allow-origin')}"
 
 
-EXTRA_CHECKS = [undeclared_methods_answer_405, validator_agrees_with_document, cors_headers_for_an_allowed_origin]
+EXTRA_CHECKS = [validator_agrees_with_document, cors_headers_for_an_allowed_origin]
 
 
 class Tally:
@@ -391,7 +380,7 @@ def test_fault_answers_are_as_documented(running, contract):
 
     sandbox.heygen.max_sessions = 0
     try:
-        body = send("POST", "/v1/streaming.new", 429, {}, retry_after=False)
+        body = send("POST", "/v1/streaming.new", 429, {}, retry_after=True)
         assert body["code"] == "concurrency_limit_exceeded"
     finally:
         sandbox.heygen.max_sessions = 10000
