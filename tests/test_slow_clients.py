@@ -44,8 +44,11 @@ async def read_answer(reader, timeout=5):
 async def closed_after(reader, timeout):
     """Seconds until the server closes the connection (EOF), reading and discarding whatever comes."""
     started = time.monotonic()
-    while await asyncio.wait_for(reader.read(65536), timeout):
-        pass
+    try:
+        while await asyncio.wait_for(reader.read(65536), timeout):
+            pass
+    except ConnectionResetError:
+        pass  # closed while our bytes were still arriving: the kernel answers those with a reset
     return time.monotonic() - started
 
 
@@ -99,7 +102,10 @@ async def test_slowloris_headers_are_cut_off(gateway):
     if cut_off is None:
         cut_off = time.monotonic() - started + await closed_after(reader, timeout=5)
     assert 0.8 < cut_off < 2.5, cut_off
-    assert await reader.read() == b""  # closed without an answer
+    try:
+        assert await reader.read() == b""  # closed without an answer
+    except ConnectionResetError:
+        pass  # closed while our bytes were still arriving: the kernel answers those with a reset
     await close(writer)
 
 
