@@ -11,15 +11,16 @@ $(STAMP): setup.py
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Debian packages the browser tests use (needs root, as CI and dev machines have): Chromium (the demo console's test
-# and the official SDKs' test), nginx (TLS in front of the gateway in tests/test_sdk_browser.py) and, where the machine
-# has none, Node.js and npm (that test installs and bundles the SDKs pinned in tests/sdk/). One apt-get update, only
-# when something is missing.
+# Debian packages the browser and deployment tests use (needs root, as CI and dev machines have): Chromium (the demo
+# console's test and the official SDKs' test), nginx and openssl (TLS in front of the gateway in tests/test_sdk_browser.py
+# and tests/test_deployment.py) and, where the machine has none, Node.js and npm (the SDKs pinned in tests/sdk/). One
+# apt-get update, only when something is missing.
 browser:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "not installed:$$missing (apt-get install$$missing): the browser tests that need them will be skipped"; fi; \
