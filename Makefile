@@ -32,5 +32,14 @@ run: $(STAMP)
 test: $(STAMP) browser
 	$(VENV)/bin/pytest
 
+# bench/run.py (bench/README.md). Its anchor relays need nginx and Node.js/npm: Debian's, installed here when missing
+# (root only; one apt-get update); the Node relay's packages are pinned in bench/anchors and `npm ci`'d by the bench.
 bench: $(STAMP)
+	@missing=""; \
+	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "not installed:$$missing (apt-get install$$missing): the bench skips the anchors that need them"; fi; \
+	fi
 	$(VENV)/bin/python bench/run.py
