@@ -201,6 +201,10 @@ async def test_supervisor_example_starts_two_processes_and_sigterm_drains_them_w
         for n in (1, 2):
             assert "stopping" in (tmp_path / f"{n}.log").read_text()
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        if process.poll() is None:  # a failure above: supervisord still stops its processes (never orphaned)
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(stopwaitsecs + 10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
