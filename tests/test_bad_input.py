@@ -6,7 +6,6 @@ answer must be < 500; a 4xx with a body is JSON (except HEAD); an allowed Origin
 upstream keys, Petya's token, the HMAC secret, the customer's key, any session token an emulator issued or any gateway
 token the gateway handed out (outside the answer that handed it out) — appears in any answer or any log line.
 """
-import asyncio
 import base64
 import collections
 import http.client
@@ -15,10 +14,8 @@ import logging
 import os
 import re
 import socket
-import threading
 import time
 import traceback
-import uuid
 from urllib.parse import quote
 
 import pytest
@@ -26,7 +23,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from handlers.routes import API, PREFIXES
-from sandbox.stack import DEMO_API_KEY, Sandbox
+from sandbox.stack import DEMO_API_KEY
+from threaded import ThreadedSandbox
 
 ALLOWED = "https://shop.example.com"
 FUZZ = settings(deadline=None, derandomize=True, database=None, print_blob=True,
@@ -52,56 +50,18 @@ class LogLines(logging.Handler):
         self.lines.append(f"{record.levelname} {record.name}: {text}")
 
 
-class World:
+class World(ThreadedSandbox):
     """The sandbox running in a thread, plus everything the fuzzer learned: answers, tokens, counts."""
 
     def __init__(self, mongodb_uri):
-        self.mongodb_uri = mongodb_uri
-        self.loop = None
-        self.sandbox = None
-        self.thread = None
+        super().__init__(mongodb_uri, "fuzz", CORS_ORIGINS=ALLOWED, UPSTREAM_REQUEST_TIMEOUT="5",
+                         UPSTREAM_CONNECT_TIMEOUT="2", MAX_CONCURRENT_SESSIONS="1000")  # the quota is not fuzzed
         self.requests = 0
         self.statuses = collections.Counter()
         self.server_errors = []
         self.answers = []  # (issued_tokens, text) of every answer
         self.issued = {}  # ilgt_ token -> index of the answer that handed it out
         self.log = LogLines()
-
-    def start(self):
-        ready = threading.Event()
-        failure = []
-
-        def run():
-            self.loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self.loop)
-            try:
-                self.sandbox = self.loop.run_until_complete(Sandbox(
-                    self.mongodb_uri, database="t_fuzz_" + uuid.uuid4().hex[:8], CORS_ORIGINS=ALLOWED,
-                    UPSTREAM_REQUEST_TIMEOUT="5", UPSTREAM_CONNECT_TIMEOUT="2",
-                    MAX_CONCURRENT_SESSIONS="1000").start())  # the quota is not what this fuzzes
-            except BaseException as exc:  # reported to the test thread
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, name="sandbox-loop", daemon=True)
-        self.thread.start()
-        assert ready.wait(60), "the sandbox did not start"
-        if failure:
-            raise failure[0]
-        self.port = self.sandbox.gateway.port
-        return self
-
-    def call_in_loop(self, coroutine_fn, timeout=30):
-        return asyncio.run_coroutine_threadsafe(coroutine_fn(), self.loop).result(timeout)
-
-    def stop(self):
-        if self.sandbox is not None:
-            self.call_in_loop(self.sandbox.stop)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
 
     # --- what the emulators and the gateway consider secret -------------------------------------------------------
 

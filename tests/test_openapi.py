@@ -8,14 +8,11 @@ headers. Then its stateful phase follows the document's links over real sessions
 never answers are provoked one by one and checked the same way. Deterministic (a fixed seed, derandomized: every run
 sends the same requests) and bounded: about a thousand requests, some 15 seconds.
 """
-import asyncio
 import collections
 import json
 import re
-import threading
 import time
 import types
-import uuid
 import urllib.request
 
 import pytest
@@ -26,7 +23,8 @@ from schemathesis.config import SchemathesisConfig
 
 from handlers import openapi
 from handlers.routes import API, OPERATIONS, PREFIXES, WithBody, routes
-from sandbox.stack import DEMO_API_KEY, Sandbox
+from sandbox.stack import DEMO_API_KEY
+from threaded import ThreadedSandbox
 
 ALLOWED = "https://shop.example.com"
 WEBSOCKET = "/v1/ws/streaming.chat"
@@ -111,47 +109,9 @@ def test_every_operation_documents_its_errors_and_headers():
 
 # --- the sandbox, on its own loop -----------------------------------------------------------------------------------
 
-class Running:
-    """A sandbox served from a background thread with its own asyncio loop."""
-
-    def __init__(self, mongodb_uri, **settings):
-        self.mongodb_uri, self.settings = mongodb_uri, settings
-        self.loop = self.sandbox = self.thread = None
-
-    def start(self):
-        ready, failure = threading.Event(), []
-
-        def run():
-            self.loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self.loop)
-            try:
-                self.sandbox = self.loop.run_until_complete(Sandbox(
-                    self.mongodb_uri, database="t_openapi_" + uuid.uuid4().hex[:8], **self.settings).start())
-            except BaseException as exc:  # reported to the test thread
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, name="sandbox-loop", daemon=True)
-        self.thread.start()
-        assert ready.wait(60), "the sandbox did not start"
-        if failure:
-            raise failure[0]
-        self.url = self.sandbox.gateway_url
-        return self
-
-    def stop(self):
-        if self.sandbox is not None:
-            asyncio.run_coroutine_threadsafe(self.sandbox.stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
-
-
 @pytest.fixture(scope="module")
 def running(mongodb_server_uri):
-    world = Running(mongodb_server_uri, CORS_ORIGINS=ALLOWED, UPSTREAM_REQUEST_TIMEOUT="2",
+    world = ThreadedSandbox(mongodb_server_uri, "openapi", CORS_ORIGINS=ALLOWED, UPSTREAM_REQUEST_TIMEOUT="2",
                     UPSTREAM_CONNECT_TIMEOUT="2", MAX_CONCURRENT_SESSIONS="1000").start()
     world.sandbox.heygen.max_sessions = 10000  # schemathesis opens many; HeyGen's limit is not what this tests
     try:
@@ -337,8 +297,7 @@ def test_fault_answers_are_as_documented(running, contract):
     key = {"X-Api-Key": DEMO_API_KEY, "Origin": ALLOWED}
     seen = []
 
-    def in_loop(coroutine_fn):
-        return asyncio.run_coroutine_threadsafe(coroutine_fn(), running.loop).result(30)
+    in_loop = running.call_in_loop
 
     def take_down(name):
         """Stop one of the sandbox's upstreams; returns what serves it again, on the same port."""
