@@ -19,7 +19,7 @@ import socket
 import time
 
 from models.documents import ProcessLease
-from models.store import blocking
+from models.store import blocking, essential
 
 log = logging.getLogger("gateway.leases")
 
@@ -43,7 +43,7 @@ class Leases:
     def collection(self):
         return ProcessLease._get_collection()
 
-    @blocking
+    @essential
     def renew(self, pending_since=None):
         """Heartbeat: False when this process's lease was lost (expired, or deleted by another process's sweep) or
         never taken; then take() a new one."""
@@ -55,7 +55,7 @@ class Leases:
             self.renewed_at = now
         return renewed
 
-    @blocking
+    @essential
     def take(self, process_id, pending_since=None):
         """Hold a lease under `process_id` (this process's own, or the new id it moves to once it lost one)."""
         now = self.clock()

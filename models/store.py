@@ -50,12 +50,13 @@ class Store:
         for document in (AvatarSession, GatewayToken, TurnReport, ProcessLease, SessionClaims):
             await self.run(document.ensure_indexes)
 
-    async def run(self, fn, *args, **kwargs):
+    async def run(self, fn, *args, essential=False, **kwargs):
         """Run a blocking MongoDB call on the executor; an unreachable or saturated database is a 503 (with
-        Retry-After), never a 500."""
+        Retry-After), never a 500. An essential call (the lease heartbeat) is never refused for the queue's bound:
+        a burst of other calls must not make this process look dead to the others."""
         if self.closed:
             raise ServiceUnavailable("shutting down", retry_after=RETRY_AFTER)
-        if self.in_flight >= self.max_queued:
+        if self.in_flight >= self.max_queued and not essential:
             metrics.MONGODB_ERRORS.labels(kind="busy").inc()
             raise ServiceUnavailable("session database busy", retry_after=RETRY_AFTER)
         self.in_flight += 1
@@ -81,4 +82,12 @@ def blocking(method):
     @functools.wraps(method)
     async def run_in_executor(self, *args, **kwargs):
         return await self.store.run(method, self, *args, **kwargs)
+    return run_in_executor
+
+
+def essential(method):
+    """As `blocking`, for the few calls that must not be refused when the queue is full (see Store.run)."""
+    @functools.wraps(method)
+    async def run_in_executor(self, *args, **kwargs):
+        return await self.store.run(method, self, *args, essential=True, **kwargs)
     return run_in_executor

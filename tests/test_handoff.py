@@ -126,3 +126,17 @@ async def test_every_hand_off_attempt_carries_one_idempotency_key_and_petya_appl
     assert again.status == 200 and again.json["repeat"] is True
     deliveries = sandbox.petya.deliveries("idem")
     assert len(deliveries) == 1 and [t["transcript"] for t in deliveries[0]["transcript"]] == ["Once."]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_full_database_queue_refuses_calls_but_never_the_lease_heartbeat(sandbox, client):
+    store = sandbox.gateway.store
+    store.in_flight += store.max_queued  # as if a burst of socket closes had filled the queue
+    try:
+        reply = await client.call("/v1/streaming.create_token")
+        assert reply.status == 503 and reply.headers["Retry-After"]  # the database's bound holds for calls
+        before = sandbox.gateway.leases.process_id
+        assert await sandbox.gateway.leases.renew() is True  # the heartbeat still gets through
+        assert sandbox.gateway.leases.process_id == before
+    finally:
+        store.in_flight -= store.max_queued
