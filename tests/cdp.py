@@ -2,6 +2,51 @@
 command at a time, events kept as they arrive."""
 import asyncio
 import json
+import os
+import re
+import signal
+import subprocess
+import time
+from urllib.parse import urlsplit
+
+CHROMIUM = "/usr/bin/chromium"
+# Headless, as root, and quiet: without the background-networking flags Chromium keeps calling Google's hosts.
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+         "--remote-debugging-port=0")
+
+
+def start_chromium(directory, *extra_flags):
+    """Headless Chromium with its profile and log in `directory`, in a process group of its own (its helpers go down
+    with it: stop_process_group); returns (process, DevTools HTTP base)."""
+    log_path = directory / "stderr.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={directory / 'profile'}", *extra_flags, "about:blank"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while True:
+        match = re.search(r"DevTools listening on (ws://[^\s]+)", log_path.read_text(errors="replace"))
+        if match:
+            return process, f"http://{urlsplit(match.group(1)).netloc}"
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_process_group(process)
+            raise RuntimeError("Chromium did not start:\n" + log_path.read_text(errors="replace")[-3000:])
+        time.sleep(0.05)
+
+
+def stop_process_group(process):
+    """SIGTERM to the group Chromium leads (its helpers included), SIGKILL if it lingers."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 class CDPError(AssertionError):

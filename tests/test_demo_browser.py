@@ -10,10 +10,7 @@ import inspect
 import json
 import os
 import pathlib
-import re
-import signal
 import socket
-import subprocess
 import time
 from contextlib import asynccontextmanager
 from urllib.parse import parse_qs, quote, urlsplit
@@ -22,12 +19,11 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
-from cdp import Tab
+from cdp import CHROMIUM, Tab, start_chromium, stop_process_group
 from conftest import GatewayClient, eventually
 from sandbox.petya import DEFAULT_CONFIG
 from sandbox.stack import DEMO_API_KEY
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = pathlib.Path(__file__).parent / "artifacts"
 VIEWPORT = (1440, 1000)
 DEFAULT_INTRO = "Hello and welcome. How can I help you today?"
@@ -45,43 +41,11 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
 @pytest.fixture(scope="module")
 def chromium(tmp_path_factory):
     """A headless Chromium for this module; yields its DevTools HTTP base (http://127.0.0.1:<port>)."""
-    home = tmp_path_factory.mktemp("chromium")
-    log_path = home / "stderr.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", "--remote-debugging-port=0", f"--user-data-dir={home / 'profile'}",
-             "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-            start_new_session=True)  # its own process group: the renderers go down with it
+    process, base = start_chromium(tmp_path_factory.mktemp("chromium"))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            match = re.search(r"DevTools listening on (ws://[^\s]+)", log_path.read_text(errors="replace"))
-            if match:
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("Chromium did not start:\n" + log_path.read_text(errors="replace")[-3000:])
-            time.sleep(0.05)
-        parts = urlsplit(match.group(1))
-        yield f"http://{parts.netloc}"
+        yield base
     finally:
         stop_process_group(process)
-
-
-def stop_process_group(process):
-    """SIGTERM to the group Chromium leads (its helpers included), SIGKILL if it lingers."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            process.wait(10)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 class Page(Tab):

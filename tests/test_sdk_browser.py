@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import pathlib
-import re
 import shutil
 import signal
 import socket
@@ -39,13 +38,12 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from cdp import Tab
+from cdp import CHROMIUM, Tab, start_chromium, stop_process_group
 from conftest import FAST
 from sandbox.stack import DEMO_API_KEY, Sandbox
 
 SDK_DIR = pathlib.Path(__file__).parent / "sdk"
 ARTIFACTS = pathlib.Path(__file__).parent / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
 PINNED = {"@heygen/streaming-avatar": "2.1.0", "@heygen/liveavatar-web-sdk": "0.0.18", "esbuild": "0.28.2"}
 
 GATEWAY_HOST = "avatar.sandbox.test"  # the gateway as the SDKs see it: nginx, TLS, port 443
@@ -297,40 +295,11 @@ class Nginx:
         self.process = None
 
 
-def start_chromium(directory):
-    """Headless Chromium (the flags of tests/test_demo_browser.py) with both host names mapped to nginx and every
-    other name unresolvable, so nothing leaves the machine; returns (process, DevTools HTTP base)."""
-    log_path = directory / "stderr.log"
+def start_sdk_chromium(directory):
+    """Chromium with both host names mapped to nginx and every other name unresolvable, so nothing leaves the
+    machine; returns (process, DevTools HTTP base)."""
     rules = f"MAP {GATEWAY_HOST} 127.0.0.1, MAP {SHOP_HOST} 127.0.0.1, MAP * ~NOTFOUND"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", "--remote-debugging-port=0", f"--user-data-dir={directory / 'profile'}",
-             f"--host-resolver-rules={rules}", "--ignore-certificate-errors", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while True:
-        match = re.search(r"DevTools listening on (ws://[^\s]+)", log_path.read_text(errors="replace"))
-        if match:
-            return process, f"http://{urlsplit(match.group(1)).netloc}"
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_process_group(process)
-            raise RuntimeError("Chromium did not start:\n" + log_path.read_text(errors="replace")[-3000:])
-        time.sleep(0.05)
-
-
-def stop_process_group(process):
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            process.wait(10)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    return start_chromium(directory, f"--host-resolver-rules={rules}", "--ignore-certificate-errors")
 
 
 # --- the CDP driver (tests/cdp.py) ----------------------------------------------------------------------------
@@ -569,7 +538,7 @@ async def scenario(tools, mongodb_uri, workdir, site, cert, key):
         nginx = Nginx(tools["nginx"], nginx_dir, cert, key, site, sandbox.gateway.port).start()
         chrome_dir = workdir / "chromium"
         chrome_dir.mkdir()
-        chromium, devtools = start_chromium(chrome_dir)
+        chromium, devtools = start_sdk_chromium(chrome_dir)
         steps = []
 
         heygen_tab = await open_tab(devtools, "heygen")
