@@ -16,10 +16,10 @@ setup(
     version="0.1.0",
     description="Avatar-session gateway: HeyGen / LiveAvatar proxy with customer auth, transcripts and Petya hand-off",
     python_requires=">=3.11",
-    packages=["handlers", "clients", "models", "conf", "sandbox"],
+    packages=["handlers", "handlers.static", "clients", "models", "conf", "sandbox"],
     py_modules=["server"],
     include_package_data=True,
-    package_data={"conf": [".env.example"], "handlers": ["static/*"]},
+    package_data={"conf": [".env.example"], "handlers.static": ["*"]},  # the demo console's files
     install_requires=[
         "tornado==6.6.1",
         "pycurl==7.49.0",
