@@ -1,15 +1,17 @@
 """The HeyGen streaming-chat WebSocket relay: browser <-> gateway <-> HeyGen, frames unchanged and in order.
 
-The browser presents our session token; HeyGen gets its own. Text frames from HeyGen are read on the way through
-for transcript events, and the client's binary protobuf TextFrames (the SDK's default speak()) for the user's words;
-their turns are queued for MongoDB (models.turns). Audio frames pass unread. Each leg awaits the other's write,
-so a slow reader slows its writer (backpressure) instead of growing a buffer.
+The browser presents our session token; HeyGen gets its own. Once both legs are open, handlers.frame_pump moves
+their bytes chunk by chunk, reading frame headers only; it opens HeyGen's text frames (transcript events) and the
+client's binary protobuf TextFrames (the SDK's default speak(), see clients.pipecat), whose turns are queued for
+MongoDB (models.turns) before the chunk that carried them is forwarded. Audio frames pass unread. Each leg waits for
+its write to the other to be flushed before reading again, so a slow reader slows its writer (backpressure) instead
+of growing a buffer; a full turn queue pauses the leg the same way.
 
 Each open socket is recorded on its session against this process's lease (models.leases) before HeyGen is
 reached, and its close is recorded — retried until MongoDB takes it — when it ends.
 
-Relayed frames and bytes are counted with plain integer additions on the gateway's RelayCounts (models.metrics),
-read at scrape time: a few tens of nanoseconds per frame.
+Relayed frames and bytes are counted by the frame scanners on the gateway's RelayCounts (models.metrics), read at
+scrape time.
 """
 import base64
 import json
@@ -17,10 +19,12 @@ import logging
 import uuid
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
-from tornado.websocket import WebSocketClosedError, WebSocketHandler, websocket_connect
+from tornado.websocket import WebSocketHandler
 
-from clients.pipecat import text_of
+from clients.pipecat import TEXT_TAG, text_of
+from clients.wsframes import OP_BINARY, OP_TEXT
 from handlers.base import GatewayHandlerMixin, authenticate, origin_allowed, owned_session
+from handlers.frame_pump import pair, pump_connect, server_protocol
 from models.errors import BadRequest, Forbidden, GatewayError, NotFound, ServiceUnavailable
 from models.transcript import ChunkJoiner, new_turn
 
@@ -62,6 +66,14 @@ def handshake_error(request):
     except ValueError:  # binascii.Error included
         key_ok = False
     return None if key_ok else BadRequest("missing or invalid Sec-WebSocket-Key")
+
+
+def _is_text(opcode, first_byte):
+    return opcode == OP_TEXT
+
+
+def _is_text_frame(opcode, first_byte):
+    return opcode == OP_BINARY and first_byte == TEXT_TAG
 
 
 class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
@@ -124,9 +136,10 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
         query = [(k, v.decode()) for k, values in self.request.query_arguments.items() for v in values]
         url = self.gateway.heygen.websocket_url(session_id, self.session.upstream_token, query)
         try:
-            self.upstream = await websocket_connect(
+            self.upstream = await pump_connect(
                 HTTPRequest(url, connect_timeout=settings.upstream_connect_timeout,
                             request_timeout=settings.upstream_request_timeout),
+                on_close=self.upstream_closed,
                 ping_interval=settings.ws_ping_interval or None,
                 ping_timeout=settings.ws_ping_interval or None,
                 max_message_size=settings.ws_max_message_size)
@@ -139,57 +152,45 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
         if self.ws_connection is None:  # the client left while we were connecting
             self.upstream.close(1000)
             return
-        self.gateway.lifecycle.spawn(self.relay_upstream())
+        pair(self.ws_connection, self.upstream.protocol,
+             inspect_client=_is_text_frame, inspect_upstream=_is_text,
+             on_client_messages=self.observe_client, on_upstream_messages=self.observe_upstream,
+             client_tally=self.counts.client, upstream_tally=self.counts.upstream)
 
-    async def relay_upstream(self):
-        """HeyGen -> browser, until HeyGen closes; then close the browser's socket with HeyGen's code."""
-        upstream, counts = self.upstream, self.counts
-        while True:
-            message = await upstream.read_message()
-            if message is None:
-                break
-            counts.upstream_frames += 1
-            if isinstance(message, str):
-                counts.upstream_bytes += len(message) if message.isascii() else len(message.encode())
-                await self.observe(message)
-            else:
-                counts.upstream_bytes += len(message)
+    def get_websocket_protocol(self):
+        return server_protocol(self)
+
+    def on_message(self, message):
+        """Only a leg that never got paired with HeyGen's (the relay is closing it) gets here: nothing to do."""
+
+    def upstream_closed(self):
+        """HeyGen's leg has closed: close the browser's with HeyGen's code."""
+        upstream = self.upstream
+        if self.ws_connection is not None and upstream is not None:
+            self.close(relay_close_code(upstream.close_code), _reason(upstream.close_reason))
+
+    def observe_client(self, messages):
+        """The words of the SDK's speak() (a pipecat TextFrame), queued as user turns; an awaitable when any was."""
+        turns = [new_turn("user", text, self.gateway.sessions.clock(), "frame")
+                 for _, payload in messages if (text := text_of(payload)) and text.strip()]
+        return self.queue_turns(turns) if turns else None
+
+    def observe_upstream(self, messages):
+        """The turns HeyGen's transcript events complete, queued; an awaitable when any was."""
+        turns = []
+        for _, payload in messages:
             try:
-                await self.write_message(message, binary=isinstance(message, bytes))
-            except WebSocketClosedError:
-                break
-        code, reason = relay_close_code(upstream.close_code), _reason(upstream.close_reason)
-        upstream.close()  # releases the connection object even when HeyGen closed first
-        if self.ws_connection is not None:
-            self.close(code, reason)
+                event = json.loads(payload)
+            except ValueError:  # not JSON, or not UTF-8
+                continue
+            if isinstance(event, dict) and (turn := self.joiner.feed(event, self.gateway.sessions.clock())):
+                turns.append(turn)
+        return self.queue_turns(turns) if turns else None
 
-    async def on_message(self, message):
-        """Browser -> HeyGen (text and binary protobuf frames alike). The words of the SDK's speak() (a pipecat
-        TextFrame, see clients.pipecat) are queued as a user turn first; audio frames are not parsed."""
-        if self.upstream is None:
-            return
-        binary = isinstance(message, bytes)
-        counts = self.counts
-        counts.client_frames += 1
-        counts.client_bytes += len(message) if binary or message.isascii() else len(message.encode())
-        if binary and (text := text_of(message)) and text.strip():
-            turn = new_turn("user", text, self.gateway.sessions.clock(), "frame")
+    async def queue_turns(self, turns):
+        """Each turn into the queue, waiting for room (the leg pauses meanwhile: backpressure upstream)."""
+        for turn in turns:
             await self.gateway.turns.put(self.session.session_id, turn)
-        try:
-            await self.upstream.write_message(message, binary=binary)
-        except WebSocketClosedError:
-            pass  # relay_upstream closes the browser's socket
-
-    async def observe(self, text):
-        """Queue the turn a transcript event completes (waiting for room in the queue: backpressure upstream)."""
-        try:
-            event = json.loads(text)
-        except ValueError:
-            return
-        if isinstance(event, dict):
-            turn = self.joiner.feed(event, self.gateway.sessions.clock())
-            if turn:
-                await self.gateway.turns.put(self.session.session_id, turn)
 
     def on_close(self):
         if self not in self.open_relays:

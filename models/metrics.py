@@ -140,13 +140,21 @@ def observe_upstream(upstream_name, call, status, seconds):
 
 # --- state: per gateway -------------------------------------------------------------------------------------------
 
-class RelayCounts:
-    """Frames and bytes relayed by one gateway's sockets, by direction: plain ints, added to on every frame."""
-    __slots__ = ("client_frames", "client_bytes", "upstream_frames", "upstream_bytes", "sockets")
+class Tally:
+    """Data frames and payload bytes relayed in one direction: plain ints, added to per frame, read at scrape time."""
+    __slots__ = ("frames", "bytes")
 
     def __init__(self):
-        self.client_frames = self.client_bytes = 0  # browser -> HeyGen
-        self.upstream_frames = self.upstream_bytes = 0  # HeyGen -> browser
+        self.frames = self.bytes = 0
+
+
+class RelayCounts:
+    """What one gateway's sockets relayed, by direction, and how many are open."""
+    __slots__ = ("client", "upstream", "sockets")
+
+    def __init__(self):
+        self.client = Tally()  # browser -> HeyGen
+        self.upstream = Tally()  # HeyGen -> browser
         self.sockets = 0  # relays open now
 
 
@@ -213,16 +221,17 @@ class GatewayMetrics(Collector):
         yield GaugeMetricFamily(PREFIX + "turn_queue_capacity", "TURN_QUEUE_MAX: at this depth tasks and reports are "
                                 "refused and socket relays pause.", value=turns.capacity)
         relay = self.relay
-        frames = CounterMetricFamily(PREFIX + "relayed_frames", "WebSocket frames relayed by this process, by "
+        frames = CounterMetricFamily(PREFIX + "relayed_frames", "WebSocket data frames (control frames not "
+                                     "counted) relayed by this process, by "
                                      "direction (client_to_upstream: browser to HeyGen; upstream_to_client).",
                                      labels=["direction"])
-        frames.add_metric(["client_to_upstream"], relay.client_frames)
-        frames.add_metric(["upstream_to_client"], relay.upstream_frames)
+        frames.add_metric(["client_to_upstream"], relay.client.frames)
+        frames.add_metric(["upstream_to_client"], relay.upstream.frames)
         yield frames
         sent = CounterMetricFamily(PREFIX + "relayed_bytes", "Payload bytes of the WebSocket frames relayed by this "
                                    "process (text frames as UTF-8), by direction.", labels=["direction"])
-        sent.add_metric(["client_to_upstream"], relay.client_bytes)
-        sent.add_metric(["upstream_to_client"], relay.upstream_bytes)
+        sent.add_metric(["client_to_upstream"], relay.client.bytes)
+        sent.add_metric(["upstream_to_client"], relay.upstream.bytes)
         yield sent
         yield GaugeMetricFamily(PREFIX + "relayed_sockets", "WebSocket relays this process holds open.",
                                 value=relay.sockets)

@@ -57,7 +57,7 @@ async def test_a_whole_session_shows_in_the_metrics(sandbox, client):
     during = await scrape(sandbox.gateway_url)
     assert value(during, P + "live_sessions", provider="heygen", status="started") >= 1
     assert value(during, P + "relayed_sockets") == 1
-    await eventually(lambda: sandbox.gateway.metrics.relay.client_frames >= 1)
+    await eventually(lambda: sandbox.gateway.metrics.relay.client.frames >= 1)
     assert (await client.call("/v1/streaming.stop", {"session_id": session_id})).status == 200
     await eventually(lambda: sandbox.petya.deliveries("conv-1"))
     ws.close()

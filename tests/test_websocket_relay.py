@@ -1,6 +1,7 @@
 """The streaming-chat relay: frames both ways unchanged and in order, close codes, auth, origins, transcript."""
 import asyncio
 import json
+import os
 
 import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -167,4 +168,85 @@ async def test_both_legs_are_pinged(make_sandbox):
     await asyncio.sleep(0.6)
     assert len(browser_pings) >= 3  # gateway -> browser
     assert sandbox.heygen.sessions[session_id].ws_pings >= 3  # gateway -> HeyGen
+    ws.close()
+
+
+def masked_frames(*frames):
+    """Raw client frames (masked, as a browser sends them), built by tests/test_wsframes.frame."""
+    from test_wsframes import frame
+    return b"".join(frame(opcode, payload, fin=fin, mask=os.urandom(4)) for opcode, payload, fin in frames)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_large_and_fragmented_messages_pass_intact_both_ways(sandbox, client):
+    session_id, _, ws = await connected(sandbox, client)
+    big = os.urandom(1024 * 1024 - 5)  # just under WS_MAX_MESSAGE_SIZE
+    # Browser -> HeyGen: a text message in three fragments (sent raw: tornado's client never fragments), a big one.
+    ws.protocol.stream.write(masked_frames((1, "héllo ".encode(), False), (0, b"wor", False), (0, b"ld", True)))
+    await ws.write_message(big, binary=True)
+    received = sandbox.heygen.sessions[session_id].ws_received
+    await eventually(lambda: len(received) >= 2)
+    assert received[:2] == [(False, "héllo world"), (True, big)]
+    # HeyGen -> browser: as big, through the relay's chunked reads.
+    heygen_socket = next(iter(sandbox.heygen.sessions[session_id].sockets))
+    await heygen_socket.write_message(big[::-1], binary=True)
+    while (message := await asyncio.wait_for(ws.read_message(), 10)) is not None and isinstance(message, str):
+        pass
+    assert message == big[::-1]
+    ws.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_gateways_own_frames_wait_for_a_frame_boundary(make_sandbox):
+    """While a frame trickles through the relay, a ping the gateway sends into that leg, or its close on shutdown,
+    must go in after the frame, never inside it. (Timed pings are off: the test's own peers write raw bytes.)"""
+    from handlers.websocket import StreamingChatRelay
+    from test_wsframes import frame
+    sandbox = await make_sandbox(WS_PING_INTERVAL="0")
+    client = GatewayClient(sandbox.gateway_url)
+    session_id, _, ws = await connected(sandbox, client)
+    session = sandbox.heygen.sessions[session_id]
+    relay = next(r for r in StreamingChatRelay.open_relays if r.session.session_id == session_id)
+
+    async def trickle(stream, raw, midway):
+        step = len(raw) // 5 + 1
+        for i in range(0, len(raw), step):
+            stream.write(raw[i:i + step])
+            await asyncio.sleep(0.05)
+            if i == step:
+                midway()
+
+    # Browser -> HeyGen, with the gateway pinging HeyGen midway.
+    payload = os.urandom(200_000)
+    pings = session.ws_pings
+    await trickle(ws.protocol.stream, masked_frames((2, payload, True)),
+                  lambda: relay.upstream.protocol.write_ping(b""))
+    await ws.write_message(b"after", binary=True)
+    await eventually(lambda: len(session.ws_received) >= 2)
+    assert session.ws_received[:2] == [(True, payload), (True, b"after")]
+    await eventually(lambda: session.ws_pings == pings + 1)
+    # HeyGen -> browser, with the gateway shutting down midway: the browser gets the whole frame, then 1001.
+    heygen_socket = next(iter(session.sockets))
+    await trickle(heygen_socket.ws_connection.stream, frame(2, payload[::-1]),
+                  lambda: relay.close(1001, "gateway shutting down"))
+    messages = []
+    while (message := await asyncio.wait_for(ws.read_message(), 5)) is not None:
+        messages.append(message)
+    assert messages[-1] == payload[::-1]
+    ws.close()
+    assert (ws.close_code, ws.close_reason) == (1001, "gateway shutting down")
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_pongs_to_the_gateways_pings_keep_both_legs_open(make_sandbox):
+    sandbox = await make_sandbox(WS_PING_INTERVAL="0.05")
+    client = GatewayClient(sandbox.gateway_url)
+    session_id, _, ws = await connected(sandbox, client)
+    session = sandbox.heygen.sessions[session_id]
+    pings = session.ws_pings
+    await asyncio.sleep(0.5)
+    assert session.ws_pings - pings >= 5
+    assert session.sockets and not ws.protocol.is_closing()  # a pong not recognized would time the leg out
+    await ws.write_message(b"still here", binary=True)
+    await eventually(lambda: (True, b"still here") in session.ws_received)
     ws.close()
