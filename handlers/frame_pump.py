@@ -1,135 +1,212 @@
-"""The relay's two legs as tornado WebSocket protocols that, once paired, move bytes between their streams.
+"""The relay's two legs: tornado WebSocket protocols for the handshakes, then bytes moved between two sockets.
 
-Tornado's `WebSocketProtocol13` reads a message as three or four awaited reads, unmasks it, calls a handler, and the
-relay then re-frames, masks and writes it: per frame, tens of microseconds of Python in each direction. After the
-handshakes, the browser's leg (`WebSocketHandler`) and HeyGen's (`websocket_connect`) are paired here, and each
-leg's receive loop becomes a pump: read whatever the socket has (one read per chunk, not per frame), let
-`clients.wsframes.FrameScanner` read its frame headers and hand over the payloads the transcript needs, write the
-chunk as it came to the other leg, and wait until that write is flushed to the kernel before reading again — so a
-slow reader slows its writer (backpressure) instead of growing a buffer.
+Tornado's `WebSocketProtocol13` reads a message as three or four awaited IOStream reads, unmasks it, calls a handler,
+and a relay then re-frames, masks and writes it: per frame, tens of microseconds of Python in each direction. Once
+the browser's leg (`WebSocketHandler`) and HeyGen's (`websocket_connect`) are both open, `pair()` moves each leg's
+socket from its IOStream to an asyncio transport (`Leg`), whose `data_received` gets whatever the socket had: one
+call per read, not per frame, with no futures or task switches. `clients.wsframes.FrameScanner` reads the chunk's
+frame headers and hands over the payloads the transcript needs; the chunk is written, unchanged, to the other leg's
+transport. Backpressure: when a transport's write buffer passes its high-water mark (asyncio's default, 64 KiB),
+the leg feeding it stops reading until it drains; while a turn waits for room in the turn queue, its leg stops
+reading too, and the chunk that carried it is forwarded only once the turn is queued.
 
-What tornado does for a leg is kept: close frames are answered and end the loop (`on_ws_connection_close` is called
-as before), keep-alive pings go out on `ping_interval` and a missing pong closes the leg, `close()` and
-`write_message()` still work. The gateway's own frames (close on shutdown, pings) are written only at a frame
-boundary of what the pump forwards into that leg, held until one comes. Each leg's pings carry
-`wsframes.PING_MARK`, so their pongs are told from the far end's, which pass through like every other ping and pong.
+Each leg keeps its tornado protocol object, which now writes through `TransportStream`: close frames are answered as
+tornado answers them, keep-alive pings go out every `ping_interval` and a missing pong closes the leg,
+`close()` still works, and `on_ws_connection_close` is called once when the socket is gone. The gateway's own frames
+(close, pings) go in only at a frame boundary of what the other leg forwards, held until one comes. Each leg's pings
+carry `wsframes.PING_MARK`, so their pongs are told from the far end's, which pass through like any other ping or
+pong.
 
-An unpaired leg (the relay failed before both were open) is plain tornado.
+A leg that is never paired (the relay failed before both were open) stays plain tornado.
 """
 import asyncio
 
 from tornado.concurrent import Future
 from tornado.httpclient import HTTPRequest, _RequestProxy
 from tornado.httputil import HTTPHeaders
+from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClientConnection, WebSocketProtocol13, _WebSocketParams
 
 from clients.wsframes import PING_MARK, FrameScanner, ProtocolError
 
-READ_CHUNK = 65536  # most bytes taken from a socket per read
-YIELD_AFTER = 256 * 1024  # bytes moved back to back, without waiting for the socket, before other tasks get a turn
+
+def _done_future():
+    future = Future()
+    future.set_result(None)
+    return future
+
+
+class TransportStream:
+    """What WebSocketProtocol13 uses of its IOStream, over the asyncio transport its leg moved to. Writes made before
+    the transport exists (while it is being set up) are kept and written first."""
+    __slots__ = ("transport", "io_loop", "error", "_early")
+
+    def __init__(self):
+        self.transport = None
+        self.io_loop = IOLoop.current()
+        self.error = None
+        self._early = []
+
+    def attach(self, transport):
+        self.transport = transport
+        early, self._early = self._early, None
+        for data in early:
+            transport.write(data)
+
+    def write(self, data):
+        if self.transport is None:
+            if self._early is None:
+                raise StreamClosedError()
+            self._early.append(data)
+        elif self.transport.is_closing():
+            raise StreamClosedError()
+        else:
+            self.transport.write(data)
+        return _done_future()
+
+    def closed(self):
+        return self.transport is not None and self.transport.is_closing()
+
+    def close(self, exc_info=False):
+        if self.transport is not None:
+            self.transport.close()  # asyncio writes what is buffered first
+        else:
+            self._early = None
+
+    def set_nodelay(self, value):
+        pass  # asyncio sets TCP_NODELAY on every TCP transport
+
+
+class Leg(asyncio.Protocol):
+    """One leg's socket on an asyncio transport: its bytes in, through its scanner, out to the other leg."""
+
+    def __init__(self, ws, scanner, on_messages, buffered):
+        self.ws = ws  # the leg's PumpProtocol
+        self.scanner = scanner
+        self.on_messages = on_messages  # inspected messages -> None, or an awaitable while turns wait for room
+        self.buffered = buffered  # bytes the IOStream had read but not delivered: they come first
+        self.other = None  # the other Leg
+        self.transport = None
+        self.pauses = 0  # reasons not to read now: the other leg's buffer is full; a turn waits for room
+        self.ended = False  # a close frame came: nothing after it is read
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.ws.stream.attach(transport)
+        self.pause()  # until start(): both legs' transports must exist before bytes flow
+
+    def start(self):
+        buffered, self.buffered = self.buffered, None
+        if buffered:
+            self.data_received(buffered)
+        self.resume()
+
+    def data_received(self, data):
+        if self.ended:
+            return
+        try:
+            forward, messages, event = self.scanner.feed(data)
+        except ProtocolError as error:
+            self.ended = True
+            self.ws.close(error.code, error.reason)
+            self.ws._abort()
+            return
+        if messages:
+            waiting = self.on_messages(messages)
+            if waiting is not None:  # the turn queue is full: this leg waits with it, its chunk unforwarded
+                self.pause()
+                asyncio.ensure_future(self._forward_when_queued(waiting, forward, event))
+                return
+        self.forward(forward, event)
+
+    async def _forward_when_queued(self, waiting, forward, event):
+        try:
+            await waiting
+        finally:
+            self.forward(forward, event)
+            self.resume()
+
+    def forward(self, data, event):
+        other = self.other
+        out = other.transport
+        held = other.ws.held
+        if data and not out.is_closing():
+            boundary = self.scanner.boundary
+            if held and boundary is not None:
+                if boundary:
+                    out.write(data[:boundary])
+                other.ws.flush_held()
+                data = data[boundary:]
+            if data:
+                out.write(data)
+        elif held and self.scanner.boundary is not None:
+            other.ws.flush_held()
+        if event is not None:
+            ws = self.ws
+            if event[0] == "pong":
+                ws._received_pong = True
+            else:  # a close frame: answered as tornado answers it
+                self.ended = True
+                _, ws.close_code, ws.close_reason = event
+                ws.client_terminated = True
+                ws.close(ws.close_code)
+
+    def pause(self):
+        self.pauses += 1
+        if self.pauses == 1 and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume(self):
+        self.pauses -= 1
+        if self.pauses == 0 and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def pause_writing(self):  # this leg's write buffer is full: the leg feeding it waits
+        self.other.pause()
+
+    def resume_writing(self):
+        self.other.resume()
+
+    def eof_received(self):
+        return False  # a half-closed WebSocket is a closed one
+
+    def connection_lost(self, exc):
+        ws = self.ws
+        ws._abort()
+        other = self.other.ws
+        other.feeder = None
+        other.flush_held()
+        ws.handler.on_ws_connection_close(ws.close_code, ws.close_reason)
 
 
 class PumpProtocol(WebSocketProtocol13):
-    """One leg. `paired` resolves to the other leg (pump) or None (plain tornado)."""
+    """One leg. `paired` resolves to the other leg once both are on transports, or to None: plain tornado."""
 
     def __init__(self, handler, mask_outgoing, params, waits_for_pairing):
         super().__init__(handler, mask_outgoing, params)
         self.paired = Future()
         self.waits_for_pairing = waits_for_pairing  # the client leg's loop starts before pairing; the server's after
-        self.scanner = None  # this leg's incoming direction, once paired
-        self.on_messages = None  # called with the scanner's inspected messages; may return an awaitable
-        self.feeder = None  # the other leg while its pump writes into this leg's stream
-        self.held = []  # this leg's own frames waiting for a boundary in what the feeder writes
-
-    # --- pairing ------------------------------------------------------------------------------------------------
-
-    def pair_with(self, other, scanner, on_messages):
-        self.scanner, self.on_messages = scanner, on_messages
-        if not self.paired.done():
-            self.paired.set_result(other)
+        self.feeder = None  # the other leg's scanner, while it forwards into this leg
+        self.held = []  # this leg's own frames waiting for a frame boundary in what the feeder forwards
 
     async def _receive_frame_loop(self):
         if not self.waits_for_pairing and not self.paired.done():
             self.paired.set_result(None)
-        other = await self.paired
-        if other is None:
-            return await super()._receive_frame_loop()
-        try:
-            await self._pump(other)
-        except StreamClosedError:
-            self._abort()
-        finally:
-            other.feeder = None
-            other.flush_held()
-            self.handler.on_ws_connection_close(self.close_code, self.close_reason)
-
-    async def _pump(self, other):
-        """This leg's frames to the other leg's stream, chunk by chunk, until a close frame or the socket ends."""
-        stream, out, scanner = self.stream, other.stream, self.scanner
-        read = stream.read_bytes
-        other.feeder = self
-        moved = 0
-        while not self.client_terminated:
-            future = read(READ_CHUNK, partial=True)
-            if future.done():  # already buffered: fairness to other tasks after a long run
-                moved += READ_CHUNK
-                if moved >= YIELD_AFTER:
-                    moved = 0
-                    await asyncio.sleep(0)
-            else:
-                moved = 0
-            data = await future
-            try:
-                forward, messages, event = scanner.feed(data)
-            except ProtocolError as error:
-                self.close(error.code, error.reason)
-                self._abort()
-                return
-            if messages:
-                waiting = self.on_messages(messages)
-                if waiting is not None:
-                    await waiting
-            if forward:
-                await self._forward(out, forward, other)
-            elif other.held and scanner.boundary is not None:
-                other.flush_held()
-            if event is not None:
-                if event[0] == "pong":
-                    self._received_pong = True
-                else:  # a close frame: answered as tornado answers it
-                    _, self.close_code, self.close_reason = event
-                    self.client_terminated = True
-                    self.close(self.close_code)
-
-    async def _forward(self, out, forward, other):
-        boundary = self.scanner.boundary
-        try:
-            if other.held and boundary is not None:
-                if boundary:
-                    out.write(forward[:boundary])
-                other.flush_held()
-                forward = forward[boundary:]
-                if not forward:
-                    return
-            written = out.write(forward)
-            if not written.done():
-                await written
-        except StreamClosedError:
-            pass  # the other leg has gone; its close ends this one
-
-    # --- the gateway's own frames -------------------------------------------------------------------------------
+        if await self.paired is None:
+            await super()._receive_frame_loop()
+        # else the leg's Leg reads it
 
     def _write_frame(self, fin, opcode, data, flags=0):
         feeder = self.feeder
-        if feeder is None or feeder.scanner.at_boundary:
+        if feeder is None or feeder.at_boundary:
             return super()._write_frame(fin, opcode, data, flags)
         future = Future()
         self.held.append((fin, opcode, data, flags, future))
         return future
 
     def flush_held(self):
-        """Write the frames held for a boundary (dropped if the stream has closed meanwhile)."""
+        """Write the frames held for a boundary (dropped if the leg has closed meanwhile)."""
         held, self.held = self.held, []
         for fin, opcode, data, flags, future in held:
             try:
@@ -171,11 +248,37 @@ def pump_connect(request, on_close, ping_interval, ping_timeout, max_message_siz
     return connection.connect_future
 
 
-def pair(server_leg, client_leg, *, inspect_client, inspect_upstream, on_client_messages, on_upstream_messages,
-         client_tally, upstream_tally):
-    """Start pumping both ways between the browser's leg and the upstream's."""
+def _take_socket(ws):
+    """The leg's socket and the bytes its IOStream read but did not deliver. The IOStream is left inert (closed
+    without closing the socket, which now belongs to the transport); the protocol writes through a TransportStream."""
+    stream = ws.stream
+    buffered = bytes(stream._read_buffer[:stream._read_buffer_size])
+    if stream._state is not None:
+        stream.io_loop.remove_handler(stream.socket)
+        stream._state = None
+    stream._closed = True
+    ws.stream = TransportStream()
+    return stream.socket, buffered
+
+
+async def pair(server_leg, client_leg, *, inspect_client, inspect_upstream, on_client_messages, on_upstream_messages,
+               client_tally, upstream_tally):
+    """Move both legs onto asyncio transports and start relaying. Raises StreamClosedError if either is gone."""
+    for ws in (server_leg, client_leg):
+        await ws.stream.write(b"")  # what tornado still had to write (the handshake) is out
     max_size = server_leg.params.max_message_size
-    for stream in (server_leg.stream, client_leg.stream):
-        stream.set_nodelay(True)  # frames are small and latency counts: no Nagle delay on either leg
-    server_leg.pair_with(client_leg, FrameScanner(inspect_client, max_size, client_tally), on_client_messages)
-    client_leg.pair_with(server_leg, FrameScanner(inspect_upstream, max_size, upstream_tally), on_upstream_messages)
+    loop = asyncio.get_running_loop()
+    legs = []
+    for ws, inspect, on_messages, tally in ((server_leg, inspect_client, on_client_messages, client_tally),
+                                            (client_leg, inspect_upstream, on_upstream_messages, upstream_tally)):
+        sock, buffered = _take_socket(ws)
+        legs.append((ws, sock, Leg(ws, FrameScanner(inspect, max_size, tally), on_messages, buffered)))
+    (server_ws, _, server), (client_ws, _, client) = legs
+    server.other, client.other = client, server
+    server_ws.feeder, client_ws.feeder = client.scanner, server.scanner
+    for ws, sock, leg in legs:
+        await loop.connect_accepted_socket(lambda leg=leg: leg, sock)
+    server_ws.paired.set_result(client_ws)
+    client_ws.paired.set_result(server_ws)
+    server.start()
+    client.start()

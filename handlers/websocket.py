@@ -3,9 +3,9 @@
 The browser presents our session token; HeyGen gets its own. Once both legs are open, handlers.frame_pump moves
 their bytes chunk by chunk, reading frame headers only; it opens HeyGen's text frames (transcript events) and the
 client's binary protobuf TextFrames (the SDK's default speak(), see clients.pipecat), whose turns are queued for
-MongoDB (models.turns) before the chunk that carried them is forwarded. Audio frames pass unread. Each leg waits for
-its write to the other to be flushed before reading again, so a slow reader slows its writer (backpressure) instead
-of growing a buffer; a full turn queue pauses the leg the same way.
+MongoDB (models.turns) before the chunk that carried them is forwarded. Audio frames pass unread. A leg stops reading
+while the other's write buffer is full, so a slow reader slows its writer (backpressure) instead of growing a
+buffer; a full turn queue pauses the leg the same way.
 
 Each open socket is recorded on its session against this process's lease (models.leases) before HeyGen is
 reached, and its close is recorded — retried until MongoDB takes it — when it ends.
@@ -19,6 +19,7 @@ import logging
 import uuid
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketHandler
 
 from clients.pipecat import TEXT_TAG, text_of
@@ -152,10 +153,14 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
         if self.ws_connection is None:  # the client left while we were connecting
             self.upstream.close(1000)
             return
-        pair(self.ws_connection, self.upstream.protocol,
-             inspect_client=_is_text_frame, inspect_upstream=_is_text,
-             on_client_messages=self.observe_client, on_upstream_messages=self.observe_upstream,
-             client_tally=self.counts.client, upstream_tally=self.counts.upstream)
+        try:
+            await pair(self.ws_connection, self.upstream.protocol,
+                       inspect_client=_is_text_frame, inspect_upstream=_is_text,
+                       on_client_messages=self.observe_client, on_upstream_messages=self.observe_upstream,
+                       client_tally=self.counts.client, upstream_tally=self.counts.upstream)
+        except StreamClosedError:  # either side left just now: closing the other ends both
+            self.upstream.close(1000)
+            self.close(1011, "upstream connection failed")
 
     def get_websocket_protocol(self):
         return server_protocol(self)
@@ -170,13 +175,13 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
             self.close(relay_close_code(upstream.close_code), _reason(upstream.close_reason))
 
     def observe_client(self, messages):
-        """The words of the SDK's speak() (a pipecat TextFrame), queued as user turns; an awaitable when any was."""
+        """The words of the SDK's speak() (a pipecat TextFrame), queued as user turns (see queue_turns)."""
         turns = [new_turn("user", text, self.gateway.sessions.clock(), "frame")
                  for _, payload in messages if (text := text_of(payload)) and text.strip()]
         return self.queue_turns(turns) if turns else None
 
     def observe_upstream(self, messages):
-        """The turns HeyGen's transcript events complete, queued; an awaitable when any was."""
+        """The turns HeyGen's transcript events complete, queued (see queue_turns)."""
         turns = []
         for _, payload in messages:
             try:
@@ -187,8 +192,16 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
                 turns.append(turn)
         return self.queue_turns(turns) if turns else None
 
-    async def queue_turns(self, turns):
-        """Each turn into the queue, waiting for room (the leg pauses meanwhile: backpressure upstream)."""
+    def queue_turns(self, turns):
+        """Each turn into the queue: None when all went in at once; else an awaitable that queues the rest as room
+        comes (the turn queue is full: the leg stops reading meanwhile, backpressure on its sender)."""
+        queue, session_id = self.gateway.turns, self.session.session_id
+        for i, turn in enumerate(turns):
+            if not queue.put_nowait(session_id, turn):
+                return self._queue_as_room_comes(turns[i:])
+        return None
+
+    async def _queue_as_room_comes(self, turns):
         for turn in turns:
             await self.gateway.turns.put(self.session.session_id, turn)
 

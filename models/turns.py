@@ -80,6 +80,14 @@ class TurnQueue:
             await self._room.wait()
         return self._new_slot()
 
+    def put_nowait(self, session_id, turn):
+        """Queue one turn if there is room now; False when the queue is full."""
+        if len(self._slots) >= self.capacity:
+            self._note_full()
+            return False
+        self._new_slot().submit(session_id, turn)
+        return True
+
     async def put(self, session_id, turn):
         """Queue one turn (waiting for room); returns the Future of its storage."""
         return (await self.wait_for_slot()).submit(session_id, turn)
