@@ -179,6 +179,9 @@ def main(argv=None):
         print(f"ilianaai-avatar: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    if settings.event_loop == "uvloop":
+        import uvloop
+        return uvloop.run(serve(settings))
     return asyncio.run(serve(settings))
 
 

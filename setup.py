@@ -30,6 +30,7 @@ setup(
         "protobuf==7.36.2",  # reads the web SDK's pipecat TextFrames on the socket (clients/pipecat.py)
         "prometheus_client==0.26.0",  # GET /metrics (models/metrics.py)
         "apispec[marshmallow]==6.10.1",  # GET /openapi.json, from the marshmallow schemas (handlers/openapi.py)
+        "uvloop==0.22.1",  # the default EVENT_LOOP: the socket relay's asyncio transports in C (handlers/frame_pump.py)
     ],
     extras_require={"sandbox": SANDBOX, "test": TEST, "dev": TEST},
     entry_points={"console_scripts": ["ilianaai-avatar=server:main"]},

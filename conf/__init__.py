@@ -121,6 +121,9 @@ SETTINGS = (
     Setting("ADMIN_ADDRESS", "", _address,
             "host:port of a separate listener for /metrics, /readyz and /healthz (then 404 on PORT); empty: they are "
             "served on PORT."),
+    Setting("EVENT_LOOP", "uvloop", _choice("uvloop", "asyncio"),
+            "The event loop: uvloop (libuv; the socket relay's transports run in C, about a third less CPU per "
+            "frame, see bench/) or asyncio (the standard library's)."),
     Setting("LOG_LEVEL", "INFO", _log_level, "Log level of the gateway's own loggers."),
     Setting("LOG_FORMAT", "text", _choice("text", "json"),
             "Log lines as text, or as JSON objects (time, level, logger, message; access lines also method, path, "
