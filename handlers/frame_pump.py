@@ -24,7 +24,7 @@ import asyncio
 from tornado.concurrent import Future
 from tornado.httpclient import HTTPRequest, _RequestProxy
 from tornado.httputil import HTTPHeaders
-from tornado.ioloop import IOLoop
+from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClientConnection, WebSocketProtocol13, _WebSocketParams
 
@@ -180,6 +180,46 @@ class Leg(asyncio.Protocol):
         ws.handler.on_ws_connection_close(ws.close_code, ws.close_reason)
 
 
+class Pinger:
+    """Keep-alive pings for every leg of one IOLoop with the same interval, from one periodic callback (tornado
+    runs a task per leg, about a kilobyte each, for thousands of mostly idle sockets). Each tick pings every leg;
+    a leg whose last ping got no pong by the next tick is closed ("ping timed out"): the timeout is the interval."""
+    _running = {}  # (io_loop, interval) -> Pinger
+
+    def __init__(self, io_loop, interval):
+        self.key = (io_loop, interval)
+        self.legs = set()
+        self.callback = PeriodicCallback(self.tick, interval * 1000)
+
+    @classmethod
+    def add(cls, leg, interval):
+        key = (IOLoop.current(), interval)
+        pinger = cls._running.get(key)
+        if pinger is None:
+            pinger = cls._running[key] = cls(*key)
+            pinger.callback.start()
+        pinger.legs.add(leg)
+        leg._ping_coroutine = pinger  # where tornado keeps a leg's ping task: close() "cancels" it
+
+    def discard(self, leg):
+        self.legs.discard(leg)
+        if not self.legs:
+            self.callback.stop()
+            self._running.pop(self.key, None)
+
+    def tick(self):
+        for leg in list(self.legs):
+            if leg._ping_sent and not leg._received_pong:
+                leg.close(reason="ping timed out")
+                continue
+            leg._ping_sent = True
+            leg._received_pong = False
+            try:
+                leg.write_ping(b"")
+            except StreamClosedError:
+                self.discard(leg)
+
+
 class PumpProtocol(WebSocketProtocol13):
     """One leg. `paired` resolves to the other leg once both are on transports, or to None: plain tornado."""
 
@@ -189,6 +229,11 @@ class PumpProtocol(WebSocketProtocol13):
         self.waits_for_pairing = waits_for_pairing  # the client leg's loop starts before pairing; the server's after
         self.feeder = None  # the other leg's scanner, while it forwards into this leg
         self.held = []  # this leg's own frames waiting for a frame boundary in what the feeder forwards
+        self._ping_sent = False
+
+    def start_pinging(self):
+        if self.ping_interval > 0 and self._ping_coroutine is None:
+            Pinger.add(self, self.ping_interval)
 
     async def _receive_frame_loop(self):
         if not self.waits_for_pairing and not self.paired.done():
@@ -222,7 +267,11 @@ class PumpProtocol(WebSocketProtocol13):
     def close(self, code=None, reason=None):
         if not self.paired.done():
             self.paired.set_result(None)  # a leg closed before pairing reads its close answer as plain tornado
+        pinger = self._ping_coroutine
+        self._ping_coroutine = None
         super().close(code, reason)
+        if pinger is not None:
+            pinger.discard(self)
 
 
 class PumpClientConnection(WebSocketClientConnection):
@@ -280,5 +329,14 @@ async def pair(server_leg, client_leg, *, inspect_client, inspect_upstream, on_c
         await loop.connect_accepted_socket(lambda leg=leg: leg, sock)
     server_ws.paired.set_result(client_ws)
     client_ws.paired.set_result(server_ws)
+    _release_handshake(client_ws.handler)
     server.start()
     client.start()
+
+
+def _release_handshake(connection):
+    """Drop what the upstream leg's handshake left on its WebSocketClientConnection (request, response headers,
+    HTTP connection, inert IOStream, message queue): a few kilobytes per socket that a relay never reads again."""
+    connection.request = connection.headers = connection.connection = connection.stream = None
+    connection.read_queue = None  # messages go to on_message_callback
+    connection.tcp_client.close()

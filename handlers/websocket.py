@@ -114,9 +114,10 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
             raise BadRequest("session_id and session_token are required")
         self.log_session_id = session_id
         customer = await authenticate(self.gateway, None, token, provider="heygen")
-        self.session = await owned_session(self.gateway, session_id, customer, provider="heygen", touch=False)
-        if self.session.status == "ended":
+        session = await owned_session(self.gateway, session_id, customer, provider="heygen", touch=False)
+        if session.status == "ended":
             raise NotFound("session not found")
+        self.session = self.gateway.sessions.remember(session)  # its facts: the document is not kept per socket
         await super().get(*args, **kwargs)
 
     async def open(self, *args, **kwargs):
@@ -161,6 +162,8 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
         except StreamClosedError:  # either side left just now: closing the other ends both
             self.upstream.close(1000)
             self.close(1011, "upstream connection failed")
+            return
+        self.request.server_connection = None  # the HTTP connection the handshake came on (and its IOStream)
 
     def get_websocket_protocol(self):
         return server_protocol(self)
