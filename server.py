@@ -15,7 +15,7 @@ from clients.liveavatar import LiveAvatarClient
 from clients.petya import PetyaClient
 from clients.ratelimit import RateLimiter
 from conf import ConfigError, load_settings
-from handlers.requestlog import clamp_secret_loggers, log_formatter, log_request
+from handlers.requestlog import BatchedStreamHandler, clamp_secret_loggers, log_formatter, log_request
 from handlers.routes import DEFAULT_HANDLER, admin_routes, routes
 from handlers.websocket import StreamingChatRelay, move_relays
 from models import metrics
@@ -159,7 +159,7 @@ async def serve(settings):
 
 def configure_logging(level="INFO", log_format="text"):
     """Every logger to stdout, as text lines or JSON objects (LOG_FORMAT), secrets scrubbed either way."""
-    handler = logging.StreamHandler(sys.stdout)
+    handler = BatchedStreamHandler(sys.stdout)
     handler.setFormatter(log_formatter(log_format))
     logging.basicConfig(level=level, handlers=[handler])
 

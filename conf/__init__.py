@@ -117,7 +117,10 @@ class Setting:
 SETTINGS = (
     Setting("HOST", "127.0.0.1", str, "Address to listen on (nginx proxies to it)."),
     Setting("PORT", "8000", _int(0, 65535), "Port to listen on (0: any free port)."),
-    Setting("XHEADERS", "true", _bool, "Trust X-Real-IP / X-Forwarded-* from the proxy in front (nginx)."),
+    Setting("XHEADERS", "false", _bool,
+            "Take the client's address and scheme from X-Real-IP / X-Forwarded-* (a proxy in front sets them). Off "
+            "by default: nothing the gateway logs or decides uses them, and tornado checks the address on every "
+            "request."),
     Setting("ADMIN_ADDRESS", "", _address,
             "host:port of a separate listener for /metrics, /readyz and /healthz (then 404 on PORT); empty: they are "
             "served on PORT."),

@@ -132,10 +132,18 @@ def status_class(status):
     return f"{status // 100}xx" if 100 <= status < 600 else "error"
 
 
+_latency_children = {}  # (upstream, call, status class) -> its histogram: labels() costs microseconds per call
+
+
 def observe_upstream(upstream_name, call, status, seconds):
-    """One upstream call: `status` is the HTTP status, or None when no answer came."""
-    UPSTREAM_LATENCY.labels(upstream=upstream_name.lower(), call=call,
-                            status="error" if status is None else status_class(status)).observe(seconds)
+    """One upstream call: `status` is the HTTP status, or None when no answer came. (Label values are bounded:
+    upstreams x MAX_CALLS_PER_UPSTREAM calls x 6 status classes, so the memo is too.)"""
+    key = (upstream_name, call, "error" if status is None else status_class(status))
+    child = _latency_children.get(key)
+    if child is None:
+        child = _latency_children[key] = UPSTREAM_LATENCY.labels(upstream=upstream_name.lower(), call=key[1],
+                                                                 status=key[2])
+    child.observe(seconds)
 
 
 # --- state: per gateway -------------------------------------------------------------------------------------------
