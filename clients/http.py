@@ -16,9 +16,27 @@ log = logging.getLogger("gateway.upstream")
 _CURL_TIMEOUT_CODES = (28,)
 
 
+# The response headers the gateway reads (UpstreamResponse). Parsing every line curl hands over into HTTPHeaders took
+# about 5 % of a proxied call's CPU (cProfile, keep_alive at c=16).
+KEPT_RESPONSE_HEADERS = frozenset(("content-type", "retry-after"))
+
+
+class UpstreamCurlClient(CurlAsyncHTTPClient):
+    """Tornado's curl client, parsing only the response headers the gateway reads (KEPT_RESPONSE_HEADERS): curl
+    hands over every header line, and tornado parses each into HTTPHeaders in Python. Its only caller is
+    `Upstream.call`."""
+
+    def _curl_header_callback(self, headers, header_callback, header_line):
+        name, colon, value = header_line.decode("latin-1").partition(":")
+        if colon and name.strip().lower() in KEPT_RESPONSE_HEADERS:
+            headers[name.strip()] = value.strip()
+        elif name.startswith("HTTP/"):
+            headers.clear()  # a new response (after a 100 Continue, or a redirect) starts afresh
+
+
 def make_http_client(settings):
-    """One CurlAsyncHTTPClient per process: it reuses upstream connections across requests."""
-    return CurlAsyncHTTPClient(
+    """One curl client per process: it reuses upstream connections across requests."""
+    return UpstreamCurlClient(
         force_instance=True,
         max_clients=settings.http_max_clients,
         defaults=dict(
