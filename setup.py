@@ -9,6 +9,7 @@ TEST = SANDBOX + [
     "pytest-tornado==0.8.1",
     "schemathesis==4.32.5",  # the contract test against /openapi.json (tests/test_openapi.py)
     "setuptools<82",  # pytest-tornado imports pkg_resources
+    "livekit==1.2.1",  # the Python rtc SDK (Rust core) joining sandbox rooms in tests/test_livekit_rooms.py
 ]
 
 setup(
@@ -30,6 +31,13 @@ setup(
         "protobuf==7.36.2",  # reads the web SDK's pipecat TextFrames on the socket (clients/pipecat.py)
         "prometheus_client==0.26.0",  # GET /metrics (models/metrics.py)
         "apispec[marshmallow]==6.10.1",  # GET /openapi.json, from the marshmallow schemas (handlers/openapi.py)
+        # The sandbox's LiveKit room server and its synthetic avatar (sandbox/livekit.py, sandbox/avatar.py):
+        "aiortc==1.16.0",  # WebRTC
+        "av==18.1.0",  # video and audio frames (aiortc's codecs)
+        "livekit-protocol==1.1.29",  # LiveKit's signalling and data protobuf messages
+        "livekit-api==1.2.2",  # LiveKit access tokens (JWT): minted and verified
+        "Pillow==13.0.0",  # the avatar's picture
+        "numpy==2.4.6",  # the avatar's frames and tone
     ],
     extras_require={"sandbox": SANDBOX, "test": TEST, "dev": TEST},
     entry_points={"console_scripts": ["ilianaai-avatar=server:main"]},
