@@ -279,6 +279,7 @@ class Room:
         self.closed = True
         for participant in list(self.participants.values()):
             await participant.leave(models.DisconnectReason.ROOM_DELETED)
+        await self.relay.close()
         if self.server.rooms.get(self.name) is self:
             del self.server.rooms[self.name]
 
@@ -366,6 +367,12 @@ class TrackRelay:
     def subscribe(self, source):
         return RelayedTrack(self, source)
 
+    async def close(self):
+        readers = list(self._readers.values())
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+
     def _start(self, proxy):
         subscribers = self._subscribers.setdefault(proxy.source, set())
         subscribers.add(proxy)
@@ -387,7 +394,7 @@ class TrackRelay:
                 if frame is None:
                     break
         finally:
-            del self._readers[source]
+            self._readers.pop(source, None)
             if not subscribers:
                 self._subscribers.pop(source, None)
 
@@ -505,16 +512,13 @@ class ClientParticipant(Participant):
         self._answered = None  # Future for the client's answer to the server's offer
         self._early_candidates = {rtc.SignalTarget.PUBLISHER: [], rtc.SignalTarget.SUBSCRIBER: []}
         self._watchdog = None
+        self._negotiation = None
 
     # signalling
 
     def signal(self, response):
-        if self.handler is None:
-            return
-        try:
-            self.handler.write_message(response.SerializeToString(), binary=True)
-        except tornado.websocket.WebSocketClosedError:
-            pass
+        if self.handler is not None:
+            write(self.handler, response)
 
     async def start(self, join_request=None):
         """Answer the join, then set up the peer connection(s)."""
@@ -537,7 +541,8 @@ class ClientParticipant(Participant):
             }
             for channel in self.send_channels.values():
                 self._watch_channel(channel)
-            await self.offer_subscriber()
+            # in the background: the answer comes as a signal message, read only once open() has returned
+            self._negotiation = asyncio.ensure_future(self.offer_subscriber())
 
     async def handle(self, request):
         self.last_heard = time.monotonic()
@@ -669,7 +674,7 @@ class ClientParticipant(Participant):
     async def on_tracks_added(self, publisher):
         if self.subscriber is not None and any(t.source is not None and t.info.sid not in self.sent_tracks
                                                for t in publisher.tracks):
-            asyncio.ensure_future(self.offer_subscriber())
+            self._negotiation = asyncio.ensure_future(self.offer_subscriber())
 
     async def add_candidate(self, trickle):
         pc = self.subscriber if trickle.target == rtc.SignalTarget.SUBSCRIBER else self.publisher
@@ -739,12 +744,8 @@ class ClientParticipant(Participant):
     async def close(self, reason):
         handler, self.handler = self.handler, None
         if handler is not None and reason != models.DisconnectReason.CLIENT_INITIATED:
-            try:
-                handler.write_message(rtc.SignalResponse(leave=rtc.LeaveRequest(
-                    reason=reason, action=rtc.LeaveRequest.Action.DISCONNECT)).SerializeToString(), binary=True)
-                await asyncio.sleep(LEAVE_GRACE)
-            except tornado.websocket.WebSocketClosedError:
-                pass
+            write(handler, leave_request(reason))
+            await asyncio.sleep(LEAVE_GRACE)
         if handler is not None:
             handler.close(1000)
         if self._watchdog is not None and self._watchdog is not asyncio.current_task():
@@ -759,6 +760,19 @@ class ClientParticipant(Participant):
 
 
 # --- signalling -------------------------------------------------------------------------------------------------
+
+def write(handler, response):
+    """Send a SignalResponse; a socket closed meanwhile is not an error here (on_close makes it a leave)."""
+    try:
+        future = handler.write_message(response.SerializeToString(), binary=True)
+    except tornado.websocket.WebSocketClosedError:
+        return
+    future.add_done_callback(lambda done: done.exception())
+
+
+def leave_request(reason):
+    return rtc.SignalResponse(leave=rtc.LeaveRequest(reason=reason, action=rtc.LeaveRequest.Action.DISCONNECT))
+
 
 def read_join_request(argument):
     """The JoinRequest in `/rtc/v1?join_request=`: base64url of a WrappedJoinRequest, gzip when it says so."""
@@ -844,9 +858,7 @@ class SignalHandler(TokenArguments, tornado.websocket.WebSocketHandler):
             participant = ClientParticipant(room, self, self.claims, self.single_pc)
             await room.join(participant)
         except RoomFull as exc:
-            self.write_message(rtc.SignalResponse(leave=rtc.LeaveRequest(
-                reason=models.DisconnectReason.JOIN_FAILURE, action=rtc.LeaveRequest.Action.DISCONNECT))
-                .SerializeToString(), binary=True)
+            write(self, leave_request(models.DisconnectReason.JOIN_FAILURE))
             log.info("join refused: %s", exc)
             self.close(1000)
             return

@@ -44,7 +44,8 @@ from sandbox.stack import DEMO_API_KEY, Sandbox
 
 SDK_DIR = pathlib.Path(__file__).parent / "sdk"
 ARTIFACTS = pathlib.Path(__file__).parent / "artifacts"
-PINNED = {"@heygen/streaming-avatar": "2.1.0", "@heygen/liveavatar-web-sdk": "0.0.18", "esbuild": "0.28.2"}
+PINNED = {"@heygen/streaming-avatar": "2.1.0", "@heygen/liveavatar-web-sdk": "0.0.18", "esbuild": "0.28.2",
+          "livekit-client": "2.15.7", "livekit-client-2.11": "2.11.3"}  # the last two: tests/test_livekit_browser.py
 
 GATEWAY_HOST = "avatar.sandbox.test"  # the gateway as the SDKs see it: nginx, TLS, port 443
 SHOP_HOST = "shop.sandbox.test"  # the customer's website, where the page (the plugin) is served from
