@@ -238,3 +238,27 @@ async def test_livekit_client_in_chromium_joins_sees_the_avatar_and_exchanges_da
         {"livekit_client": version, "connect_ms": json.loads(seen)["connectMs"], "first_frame_ms": first_frame_ms,
          "scenario_seconds": round(scenario_seconds, 2), "page_saw": json.loads(seen)}, indent=2))
     assert first_frame_ms < 10000
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.gen_test(timeout=60)
+async def test_an_avatar_joining_after_the_page_reaches_it_by_renegotiation(version, chromium, page_url,
+                                                                           room_server):
+    """The page is alone in the room; the avatar joins later (the server offers the subscriber connection again)."""
+    room = room_server.room("late-room")
+    tab = await open_tab(chromium, page_url)
+    try:
+        joined = await tab.js(f"{JOIN}({json.dumps(version)}, {json.dumps(room_server.url)}, "
+                              f"{json.dumps(room_server.token('late-room', 'browser'))})")
+        assert joined == []
+        await Avatar().join(room)
+        await until(tab, "seen.events.some(e => e.type === 'participantConnected' && e.identity === 'heygen')")
+        await until(tab, "seen.events.filter(e => e.type === 'trackSubscribed' && e.identity === 'heygen')"
+                         ".length === 2", what="video and audio subscribed")
+        await until(tab, "seen.firstFrameMs !== null && document.getElementById('video').videoWidth === 320",
+                    what="a decoded video frame")
+        t1 = await tab.js("document.getElementById('video').currentTime")
+        await until(tab, f"document.getElementById('video').currentTime > {t1} + 0.3", what="currentTime advancing")
+    finally:
+        tab.ws.close()
+        await AsyncHTTPClient().fetch(f"{chromium}/json/close/{tab.target_id}", raise_error=False)
