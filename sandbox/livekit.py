@@ -13,7 +13,8 @@ It serves the two real clients (what they send was read from their source and ch
   connection the client offers inside the join request; data goes both ways on the client's own channels.
 
 Implemented: rooms (made by the emulators, or on a client's first join and dropped when it empties); joining with a
-verified token (room_join for that room; 401 on the handshake and on `/rtc/validate` otherwise); a duplicate identity
+verified token (room_join for that room; 401 on the handshake and on `/rtc/validate` otherwise; data from a token
+without can_publish_data is dropped); a duplicate identity
 replaces the older participant (as LiveKit does); ParticipantUpdate to the others on join and leave; data packets of
 every kind (user packets with topics, chat, RPC, streams…) routed reliable or lossy, to everyone else or to
 `destination_identities`, with the sender's identity and sid set by the server — from and to server-side participants
@@ -498,6 +499,7 @@ class ClientParticipant(Participant):
                          attributes=claims.attributes)
         self.handler = handler
         self.single_pc = single_pc
+        self.can_publish_data = claims.video.can_publish_data
         self.publisher = None  # the peer connection the client offers (its only one in single-PC mode)
         self.subscriber = None  # the peer connection the server offers (two-PC mode)
         self.send_channels = {}  # label -> RTCDataChannel the server sends on
@@ -612,7 +614,7 @@ class ClientParticipant(Participant):
 
         @channel.on("message")
         def on_message(message):
-            if kind is None or not isinstance(message, bytes):
+            if kind is None or not isinstance(message, bytes) or not self.can_publish_data:
                 return
             packet = models.DataPacket()
             try:
