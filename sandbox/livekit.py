@@ -10,20 +10,23 @@ It serves the two real clients (what they send was read from their source and ch
   `_reliable` and `_lossy` it sends on and the server participants' tracks; the client offers its publisher
   connection when it first sends data or publishes, with its own `_reliable`/`_lossy` it sends on.
 - the Python `livekit` rtc SDK (PyPI, Rust core): `/rtc/v1?join_request=<base64url WrappedJoinRequest>`, one peer
-  connection the client offers inside the join request; data goes both ways on the client's own channels.
+  connection the client offers inside the join request; data goes both ways on the client's own channels; for the
+  server participants' tracks the server sends MediaSectionsRequirement, the client offers that many receive-only
+  sections, and the answer puts the tracks on them (`mid_to_track_id` names their sids).
 
 Implemented: rooms (made by the emulators, or on a client's first join and dropped when it empties); joining with a
 verified token (room_join for that room; 401 on the handshake and on `/rtc/validate` otherwise; data from a token
-without can_publish_data is dropped); a duplicate identity
-replaces the older participant (as LiveKit does); ParticipantUpdate to the others on join and leave; data packets of
+without can_publish_data is dropped); a duplicate identity replaces the older participant (as LiveKit does);
+ParticipantUpdate to the others on join and leave; data packets of
 every kind (user packets with topics, chat, RPC, streams…) routed reliable or lossy, to everyone else or to
 `destination_identities`, with the sender's identity and sid set by the server — from and to server-side participants
-too; tracks published by server-side participants (aiortc MediaStreamTracks, VP8 video and Opus audio) sent to
-two-connection clients, listed as TrackInfo and tied to their publication by the msid `<participant sid>|<track sid>`;
+too; tracks published by server-side participants (aiortc MediaStreamTracks, VP8 video and Opus audio) sent to every
+client, listed as TrackInfo and tied to their publication by the msid `<participant sid>|<track sid>` (and
+`mid_to_track_id`), also when the publisher joins after the client (a new offer, or a new MediaSectionsRequirement);
 a client's own published tracks are acknowledged (TrackPublishedResponse) and their media discarded; ping/pong (both
 forms); leave either way (LeaveRequest to clients when a room closes); trickle ICE from clients.
 
-Left out: forwarding clients' media to anyone, media to one-connection clients (the Python SDK: data only), simulcast,
+Left out: forwarding clients' media to anyone, unpublishing a track without its participant leaving, simulcast,
 layers and quality, adaptive stream, subscription control (everyone is subscribed to everything), speaker detection,
 connection quality, reconnect/resume (a dropped signal socket is a leave), metadata/attribute updates from clients,
 room-service REST API, egress/ingress/SIP, end-to-end encryption, data tracks, TURN. Server-side ICE uses aiortc's
@@ -515,6 +518,7 @@ class ClientParticipant(Participant):
         self._early_candidates = {rtc.SignalTarget.PUBLISHER: [], rtc.SignalTarget.SUBSCRIBER: []}
         self._watchdog = None
         self._negotiation = None
+        self._sections_asked = False  # single-PC mode: a MediaSectionsRequirement awaits the client's offer
 
     # signalling
 
@@ -629,41 +633,78 @@ class ClientParticipant(Participant):
             self._flush_pending()
 
     async def answer(self, offer):
-        """Answer the client's offer for its publisher connection (its only one in single-PC mode)."""
+        """Answer the client's offer for its publisher connection (its only one in single-PC mode, where the server
+        tracks go on the receive-only sections the client added when asked by MediaSectionsRequirement)."""
         if self.publisher is None:
             self.publisher = self._peer_connection(primary=self.single_pc)
         await self.publisher.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+        if self.single_pc:
+            self._attach_server_tracks()
         await self.publisher.setLocalDescription(await self.publisher.createAnswer())
         await self._flush_candidates(rtc.SignalTarget.PUBLISHER)
         self.signal(rtc.SignalResponse(answer=rtc.SessionDescription(
-            type="answer", sdp=self.publisher.localDescription.sdp, id=offer.id)))
+            type="answer", sdp=self._rewrite_msid(self.publisher.localDescription.sdp), id=offer.id,
+            mid_to_track_id=self._mid_to_track_id(self.publisher))))
+        if self.single_pc:
+            self._ask_for_media_sections()
+
+    def _unsent_tracks(self):
+        return [(participant, track) for participant in self.room.others(self) for track in participant.tracks
+                if track.source is not None and track.info.sid not in self.sent_tracks]
+
+    def _ask_for_media_sections(self):
+        """Single-PC mode: ask the client for one receive-only section per server track it does not get yet."""
+        kinds = [track.source.kind for _, track in self._unsent_tracks()]
+        if kinds and not self._sections_asked:
+            self._sections_asked = True
+            self.signal(rtc.SignalResponse(media_sections_requirement=rtc.MediaSectionsRequirement(
+                num_audios=kinds.count("audio"), num_videos=kinds.count("video"))))
+
+    def _attach_server_tracks(self):
+        free = [t for t in self.publisher.getTransceivers()
+                if t.receiver.track is None and t.sender.track is None and not t.stopped]
+        for participant, track in self._unsent_tracks():
+            transceiver = next((t for t in free if t.kind == track.source.kind), None)
+            if transceiver is None:
+                continue
+            free.remove(transceiver)
+            self._send_on(transceiver, participant, track)
+        self._sections_asked = False
+
+    def _send_on(self, transceiver, participant, track):
+        """Put a server track on a transceiver, with the sids its msid will carry."""
+        proxy = self.room.relay.subscribe(track.source)
+        transceiver.direction = "sendonly"
+        transceiver.sender.replaceTrack(proxy)
+        self.media_sids[proxy.id] = (participant.sid, track.info.sid)
+        self.sent_tracks.add(track.info.sid)
 
     async def offer_subscriber(self):
         """(Re)offer the subscriber connection with every server participant's tracks not yet on it."""
         async with self._negotiating:
             if self.subscriber is None or self.left:
                 return
-            for participant in self.room.others(self):
-                for track in participant.tracks:
-                    if track.source is None or track.info.sid in self.sent_tracks:
-                        continue
-                    proxy = self.room.relay.subscribe(track.source)
-                    transceiver = self.subscriber.addTransceiver(proxy, direction="sendonly")
-                    if proxy.kind == "video":
-                        codecs = [c for c in RTCRtpSender.getCapabilities("video").codecs
-                                  if c.mimeType.lower() in ("video/vp8", "video/rtx")]
-                        transceiver.setCodecPreferences(codecs)
-                    self.media_sids[proxy.id] = (participant.sid, track.info.sid)
-                    self.sent_tracks.add(track.info.sid)
+            for participant, track in self._unsent_tracks():
+                transceiver = self.subscriber.addTransceiver(track.source.kind, direction="sendonly")
+                if track.source.kind == "video":
+                    transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
+                                                     if c.mimeType.lower() in ("video/vp8", "video/rtx")])
+                self._send_on(transceiver, participant, track)
             await self.subscriber.setLocalDescription(await self.subscriber.createOffer())
             self._offer_id += 1
             self._answered = asyncio.get_running_loop().create_future()
             self.signal(rtc.SignalResponse(offer=rtc.SessionDescription(
-                type="offer", sdp=self._rewrite_msid(self.subscriber.localDescription.sdp), id=self._offer_id)))
+                type="offer", sdp=self._rewrite_msid(self.subscriber.localDescription.sdp), id=self._offer_id,
+                mid_to_track_id=self._mid_to_track_id(self.subscriber))))
             try:
                 await asyncio.wait_for(asyncio.shield(self._answered), JOIN_TIMEOUT)
             except asyncio.TimeoutError:
                 log.info("%s: no answer to the subscriber offer", self.identity)
+
+    def _mid_to_track_id(self, pc):
+        """The track sid sent on each mid (the Rust SDK finds publications by it)."""
+        return {t.mid: self.media_sids[t.sender.track.id][1] for t in pc.getTransceivers()
+                if t.mid is not None and t.sender.track is not None and t.sender.track.id in self.media_sids}
 
     def _rewrite_msid(self, sdp):
         """aiortc's `msid:<its stream> <track id>` becomes `msid:<participant sid>|<track sid> <track sid>`:
@@ -674,9 +715,12 @@ class ClientParticipant(Participant):
         return MSID.sub(replace, sdp)
 
     async def on_tracks_added(self, publisher):
-        if self.subscriber is not None and any(t.source is not None and t.info.sid not in self.sent_tracks
-                                               for t in publisher.tracks):
+        if not self._unsent_tracks():
+            return
+        if self.subscriber is not None:
             self._negotiation = asyncio.ensure_future(self.offer_subscriber())
+        elif self.single_pc and self.publisher is not None:
+            self._ask_for_media_sections()
 
     async def add_candidate(self, trickle):
         pc = self.subscriber if trickle.target == rtc.SignalTarget.SUBSCRIBER else self.publisher

@@ -114,17 +114,46 @@ async def test_data_between_two_sdk_clients_honours_destination_identities(serve
     assert "session-2" not in server.rooms
 
 
+async def first_video_frames(track, count):
+    """The first `count` frames the SDK decodes from a remote video track."""
+    stream, frames = rtc.VideoStream(track), []
+    try:
+        async for event in stream:
+            frames.append(event.frame)
+            if len(frames) == count:
+                return frames
+    finally:
+        await stream.aclose()
+
+
+@pytest.mark.parametrize("avatar_first", [True, False], ids=["avatar-first", "avatar-later"])
 @pytest.mark.gen_test(timeout=60)
-async def test_python_sdk_sees_the_avatar_participant_with_its_tracks(server):
+async def test_python_sdk_receives_the_avatars_video_and_audio(server, avatar_first):
+    """One peer connection: the server asks for receive-only sections (MediaSectionsRequirement), the client offers
+    them, the answer carries the avatar's tracks (mid_to_track_id names their sids)."""
     room = server.room("session-3")
     avatar = Avatar()
-    await avatar.join(room)
-    client = await Client().connect(server, "session-3", "viewer")
-    heygen = next(p for p in client.room.remote_participants.values() if p.identity == "heygen")
-    kinds = sorted(pub.kind for pub in heygen.track_publications.values())
-    assert kinds == sorted([rtc.TrackKind.KIND_VIDEO, rtc.TrackKind.KIND_AUDIO])
+    if avatar_first:
+        await avatar.join(room)
+    client = Client()
+    subscribed = []
+    client.room.on("track_subscribed", lambda track, publication, participant: subscribed.append(
+        (participant.identity, track)))
+    await client.connect(server, "session-3", "viewer")
+    if not avatar_first:
+        await avatar.join(room)
+    await until(lambda: len(subscribed) == 2, what="the avatar's two tracks subscribed")
+    heygen = client.room.remote_participants["heygen"]
     video = next(pub for pub in heygen.track_publications.values() if pub.kind == rtc.TrackKind.KIND_VIDEO)
     assert (video.width, video.height, video.mime_type) == (320, 240, "video/VP8")
+    assert sorted(track.kind for _, track in subscribed) == sorted([rtc.TrackKind.KIND_VIDEO,
+                                                                    rtc.TrackKind.KIND_AUDIO])
+    track = next(track for _, track in subscribed if track.kind == rtc.TrackKind.KIND_VIDEO)
+    assert track.sid == video.sid
+    started = time.monotonic()
+    frames = await asyncio.wait_for(first_video_frames(track, 10), 10)
+    assert (frames[0].width, frames[0].height) == (320, 240)
+    assert time.monotonic() - started < 2  # 10 frames at 15 fps
     await client.room.disconnect()
 
 
