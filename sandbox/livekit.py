@@ -157,7 +157,8 @@ class RoomServer:
         ]
 
     def make_app(self):
-        return tornado.web.Application(self.routes(), websocket_max_message_size=MAX_SIGNAL_MESSAGE)
+        return tornado.web.Application(self.routes(), websocket_max_message_size=MAX_SIGNAL_MESSAGE,
+                                       log_function=log_request)
 
     def listen(self, host="127.0.0.1", port=0):
         """Serve on a loopback port of its own; sets `url`."""
@@ -806,6 +807,13 @@ class ClientParticipant(Participant):
 
 
 # --- signalling -------------------------------------------------------------------------------------------------
+
+def log_request(handler):
+    """Access lines without the query: it holds the access token (and the Rust SDK's whole join request)."""
+    request = handler.request
+    log.info("%d %s %s (%s) %.2fms", handler.get_status(), request.method, request.path, request.remote_ip,
+             1000 * request.request_time())
+
 
 def write(handler, response):
     """Send a SignalResponse; a socket closed meanwhile is not an error here (on_close makes it a leave)."""

@@ -169,3 +169,43 @@ async def test_tokens_are_checked(server):
     bad = await http.fetch(f"{base}/rtc/validate?access_token=nonsense", raise_error=False)
     good = await http.fetch(f"{base}/rtc/validate?access_token={server.token('session-4', 'x')}", raise_error=False)
     assert (bad.code, good.code) == (401, 200)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_room_limits_and_duplicate_identities(io_loop):
+    server = RoomServer(max_rooms=1, max_participants=2).listen()
+    try:
+        room = server.room("only")
+        with pytest.raises(Exception):
+            server.room("second")  # RoomFull: one room at most
+        await room.add_server_participant("heygen")
+        first = await Client().connect(server, "only", "user")
+        second = await Client().connect(server, "only", "user")  # the same identity replaces the first
+        await until(lambda: first.room.connection_state == rtc.ConnectionState.CONN_DISCONNECTED,
+                    what="the older 'user' disconnected")
+        assert room.participants["user"].sid == second.room.local_participant.sid
+        with pytest.raises(Exception):
+            await rtc.Room().connect(server.url, server.token("only", "third"))  # 429: the room is full
+        http = AsyncHTTPClient()
+        base = server.url.replace("ws://", "http://")
+        full = await http.fetch(f"{base}/rtc/validate?access_token={server.token('only', 'third')}", raise_error=False)
+        assert full.code == 429 and sorted(room.participants) == ["heygen", "user"]
+        await second.room.disconnect()
+    finally:
+        await server.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_avatar_speech_takes_time_per_word_and_can_be_interrupted():
+    avatar = Avatar(seconds_per_word=0.05)
+    words = []
+    started = time.monotonic()
+    assert await avatar.speak("one two three four", on_word=lambda i, w: words.append(w)) is True
+    assert 0.2 <= time.monotonic() - started < 0.5 and words == ["one", "two", "three", "four"]
+    assert not avatar.is_speaking and avatar.caption == "one two three four"
+    long = asyncio.ensure_future(avatar.speak("a " * 100))
+    after = asyncio.ensure_future(avatar.speak("after"))  # queued behind the long one
+    await asyncio.sleep(0.12)
+    assert avatar.is_speaking and avatar.mouth() >= 0
+    avatar.interrupt()
+    assert await long is False and await after is True and avatar.caption == "after"
