@@ -6,12 +6,13 @@ spoken written under it (VP8 video), and a soft tone while it speaks, silence ot
     await avatar.speak("Hello there")                # returns when the last word has been said
     avatar.is_speaking; avatar.interrupt()
 
-Cheap by construction: a picture is drawn (Pillow) only when what it shows changes — the mouth's opening (four
-steps) or the caption — and kept as a YUV array; each tick only copies it into a new frame. Frames are made only
+Cheap by construction: a picture is drawn (Pillow) only for a state not seen lately — the mouth's opening (four
+steps), the caption — and kept as a YUV array; each tick only copies one into a new frame. Frames are made only
 while a client receives them (sandbox/livekit.py's TrackRelay), and pacing follows the wall clock: a pause skips
 ahead, it never bursts.
 """
 import asyncio
+import collections
 import fractions
 import math
 import re
@@ -29,6 +30,7 @@ SECONDS_PER_WORD = 0.35  # ~170 words per minute
 MOUTH_HZ = 4  # syllables per second, roughly
 MOUTH_STEPS = 4
 CAPTION_CHARS = 34  # per line
+PICTURES_KEPT = MOUTH_STEPS * 2  # drawn pictures reused while the caption stays (a word's mouth movements)
 CAPTION_LINES = 3
 SAMPLE_RATE = 48000
 AUDIO_PTIME = 0.02  # seconds per audio frame
@@ -140,16 +142,19 @@ class AvatarVideoTrack(MediaStreamTrack):
         self._time_base = fractions.Fraction(1, VIDEO_CLOCK)
         self._font = ImageFont.load_default(size=max(10, height // 17))
         self._title_font = ImageFont.load_default(size=max(9, height // 20))
-        self._drawn = (None, None)  # (what, yuv420p array)
+        self._drawn = collections.OrderedDict()  # (mouth, caption, speaking) -> yuv420p array, the latest few
 
     async def recv(self):
         if self.readyState != "live":
             raise MediaStreamError
         pts = await self._pacer.next()
         what = (self.avatar.mouth(), self.avatar.caption, self.avatar.is_speaking)
-        if self._drawn[0] != what:
-            self._drawn = (what, self.draw(*what))
-        frame = av.VideoFrame.from_ndarray(self._drawn[1], format="yuv420p")
+        picture = self._drawn.get(what)
+        if picture is None:
+            picture = self._drawn[what] = self.draw(*what)
+            if len(self._drawn) > PICTURES_KEPT:
+                self._drawn.popitem(last=False)
+        frame = av.VideoFrame.from_ndarray(picture, format="yuv420p")
         frame.pts, frame.time_base = pts, self._time_base
         return frame
 
