@@ -683,8 +683,8 @@ class ClientParticipant(Participant):
     async def offer_subscriber(self):
         """(Re)offer the subscriber connection with every server participant's tracks not yet on it."""
         async with self._negotiating:
-            if self.subscriber is None or self.left:
-                return
+            if self.subscriber is None or self.left or self._offer_id and not self._unsent_tracks():
+                return  # (a renegotiation asked for twice: the first one sent everything)
             for participant, track in self._unsent_tracks():
                 transceiver = self.subscriber.addTransceiver(track.source.kind, direction="sendonly")
                 if track.source.kind == "video":
