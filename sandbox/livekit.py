@@ -28,8 +28,9 @@ forms); leave either way (LeaveRequest to clients when a room closes); trickle I
 
 Left out: forwarding clients' media to anyone, unpublishing a track without its participant leaving, simulcast,
 layers and quality, adaptive stream, subscription control (everyone is subscribed to everything), speaker detection,
-connection quality, reconnect/resume (a dropped signal socket is a leave), metadata/attribute updates from clients,
-room-service REST API, egress/ingress/SIP, end-to-end encryption, data tracks, TURN. Server-side ICE uses aiortc's
+connection quality, resuming a session (a dropped signal socket is a leave; the join answer disables resume and a
+resume attempt is told to reconnect, so the client joins anew as a new participant), metadata/attribute updates
+from clients, room-service REST API, egress/ingress/SIP, end-to-end encryption, data tracks, TURN. Server-side ICE uses aiortc's
 host candidates (no STUN), so peers must be on this machine.
 
 Bounded: at most `max_rooms` rooms and `max_participants` per room (joins beyond answer 429 on the handshake); a
@@ -534,6 +535,8 @@ class ClientParticipant(Participant):
             other_participants=[p.info() for p in self.room.others(self)],
             server_version=SERVER_VERSION, subscriber_primary=not self.single_pc,
             ping_timeout=PING_TIMEOUT, ping_interval=PING_INTERVAL,
+            # no resume: a client whose signal socket dropped joins anew (its old self has left)
+            client_configuration=models.ClientConfiguration(resume_connection=models.ClientConfigSetting.DISABLED),
             server_info=models.ServerInfo(edition=models.ServerInfo.Edition.Standard, version=SERVER_VERSION,
                                           protocol=PROTOCOL, node_id="sandbox"))))
         self._watchdog = asyncio.ensure_future(self._watch())
@@ -904,6 +907,12 @@ class SignalHandler(TokenArguments, tornado.websocket.WebSocketHandler):
 
     async def open(self, *args, **kwargs):
         self.set_nodelay(True)
+        if self.get_query_argument("reconnect", "") == "1" or self.join_request and self.join_request.reconnect:
+            # a resume: its participant left when its socket closed; told to reconnect, it joins anew
+            write(self, rtc.SignalResponse(leave=rtc.LeaveRequest(
+                reason=models.DisconnectReason.STATE_MISMATCH, action=rtc.LeaveRequest.Action.RECONNECT)))
+            self.close(1000)
+            return
         room = self.server.room(self.claims.video.room, create=False)
         try:
             if room is None:

@@ -109,6 +109,7 @@ JOIN = """(async (version, url, token) => {
     seen.events.push({type: "trackSubscribed", kind: track.kind, identity: participant.identity,
                       sid: publication.trackSid});
     const element = track.attach();
+    document.getElementById(track.kind)?.remove();  // a track subscribed again (after a rejoin) replaces its element
     element.id = track.kind;
     element.muted = true;
     document.body.appendChild(element);
@@ -259,6 +260,32 @@ async def test_an_avatar_joining_after_the_page_reaches_it_by_renegotiation(vers
                     what="a decoded video frame")
         t1 = await tab.js("document.getElementById('video').currentTime")
         await until(tab, f"document.getElementById('video').currentTime > {t1} + 0.3", what="currentTime advancing")
+    finally:
+        tab.ws.close()
+        await AsyncHTTPClient().fetch(f"{chromium}/json/close/{tab.target_id}", raise_error=False)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_dropped_signal_socket_rejoins_as_a_new_participant(chromium, page_url, room_server):
+    """No resume here: the join answer disables it, so livekit-client reconnects by joining anew, and the avatar's
+    video and data reach it again."""
+    room = room_server.room("drop-room")
+    avatar = Avatar()
+    heygen = await avatar.join(room)
+    tab = await open_tab(chromium, page_url)
+    try:
+        await tab.js(f"{JOIN}('2.15.7', {json.dumps(room_server.url)}, "
+                     f"{json.dumps(room_server.token('drop-room', 'browser'))})")
+        await tab.js("void room.on(LivekitClients['2.15.7'].RoomEvent.Reconnected, () => seen.events.push({type: 'reconnected'}))")
+        await until(tab, "seen.firstFrameMs !== null", what="a first video frame")
+        old_sid = room.participants["browser"].sid
+        room.participants["browser"].handler.close()  # the signal socket drops
+        await until(tab, "seen.events.some(e => e.type === 'reconnected')", timeout=20, what="Reconnected")
+        await room.wait_for(lambda r: "browser" in r.participants and r.participants["browser"].sid != old_sid)
+        heygen.publish_data(b"after the drop", topic="agent-response")
+        await until(tab, "seen.data.some(d => d.text === 'after the drop' && d.from === 'heygen')")
+        t1 = await tab.js("document.getElementById('video').currentTime")
+        await until(tab, f"document.getElementById('video').currentTime > {t1} + 0.3", what="video playing again")
     finally:
         tab.ws.close()
         await AsyncHTTPClient().fetch(f"{chromium}/json/close/{tab.target_id}", raise_error=False)

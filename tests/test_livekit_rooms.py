@@ -209,3 +209,20 @@ async def test_avatar_speech_takes_time_per_word_and_can_be_interrupted():
     assert avatar.is_speaking and avatar.mouth() >= 0
     avatar.interrupt()
     assert await long is False and await after is True and avatar.caption == "after"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_python_sdk_rejoins_after_its_signal_socket_drops(server):
+    """Resume is refused (told to reconnect): the Rust SDK restarts and joins as a new participant."""
+    room = server.room("session-5")
+    agent = await room.add_server_participant("heygen")
+    client = await Client().connect(server, "session-5", "plugin")
+    reconnected = []
+    client.room.on("reconnected", lambda: reconnected.append(True))
+    old_sid = room.participants["plugin"].sid
+    room.participants["plugin"].handler.close()
+    await until(lambda: reconnected, timeout=20, what="the SDK's reconnected event")
+    assert room.participants["plugin"].sid != old_sid
+    agent.publish_data(b"after the drop", topic="agent-response")
+    await until(lambda: any(payload == b"after the drop" for _, _, payload, _ in client.data), what="data again")
+    await client.room.disconnect()
