@@ -63,7 +63,8 @@ class Avatar:
         return self.speaking_since is not None
 
     async def join(self, room, identity="heygen", name="", metadata="", on_data=None, **kwargs):
-        """Enter `room` (a sandbox.livekit.Room) as a server participant publishing this avatar's tracks."""
+        """Enter `room` (a sandbox.livekit.Room) as a server participant publishing this avatar's tracks. One room per
+        avatar: a room's relay is the only reader of its tracks."""
         return await room.add_server_participant(identity, name=name, metadata=metadata, tracks=self.tracks,
                                                  on_data=on_data, **kwargs)
 

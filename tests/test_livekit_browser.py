@@ -29,7 +29,9 @@ from test_sdk_browser import bundle, install_sdks
 
 ARTIFACTS = pathlib.Path(__file__).parent / "artifacts"
 VERSIONS = ("2.15.7", "2.11.3")
-# Loopback ICE candidates and plain IP candidates (not mDNS names), as upstream-apis.md §8 found necessary.
+# Loopback ICE candidates and plain IP candidates (not mDNS names), as upstream-apis.md §8 used them. (Without them
+# this server connects too, checked once by hand: aiortc offers its non-loopback host candidates, and learns
+# Chromium's mDNS-named ones as peer-reflexive from Chromium's checks.)
 WEBRTC_FLAGS = ("--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
                 "--autoplay-policy=no-user-gesture-required")
 SPOKEN = "Hello from the sandbox avatar, watch my mouth move while I talk."
