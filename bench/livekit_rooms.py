@@ -86,7 +86,8 @@ async def measure(rooms, devtools, page_url):
             tabs.append(tab)
             deadline = time.monotonic() + 20
             while (ms := await tab.js("seen.firstFrameMs")) is None:
-                assert time.monotonic() < deadline, "no video frame within 20 s: " + await tab.js("JSON.stringify(seen)")
+                if time.monotonic() > deadline:
+                    raise AssertionError("no video frame within 20 s: " + await tab.js("JSON.stringify(seen)"))
                 await asyncio.sleep(0.05)
             first_frames.append(ms)
         await asyncio.sleep(2)
@@ -94,7 +95,9 @@ async def measure(rooms, devtools, page_url):
         decoding = [await tab.js("""(async () => {
           const pub = [...room.remoteParticipants.get("heygen").videoTrackPublications.values()][0];
           let frames = 0;
-          (await pub.track.receiver.getStats()).forEach((s) => { if (s.type === "inbound-rtp") frames += s.framesDecoded; });
+          (await pub.track.receiver.getStats()).forEach((s) => {
+            if (s.type === "inbound-rtp") frames += s.framesDecoded;
+          });
           return frames;
         })()""") for tab in tabs]
         for tab in tabs:

@@ -1,5 +1,6 @@
 """A synthetic avatar for the sandbox's rooms: a drawn face whose mouth moves while it speaks, with the words being
-spoken written under it (VP8 video), and a soft tone while it speaks, silence otherwise (Opus audio).
+spoken written under it (VP8 video), and a soft tone while it speaks (Opus audio). While it is quiet the audio track
+sends nothing: its 50 packets a second would cost a watched room more than its video does.
 
     avatar = Avatar()
     participant = await avatar.join(room)            # identity "heygen", as both services name it
@@ -52,6 +53,7 @@ class Avatar:
         self.video = AvatarVideoTrack(self, width, height, fps)
         self.audio = AvatarAudioTrack(self)
         self._turn = asyncio.Lock()  # one speech at a time, in call order
+        self.voice = asyncio.Event()  # set while speaking: the audio track sends only then
         self._current = None
 
     @property
@@ -78,6 +80,7 @@ class Avatar:
             words = re.findall(r"\S+", text)
             self._current = asyncio.current_task()
             self.caption, self.speaking_since = "", time.monotonic()
+            self.voice.set()
             try:
                 for index, word in enumerate(words):
                     self.caption = (self.caption + " " + word).strip()
@@ -93,6 +96,7 @@ class Avatar:
             finally:
                 self._current = None
                 self.speaking_since = None
+                self.voice.clear()
 
     def interrupt(self):
         """Stop the speech under way (its speak() returns False); later ones still run."""
@@ -200,6 +204,7 @@ class AvatarAudioTrack(MediaStreamTrack):
     async def recv(self):
         if self.readyState != "live":
             raise MediaStreamError
+        await self.avatar.voice.wait()  # no packets while quiet: Opus frames are most of a room's cost
         pts = await self._pacer.next()
         level = self.avatar.loudness()
         if level:

@@ -30,8 +30,8 @@ Left out: forwarding clients' media to anyone, unpublishing a track without its 
 layers and quality, adaptive stream, subscription control (everyone is subscribed to everything), speaker detection,
 connection quality, resuming a session (a dropped signal socket is a leave; the join answer disables resume and a
 resume attempt is told to reconnect, so the client joins anew as a new participant), metadata/attribute updates
-from clients, room-service REST API, egress/ingress/SIP, end-to-end encryption, data tracks, TURN. Server-side ICE uses aiortc's
-host candidates (no STUN), so peers must be on this machine.
+from clients, room-service REST API, egress/ingress/SIP, end-to-end encryption, data tracks, TURN. Server-side ICE
+uses aiortc's host candidates (no STUN), so peers must be on this machine.
 
 Bounded: at most `max_rooms` rooms and `max_participants` per room (joins beyond answer 429 on the handshake); a
 client whose first peer connection is not connected `JOIN_TIMEOUT` s after joining, or that is silent for

@@ -102,6 +102,12 @@ async def until(tab, expression, timeout=10, what=""):
         await asyncio.sleep(0.05)
 
 
+def saw(event_type, identity=None):
+    """A page expression: whether the page saw a room event (of a participant)."""
+    who = f" && e.identity === {json.dumps(identity)}" if identity else ""
+    return f"seen.events.some((e) => e.type === {json.dumps(event_type)}{who})"
+
+
 JOIN = """(async (version, url, token) => {
   const LK = LivekitClients[version];
   const seen = window.seen = {events: [], data: [], connectMs: null, firstFrameMs: null};
@@ -122,8 +128,9 @@ JOIN = """(async (version, url, token) => {
   room.on(LK.RoomEvent.DataReceived, (payload, participant, kind, topic) => seen.data.push(
     {from: participant ? participant.identity : null, topic: topic ?? null, kind,
      text: new TextDecoder().decode(payload)}));
-  room.on(LK.RoomEvent.ParticipantConnected, (p) => seen.events.push({type: "participantConnected", identity: p.identity}));
-  room.on(LK.RoomEvent.ParticipantDisconnected, (p) => seen.events.push({type: "participantDisconnected", identity: p.identity}));
+  for (const type of ["participantConnected", "participantDisconnected"]) {
+    room.on(type, (p) => seen.events.push({type, identity: p.identity}));
+  }
   room.on(LK.RoomEvent.Disconnected, (reason) => seen.events.push({type: "disconnected", reason}));
   await room.connect(url, token);
   seen.connectMs = performance.now() - t0;
@@ -139,7 +146,8 @@ SAMPLE = """(() => {
   const g = canvas.getContext("2d", {willReadFrequently: true});
   g.drawImage(video, 0, 0);
   const w = canvas.width, h = canvas.height;
-  const mouth = g.getImageData(Math.round(w * 0.40), Math.round(h * 0.42), Math.round(w * 0.2), Math.round(h * 0.2)).data;
+  const box = [w * 0.40, h * 0.42, w * 0.2, h * 0.2].map(Math.round);
+  const mouth = g.getImageData(...box).data;
   let red = 0;
   for (let i = 0; i < mouth.length; i += 4) if (mouth[i] > 110 && mouth[i + 1] < 90 && mouth[i + 2] < 100) red++;
   const band = g.getImageData(0, Math.round(h * 0.78), w, Math.round(h * 0.2)).data;
@@ -172,7 +180,7 @@ async def test_livekit_client_in_chromium_joins_sees_the_avatar_and_exchanges_da
         await until(tab, "seen.firstFrameMs !== null && document.getElementById('video').videoWidth > 0",
                     what="a decoded video frame")
         first_frame_ms = await tab.js("seen.firstFrameMs")
-        size = await tab.js("[document.getElementById('video').videoWidth, document.getElementById('video').videoHeight]")
+        size = await tab.js("['videoWidth', 'videoHeight'].map((k) => document.getElementById('video')[k])")
         assert size == [320, 240]
         t1 = await tab.js("document.getElementById('video').currentTime")
         await until(tab, f"document.getElementById('video').currentTime > {t1} + 0.5", what="currentTime advancing")
@@ -194,7 +202,9 @@ async def test_livekit_client_in_chromium_joins_sees_the_avatar_and_exchanges_da
         audio_bytes = await tab.js("""(async () => {
           const pub = [...room.remoteParticipants.get("heygen").audioTrackPublications.values()][0];
           let bytes = 0;
-          (await pub.track.receiver.getStats()).forEach((s) => { if (s.type === "inbound-rtp") bytes += s.bytesReceived; });
+          (await pub.track.receiver.getStats()).forEach((s) => {
+            if (s.type === "inbound-rtp") bytes += s.bytesReceived;
+          });
           return pub.isSubscribed ? bytes : -1;
         })()""")
         assert audio_bytes > 0
@@ -214,7 +224,7 @@ async def test_livekit_client_in_chromium_joins_sees_the_avatar_and_exchanges_da
           await room.localParticipant.publishData(bytes('{"type":"avatar.speak_text","text":"hi"}'),
                                                   {reliable: true, topic: "agent-control"});
           await room.localParticipant.publishData(bytes("lossy from page"),
-                                                  {reliable: false, topic: "lossy-topic", destinationIdentities: ["heygen"]});
+            {reliable: false, topic: "lossy-topic", destinationIdentities: ["heygen"]});
         })()""")
         await until(tab, lambda: len(heard) == 2, what="both packets at the heygen participant")
         assert sorted((d.identity, d.topic, d.payload, d.reliable) for d in heard) == sorted([
@@ -223,9 +233,9 @@ async def test_livekit_client_in_chromium_joins_sees_the_avatar_and_exchanges_da
 
         # a participant joins and leaves: the page sees both
         agent = await room.add_server_participant("liveavatar-agent-1", name="Agent")
-        await until(tab, "seen.events.some(e => e.type === 'participantConnected' && e.identity === 'liveavatar-agent-1')")
+        await until(tab, saw("participantConnected", "liveavatar-agent-1"))
         await agent.leave()
-        await until(tab, "seen.events.some(e => e.type === 'participantDisconnected' && e.identity === 'liveavatar-agent-1')")
+        await until(tab, saw("participantDisconnected", "liveavatar-agent-1"))
 
         # the page leaves: the room hears it
         await tab.js("room.disconnect()")
@@ -255,7 +265,7 @@ async def test_an_avatar_joining_after_the_page_reaches_it_by_renegotiation(vers
                               f"{json.dumps(room_server.token('late-room', 'browser'))})")
         assert joined == []
         await Avatar().join(room)
-        await until(tab, "seen.events.some(e => e.type === 'participantConnected' && e.identity === 'heygen')")
+        await until(tab, saw("participantConnected", "heygen"))
         await until(tab, "seen.events.filter(e => e.type === 'trackSubscribed' && e.identity === 'heygen')"
                          ".length === 2", what="video and audio subscribed")
         await until(tab, "seen.firstFrameMs !== null && document.getElementById('video').videoWidth === 320",
@@ -278,11 +288,11 @@ async def test_a_dropped_signal_socket_rejoins_as_a_new_participant(chromium, pa
     try:
         await tab.js(f"{JOIN}('2.15.7', {json.dumps(room_server.url)}, "
                      f"{json.dumps(room_server.token('drop-room', 'browser'))})")
-        await tab.js("void room.on(LivekitClients['2.15.7'].RoomEvent.Reconnected, () => seen.events.push({type: 'reconnected'}))")
+        await tab.js("void room.on('reconnected', () => seen.events.push({type: 'reconnected'}))")
         await until(tab, "seen.firstFrameMs !== null", what="a first video frame")
         old_sid = room.participants["browser"].sid
         room.participants["browser"].handler.close()  # the signal socket drops
-        await until(tab, "seen.events.some(e => e.type === 'reconnected')", timeout=20, what="Reconnected")
+        await until(tab, saw("reconnected"), timeout=20)
         await room.wait_for(lambda r: "browser" in r.participants and r.participants["browser"].sid != old_sid)
         heygen.publish_data(b"after the drop", topic="agent-response")
         await until(tab, "seen.data.some(d => d.text === 'after the drop' && d.from === 'heygen')")
