@@ -1,7 +1,16 @@
 """ilianaai-avatar: the avatar-session gateway of the ilianaai chatbot."""
 from setuptools import setup
 
-SANDBOX = ["SecantusDB==0.6.0b17"]  # MongoDB wire server for local runs and tests (dev only, GPL-2.0)
+SANDBOX = [
+    "SecantusDB==0.6.0b17",  # MongoDB wire server for local runs and tests (dev only, GPL-2.0)
+    # The sandbox's LiveKit room server and its synthetic avatar (sandbox/livekit.py, sandbox/avatar.py):
+    "aiortc==1.16.0",  # WebRTC
+    "av==18.1.0",  # video and audio frames (aiortc's codecs)
+    "livekit-protocol==1.1.29",  # LiveKit's signalling and data protobuf messages
+    "livekit-api==1.2.2",  # LiveKit access tokens (JWT): minted and verified
+    "Pillow==13.0.0",  # the avatar's picture
+    "numpy==2.4.6",  # the avatar's frames and tone
+]
 TEST = SANDBOX + [
     "pytest==9.2.0",
     "supervisor==4.3.0",  # runs conf/supervisor.conf.example in tests/test_deployment.py
@@ -9,6 +18,7 @@ TEST = SANDBOX + [
     "pytest-tornado==0.8.1",
     "schemathesis==4.32.5",  # the contract test against /openapi.json (tests/test_openapi.py)
     "setuptools<82",  # pytest-tornado imports pkg_resources
+    "livekit==1.2.1",  # the Python rtc SDK (Rust core) joining sandbox rooms in tests/test_livekit_rooms.py
 ]
 
 setup(

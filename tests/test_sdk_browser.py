@@ -44,7 +44,8 @@ from sandbox.stack import DEMO_API_KEY, Sandbox
 
 SDK_DIR = pathlib.Path(__file__).parent / "sdk"
 ARTIFACTS = pathlib.Path(__file__).parent / "artifacts"
-PINNED = {"@heygen/streaming-avatar": "2.1.0", "@heygen/liveavatar-web-sdk": "0.0.18", "esbuild": "0.28.2"}
+PINNED = {"@heygen/streaming-avatar": "2.1.0", "@heygen/liveavatar-web-sdk": "0.0.18", "esbuild": "0.28.2",
+          "livekit-client": "2.15.7", "livekit-client-2.11": "2.11.3"}  # the last two: tests/test_livekit_browser.py
 
 GATEWAY_HOST = "avatar.sandbox.test"  # the gateway as the SDKs see it: nginx, TLS, port 443
 SHOP_HOST = "shop.sandbox.test"  # the customer's website, where the page (the plugin) is served from
@@ -673,7 +674,9 @@ def sdk_calls(result, sdk):
 
 def test_sdks_are_the_pinned_versions(run):
     package = json.loads((SDK_DIR / "package.json").read_text())
-    assert package["dependencies"] == {name: PINNED[name] for name in package["dependencies"]}
+    declared = {name: spec.rpartition("@")[2] if spec.startswith("npm:") else spec  # "npm:livekit-client@2.11.3"
+                for name, spec in package["dependencies"].items()}
+    assert declared == {name: PINNED[name] for name in declared}
     assert package["devDependencies"] == {"esbuild": PINNED["esbuild"]}
     lock = json.loads((SDK_DIR / "package-lock.json").read_text())
     for name, version in PINNED.items():

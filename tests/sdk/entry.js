@@ -18,3 +18,10 @@ window.outcome = async (call) => {
     return { ok: false, error: described };
   }
 };
+
+// livekit-client itself, for tests/test_livekit_browser.py against the sandbox's room server: 2.15.7 (what the LiveAvatar
+// SDK uses) and 2.11.3 (what HeyGen's SDK 2.1.0 pins for itself), each as the SDK would load it.
+import * as livekit from "livekit-client";
+import * as livekit211 from "livekit-client-2.11";
+
+window.LivekitClients = { "2.15.7": { ...livekit }, "2.11.3": { ...livekit211 } };
