@@ -125,8 +125,9 @@ class HeyGenEmulator:
     """A HeyGen Streaming API on a tornado app; state in memory, every request recorded."""
 
     def __init__(self, api_key="sandbox-heygen-key", max_sessions=3, chunk_delay=0.005,
-                 known_avatars=DEFAULT_AVATARS, idle_timeout=None, response_delay=0.0):
+                 known_avatars=DEFAULT_AVATARS, idle_timeout=None, response_delay=0.0, rooms=None):
         self.api_key = api_key
+        self.rooms = rooms  # sandbox.livekit.RoomServer where the sessions' rooms live, or None
         self.max_sessions = max_sessions
         self.chunk_delay = chunk_delay
         self.known_avatars = tuple(known_avatars)

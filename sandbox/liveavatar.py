@@ -197,7 +197,7 @@ class LiveAvatarEmulator:
 
     def __init__(self, api_key="sandbox-liveavatar-key", known_avatars=DEFAULT_AVATARS, known_contexts=None,
                  idle_timeout=300.0, transcript_page_size=50, response_delay=0.0, max_sessions=None,
-                 livekit_url=DEFAULT_LIVEKIT_URL):
+                 livekit_url=DEFAULT_LIVEKIT_URL, rooms=None):
         """known_avatars / known_contexts: accepted uuids, or None to accept any uuid.
         max_sessions: how many sessions may be started (running) at once, or None for no limit."""
         self.api_key = api_key
@@ -208,6 +208,7 @@ class LiveAvatarEmulator:
         self.response_delay = response_delay
         self.max_sessions = max_sessions
         self.livekit_url = livekit_url
+        self.rooms = rooms  # sandbox.livekit.RoomServer where the sessions' rooms live, or None
         # Requests per credential and endpoint in each fixed 1-second window (§7.4), None for no limit. LiveAvatar's
         # real numbers are UNVERIFIED.
         self.rate_limit = None

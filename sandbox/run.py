@@ -26,6 +26,7 @@ def banner(sandbox, mongodb_uri):
         f"  gateway               {gateway}   (routes also under {gateway}/api/v1/avatar)",
         f"  HeyGen emulator       {sandbox.served['heygen'].url}",
         f"  LiveAvatar emulator   {sandbox.served['liveavatar'].url}",
+        f"  LiveKit rooms         {sandbox.rooms.url}",
         f"  Petya reference       {petya.url}",
         f"  MongoDB               {mongodb_uri}",
         f"  demo customer API key {sandbox.demo_api_key}",

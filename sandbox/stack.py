@@ -11,6 +11,7 @@ from conf import load_settings
 from sandbox.heygen import HeyGenEmulator
 from sandbox.liveavatar import DEFAULT_AVATAR_ID as LIVEAVATAR_DEMO_AVATAR
 from sandbox.liveavatar import LiveAvatarEmulator
+from sandbox.livekit import RoomServer
 from sandbox.petya import PetyaReference
 
 DEMO_API_KEY = "demo-customer-key"
@@ -56,8 +57,9 @@ class Sandbox:
         self.gateway_port = gateway_port
         self.demo_api_key = demo_api_key
         self.overrides = settings  # setting name (any case) -> raw string value
-        self.heygen = HeyGenEmulator()
-        self.liveavatar = LiveAvatarEmulator()
+        self.rooms = RoomServer(api_key="sandbox-livekit-key")  # both providers' LiveKit rooms (listens on start)
+        self.heygen = HeyGenEmulator(rooms=self.rooms)
+        self.liveavatar = LiveAvatarEmulator(rooms=self.rooms)
         self.petya = PetyaReference(with_database(petya_mongodb_uri or mongodb_uri, database + "_petya"),
                                     database + "_petya")
         self.served = {}
@@ -91,6 +93,8 @@ class Sandbox:
     def start_upstreams(self):
         """Everything but the gateway: the emulators and the Petya reference (with the demo customer), and the
         gateway's settings (`env`, `settings`) for starting gateways in this process or as processes of their own."""
+        if self.rooms.url is None:
+            self.rooms.listen(host=self.host, port=0)
         self.served["heygen"] = ServedApp(self.heygen.make_app(), self.host).start()
         self.served["liveavatar"] = ServedApp(self.liveavatar.make_app(), self.host).start()
         self.served["petya"] = ServedApp(self.petya.make_app(), self.host).start()
@@ -121,4 +125,5 @@ class Sandbox:
             await served.stop()
         self.heygen.stop()
         self.liveavatar.stop()
+        await self.rooms.close()
         self.petya.close()
