@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench browser
+.PHONY: run test bench browser demo-assets
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,22 @@ browser:
 	  else echo "not installed:$$missing (apt-get install$$missing): the browser tests that need them will be skipped"; fi; \
 	fi
 
-run: $(STAMP)
+# The demo console's livekit-client (pinned in handlers/static/vendor/package.json; its UMD build copied next to the
+# manifest, gitignored). Without npm the console runs without the avatar's video and says so.
+DEMO_LIVEKIT := handlers/static/vendor/livekit-client.umd.js
+$(DEMO_LIVEKIT): handlers/static/vendor/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  mkdir -p build/demo-vendor && cp handlers/static/vendor/package*.json build/demo-vendor/ && \
+	  npm ci --silent --no-audit --no-fund --prefix build/demo-vendor && \
+	  cp build/demo-vendor/node_modules/livekit-client/dist/livekit-client.umd.js $@; \
+	else echo "npm not installed: the demo console shows no avatar video (apt-get install npm, then make $@)"; fi
+
+demo-assets: $(DEMO_LIVEKIT)
+
+run: $(STAMP) $(DEMO_LIVEKIT)
 	$(VENV)/bin/ilianaai-avatar --sandbox
 
-test: $(STAMP) browser
+test: $(STAMP) browser $(DEMO_LIVEKIT)
 	$(VENV)/bin/pytest
 
 # bench/run.py (bench/README.md). Its anchor relays need nginx and Node.js/npm: Debian's, installed here when missing
