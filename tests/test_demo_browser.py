@@ -289,7 +289,8 @@ async def test_heygen_session_in_the_browser(demo_sandbox, chromium):
             assert name == ("X-api-key" if path.endswith("streaming.start") else "X-Api-Key"), (path, name)
             assert header(headers, "Content-Type")[1] == "application/json"
         assert header(sent[1][2], "Accept")[1] == "application/json"
-        socket = [params["url"] for method, params in page.events if method == "Network.webSocketCreated"]
+        socket = [params["url"] for method, params in page.events if method == "Network.webSocketCreated"
+                  and "/v1/ws/streaming.chat" in params["url"]]  # (the others: LiveKit's signal socket)
         assert len(socket) == 1 and socket[0].startswith(sandbox.gateway_url.replace("http", "ws") +
                                                          "/v1/ws/streaming.chat?session_id=" + session_id)
         query = parse_qs(urlsplit(socket[0]).query, keep_blank_values=True)

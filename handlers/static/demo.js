@@ -13,6 +13,12 @@
   var ENDING = { avatar_end_message: 'avatar', user_end_message: 'user' };
   var SPEECH_ON = { avatar_start_talking: 1, avatar_speech_start: 1 };
   var SPEECH_OFF = { avatar_stop_talking: 1, avatar_speech_end: 1, avatar_end_message: 1 };
+  // LiveAvatar's events on agent-response (FULL mode), as the HeyGen-shaped ones above.
+  var LIVEAVATAR_EVENTS = {
+    'avatar.speak_started': 'avatar_start_talking', 'avatar.transcription.chunk': 'avatar_talking_message',
+    'avatar.transcription': 'avatar_end_message', 'avatar.speak_ended': 'avatar_stop_talking'
+  };
+  var AGENT_CONTROL = 'agent-control'; // the topic LiveAvatar's commands go on (liveavatar-proxy spec §3)
   var PHASE_LABELS = {
     idle: 'Idle', creating: 'Creating…', created: 'Ready to start', starting: 'Starting…', started: 'Live',
     stopping: 'Stopping…', stopped: 'Stopped'
@@ -25,7 +31,7 @@
     btnNew: $('btnNew'), btnStart: $('btnStart'), btnRepeat: $('btnRepeat'), btnTalk: $('btnTalk'),
     btnStop: $('btnStop'), taskText: $('taskText'), hint: $('hint'),
     conversationId: $('conversationId'), sessionId: $('sessionId'), introText: $('introText'),
-    video: $('video'), livekitUrl: $('livekitUrl'),
+    video: $('video'), livekitUrl: $('livekitUrl'), videoNote: $('videoNote'),
     timeline: $('timeline'), timelineCount: $('timelineCount'), btnClearTimeline: $('btnClearTimeline'),
     transcript: $('transcript'), petya: $('petyaTranscript'), btnPetyaRefresh: $('btnPetyaRefresh'),
     banner: $('banner'), bannerTitle: $('bannerTitle'), bannerText: $('bannerText'), bannerClose: $('bannerClose'),
@@ -40,8 +46,10 @@
   var state = {
     phase: 'idle',
     busy: false,
-    session: null, // {provider, sessionId, token, conversationId, intro, livekitUrl}
+    session: null, // {provider, sessionId, token, conversationId, intro, livekitUrl, livekitToken}
     ws: null,
+    room: null, // the DemoRoom (demo-room.js) of the live session's LiveKit room
+    spoken: {}, // task id -> the avatar's words seen in the room (HeyGen), reported when it finishes
     closingSocket: false,
     turns: [], // the gateway's record: {role, text, at, sources}
     open: {}, // chunks still streaming on the socket, per role|task_id: {role, taskId, parts, at}
@@ -180,6 +188,15 @@
     what.appendChild(make('span', 'type', type));
     if (text) what.appendChild(make('span', 'wstext' + (cls ? ' ' + cls : ''), short(text, 90)));
     var row = addRow('ws', [make('span', 'badge badge-ws', 'WS'), what]);
+    row.dataset.type = type;
+    return row;
+  }
+
+  function roomRow(type, text, cls) {
+    var what = make('span', 'what');
+    what.appendChild(make('span', 'type', type));
+    if (text) what.appendChild(make('span', 'wstext' + (cls ? ' ' + cls : ''), short(text, 90)));
+    var row = addRow('room', [make('span', 'badge badge-room', 'LK'), what]);
     row.dataset.type = type;
     return row;
   }
@@ -481,7 +498,7 @@
           session = {
             provider: 'heygen', conversationId: conversationId, token: token,
             sessionId: need(data.session_id, 'streaming.new', 'data.session_id'),
-            intro: data.intro, livekitUrl: data.url
+            intro: data.intro, livekitUrl: data.url, livekitToken: data.access_token
           };
           return session;
         });
@@ -523,15 +540,19 @@
         };
       });
     },
-    afterCreate: function () {
-      infoRow('LiveAvatar speaks over LiveKit, which this console cannot join: Repeat and Talk report the text instead.');
-    },
+    afterCreate: function () {},
     start: function (session) {
       return call('sessions/start', 'POST', gatewayBase(), '/v1/sessions/start', {
         headers: { Authorization: 'Bearer ' + session.token } // no body
       });
     },
     say: function (session, text, asUser) {
+      if (state.room) { // as the plugin does: a command on agent-control; the room's transcript reaches Petya
+        var command = { event_id: randomHex(8), event_type: asUser ? 'avatar.speak_response' : 'avatar.speak_text',
+                        text: text };
+        roomRow('publish ' + AGENT_CONTROL, command.event_type + ' “' + text + '”');
+        return state.room.publish(AGENT_CONTROL, command);
+      }
       var path = asUser ? '/v1/streaming.user_message' : '/v1/streaming.avatar_message';
       return call(path.slice(4), 'POST', gatewayBase(), path, {
         headers: jsonHeaders({ 'X-Api-Key': apiKey() }),
@@ -604,9 +625,12 @@
         state.phase = 'started';
         var data = body && body.data || {};
         if (data.intro !== undefined) { session.intro = data.intro; showIntro(data.intro); }
-        if (data.livekit_url) showLivekit(data.livekit_url);
+        if (data.livekit_url) { session.livekitUrl = data.livekit_url; showLivekit(data.livekit_url); }
+        if (data.livekit_client_token) session.livekitToken = data.livekit_client_token;
         render();
-        return impl.say(session, session.intro || DEFAULT_INTRO, false);
+        return joinRoom(session).then(function () {
+          return impl.say(session, session.intro || DEFAULT_INTRO, false);
+        });
       }, function (error) {
         state.phase = 'created';
         throw error;
@@ -634,6 +658,7 @@
       render();
       return PROVIDERS[session.provider].stop(session).then(function () {
         state.phase = 'stopped';
+        leaveRoom();
         return closeSocket(1000).then(function () { pollPetya(session.conversationId); });
       }, function (error) {
         // 404: the session had already ended (idle timeout, socket gone): it is over either way.
@@ -646,6 +671,8 @@
 
   function resetSession() {
     if (state.ws) { state.closingSocket = true; state.ws.close(1000, 'demo new session'); state.ws = null; }
+    leaveRoom();
+    state.spoken = {};
     state.session = null;
     state.turns = [];
     state.open = {};
@@ -658,6 +685,65 @@
     el.video.dataset.speaking = 'false';
     renderTranscript();
     setPetya('idle', 'Waiting for Stop: the gateway hands the transcript to Petya when the session ends.', null);
+  }
+
+  // --- the LiveKit room (demo-room.js): the avatar's video, and its events where the real services put them ------
+
+  function joinRoom(session) {
+    if (!session.livekitUrl || !session.livekitToken) return Promise.resolve();
+    if (!window.DemoRoom || !DemoRoom.available()) {
+      el.videoNote.textContent = 'livekit-client is not installed (make demo-assets): no video.';
+      infoRow('livekit-client is not installed (make demo-assets): the console cannot join the avatar\'s room.');
+      return Promise.resolve();
+    }
+    var room = new DemoRoom(el.video, function (kind, text, detail) {
+      if (state.room !== room) return;
+      if (kind === 'data') onRoomData(session, text, detail);
+      else roomRow('room', text);
+    });
+    state.room = room;
+    roomRow('connecting', session.livekitUrl);
+    return room.join(session.livekitUrl, session.livekitToken).catch(function (error) {
+      if (state.room === room) state.room = null;
+      roomRow('error', 'could not join the room: ' + (error && error.message || error), 'err');
+    });
+  }
+
+  function leaveRoom() {
+    var room = state.room;
+    state.room = null;
+    if (room) room.leave();
+  }
+
+  function onRoomData(session, from, data) {
+    var event = data && typeof data === 'object' ? data : { type: 'message', message: String(data) };
+    var type = event.type || event.event_type || 'message';
+    var text = event.message !== undefined && event.message !== null ? event.message : event.text;
+    roomRow(type, from + (typeof text === 'string' ? ' “' + text.trim() + '”' : ''));
+    if (LIVEAVATAR_EVENTS[type]) { // LiveAvatar: shown as the HeyGen events are; its transcript is the room's
+      event = { type: LIVEAVATAR_EVENTS[type], task_id: event.event_id || event.task_id, message: text };
+      feedSocketEvent(event);
+      return;
+    }
+    feedSocketEvent(event);
+    if (session.provider === 'heygen') reportAvatarWords(session, event);
+  }
+
+  // HeyGen v2 speaks in the room, where the gateway does not listen: the console reports what the avatar said, as
+  // the plugin may (the gateway keeps a turn it already has once).
+  function reportAvatarWords(session, event) {
+    var taskId = String(event.task_id || '');
+    if (event.type === 'avatar_talking_message' && typeof event.message === 'string') {
+      state.spoken[taskId] = (state.spoken[taskId] || '') + event.message;
+    } else if (event.type === 'avatar_end_message' && state.spoken[taskId]) {
+      var text = state.spoken[taskId].trim();
+      delete state.spoken[taskId];
+      if (state.session !== session || !text) return;
+      call('streaming.avatar_message', 'POST', gatewayBase(), '/v1/streaming.avatar_message', {
+        headers: jsonHeaders({ 'X-Api-Key': apiKey() }),
+        body: { session_id: session.sessionId, text: text }
+      }).then(refreshTranscript, report);
+    }
   }
 
   function showIntro(intro) {
