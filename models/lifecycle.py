@@ -56,6 +56,8 @@ class Lifecycle:
         self._sweeping = False
         self._beating = False
         self._closed = False
+        self._closes = {}  # (session id, socket id) -> closed at: socket closes not yet written
+        self._recording_closes = None  # the Task writing them
 
     # --- background work ------------------------------------------------------------------------------------------
 
@@ -129,19 +131,31 @@ class Lifecycle:
     # --- sockets ----------------------------------------------------------------------------------------------------
 
     def socket_closed(self, session_id, socket_id, at):
-        """Record a socket's close, retrying until MongoDB takes it (the sweep then ends the session after the grace
-        period). Should this process die first, its lease expires and the socket counts as closed all the same."""
-        async def record():
-            delay = RECORD_RETRY_INITIAL
-            while True:
+        """Record a socket's close (the sweep then ends the session after the grace period). Closes are coalesced:
+        those that come while a write is under way go together in the next one (2,000 sockets closing at once make a
+        few bulk writes, not 2,000 round trips), retried until MongoDB takes them. Should this process die first,
+        its lease expires and the sockets count as closed all the same. Bounded by the sockets this process holds."""
+        self._closes[(session_id, socket_id)] = at
+        if self._recording_closes is None:
+            self._recording_closes = self.spawn(self._record_closes())
+        return self._recording_closes
+
+    async def _record_closes(self):
+        delay = RECORD_RETRY_INITIAL
+        try:
+            while self._closes:
+                closes, self._closes = self._closes, {}
                 try:
-                    return await self.sessions.socket_closed(session_id, socket_id, at)
+                    await self.sessions.sockets_closed(closes)
+                    delay = RECORD_RETRY_INITIAL
                 except ServiceUnavailable:
+                    self._closes = {**closes, **self._closes}
                     if self.sessions.store.closed:
-                        return None  # stopping: the lease's release covers it
+                        return  # stopping: the lease's release covers them
                     await asyncio.sleep(delay)
                     delay = min(2 * delay, RECORD_RETRY_MAX)
-        return self.spawn(record())
+        finally:
+            self._recording_closes = None
 
     # --- ending a session -----------------------------------------------------------------------------------------
 

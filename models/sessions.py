@@ -250,11 +250,15 @@ class SessionStore:
              "$set": {"last_activity_at": now}})
 
     @blocking
-    def socket_closed(self, session_id, socket_id, at):
-        """Record that a socket closed at `at`; repeating it (a retry) changes nothing."""
-        AvatarSession._get_collection().update_one(
-            {"session_id": session_id, "sockets.id": socket_id},
-            {"$pull": {"sockets": {"id": socket_id}}, "$max": {"socket_closed_at": at, "last_activity_at": at}})
+    def sockets_closed(self, closes):
+        """Record that sockets closed: {(session id, socket id): closed at}, one bulk write. Repeating one (a retry)
+        changes nothing."""
+        if closes:
+            AvatarSession._get_collection().bulk_write(
+                [UpdateOne({"session_id": session_id, "sockets.id": socket_id},
+                           {"$pull": {"sockets": {"id": socket_id}},
+                            "$max": {"socket_closed_at": at, "last_activity_at": at}})
+                 for (session_id, socket_id), at in closes.items()], ordered=False)
 
     @blocking
     def socket_moved(self, session_id, socket_id, process_id):

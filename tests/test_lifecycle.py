@@ -2,6 +2,7 @@
 import asyncio
 
 import pytest
+from pymongo import monitoring
 from tornado.websocket import websocket_connect
 
 from conftest import GatewayClient, eventually
@@ -197,3 +198,54 @@ async def test_gateway_restart_mid_liveavatar_session_keeps_its_token_and_transc
     assert len(deliveries) == 1
     assert [(t["role"], t["transcript"]) for t in deliveries[0]["transcript"]] == [
         ("avatar", "Said before."), ("user", "Said after.")]
+
+
+class SocketCloseWrites(monitoring.CommandListener):
+    """Counts, on the wire (pymongo's command monitoring), the update commands that record socket closes. pymongo
+    cannot unregister a listener: it stops counting when `active` is cleared."""
+
+    def __init__(self):
+        self.commands = []
+        self.active = True
+
+    def started(self, event):
+        if self.active and event.command_name == "update":
+            updates = event.command.get("updates", [])
+            if any("$pull" in u.get("u", {}) and "socket_closed_at" in u["u"].get("$max", {}) for u in updates):
+                self.commands.append(len(updates))
+
+    def succeeded(self, event):
+        pass
+
+    def failed(self, event):
+        pass
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_sockets_closing_at_once_are_recorded_in_a_few_bulk_writes(make_sandbox):
+    writes = SocketCloseWrites()
+    monitoring.register(writes)  # before the gateway's MongoClient exists: it applies to clients made afterwards
+    try:
+        await _close_many_sockets_at_once(make_sandbox, writes)
+    finally:
+        writes.active = False
+
+
+async def _close_many_sockets_at_once(make_sandbox, writes):
+    sandbox = await make_sandbox(SOCKET_GRACE_PERIOD="30")
+    sandbox.heygen.max_sessions = 100
+    client = GatewayClient(sandbox.gateway_url)
+    sockets = []
+    for i in range(30):
+        token, session = await open_session(client, conversation_id=f"conv-{i}")
+        sockets.append((session["session_id"], await websocket_connect(ws_url(sandbox, session["session_id"], token))))
+    for _, ws in sockets:
+        ws.close()
+
+    async def all_recorded():
+        records = [await stored(sandbox, session_id) for session_id, _ in sockets]
+        return all(r.socket_closed_at and not r.sockets for r in records)
+
+    await eventually(all_recorded, timeout=20)
+    assert sum(writes.commands) >= 30  # every close was written
+    assert len(writes.commands) <= 10, writes.commands  # coalesced: not one round trip per socket
