@@ -159,6 +159,8 @@ async def serve(settings):
 
 def configure_logging(level="INFO", log_format="text"):
     """Every logger to stdout, as text lines or JSON objects (LOG_FORMAT), secrets scrubbed either way."""
+    # No format uses the thread, process or multiprocessing names: not looked up for every record.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = BatchedStreamHandler(sys.stdout)
     handler.setFormatter(log_formatter(log_format))
     logging.basicConfig(level=level, handlers=[handler])

@@ -35,8 +35,8 @@ def log_request(handler):
     method, path = handler.request.method, scrub(handler.request.path)
     duration_ms = 1000.0 * handler.request.request_time()
     log.log(level, "%s %s %d %.1fms session=%s", method, path, status, duration_ms, session_id,
-            extra={"access": {"method": method, "path": path, "status": status,
-                              "duration_ms": round(duration_ms, 1), "session": session_id}})
+            extra={"scrubbed": True, "access": {"method": method, "path": path, "status": status,
+                                                "duration_ms": round(duration_ms, 1), "session": session_id}})
 
 
 def clamp_secret_loggers():
@@ -48,13 +48,23 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class TextFormatter(logging.Formatter):
-    """`LOG_FORMAT=text`: one line per event, scrubbed (a traceback included)."""
+    """`LOG_FORMAT=text`: one line per event, scrubbed (a traceback included; an access line's fields were
+    scrubbed when it was made). The time is formatted once per second."""
 
     def __init__(self):
         super().__init__(TEXT_FORMAT)
+        self._second = None
+        self._second_text = ""
+
+    def formatTime(self, record, datefmt=None):
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._second_text = second, super().formatTime(record, "%Y-%m-%d %H:%M:%S")
+        return "%s,%03d" % (self._second_text, record.msecs)
 
     def format(self, record):
-        return scrub(super().format(record))
+        line = super().format(record)
+        return line if getattr(record, "scrubbed", False) and not record.exc_info else scrub(line)
 
 
 class JsonFormatter(logging.Formatter):
