@@ -15,7 +15,8 @@ FULL mode in a room (when the emulator is given `rooms`, a sandbox.livekit.RoomS
 `livekit_client_token` (identity "client") and `livekit_agent_token` (identity "agent"); the synthetic avatar joins as
 `heygen` (video + audio) and the session's agent as `liveavatar-agent-<session_id>`. The agent obeys JSON commands on
 topic `agent-control` (what @heygen/liveavatar-web-sdk 0.0.18 sends: `{event_id, event_type, text}`) and answers on
-`agent-response`:
+`agent-response`, each event `{event_id (its own), event_type, session_id, source_event_id (the command's event_id,
+or null)}` plus its fields (the shape the SDK reads and upstream-apis.md §3 lists):
 - `avatar.speak_text {text}`: the avatar says `text`: `avatar.speak_started`, one `avatar.transcription.chunk` per
   word, then `avatar.transcription {text}` (what was said) and `avatar.speak_ended`.
 - `avatar.speak_response {text}`: the user's turn: `user.transcription {text}`, then the avatar says a reply from the
@@ -24,12 +25,13 @@ topic `agent-control` (what @heygen/liveavatar-web-sdk 0.0.18 sends: `{event_id,
   are dropped.
 - `avatar.start_listening` / `avatar.stop_listening`: recorded (`listening`); nothing is answered.
 - when the session ends (stop, idle, max duration): `session.stopped {stop_reason}`, then the room closes.
-Speeches queue, one at a time. The events carry the command's `event_id` (a new one when it had none). The server-side
-transcript is what was said in the room: the user's turns and the avatar's speech (as far as it got), each stamped
-when it began. UNVERIFIED (invented here; LiveAvatar's documentation does not say): the client/agent identities, the
-echo of the command's event_id, a chunk per word, `user.transcription` for a typed message, an interrupted speech
-still ending with `avatar.transcription` + `avatar.speak_ended`, interrupt dropping queued speeches, silence on
-start/stop_listening, the room closing after `session.stopped`, commands counting as activity for the idle timer.
+Speeches queue, one at a time. The web SDK 0.0.18 waits for both participants in `start()`, and on `session.stopped`
+cleans up (sending /v1/sessions/stop again). The server-side transcript is what was said in the room: the user's
+turns and the avatar's speech (as far as it got), each stamped when it began. UNVERIFIED (invented here;
+LiveAvatar's documentation does not say): the client/agent identities, which events carry a source_event_id, a chunk
+per word, `user.transcription` for a typed message, an interrupted speech still ending with `avatar.transcription` +
+`avatar.speak_ended`, interrupt dropping queued speeches, silence on start/stop_listening, the room closing after
+`session.stopped`, commands counting as activity for the idle timer, the sandbox reply's wording.
 Without `rooms` (a standalone emulator) `start` answers the constant `livekit_url` and JWT-shaped tokens no server
 checks; the transcript then only holds what the test hooks `avatar_says` / `user_says` put in it.
 """
@@ -349,8 +351,7 @@ class LiveAvatarEmulator:
                 session.speeches.get_nowait()
             session.avatar.interrupt()
         # What the room's clients are told on agent-response (the session's events without a room).
-        self.send(session, {"event_type": "session.stopped", "session_id": session.session_id,
-                            "stop_reason": end_reason})
+        self.send(session, "session.stopped", None, stop_reason=end_reason)
         if session.room is not None:
             asyncio.get_event_loop().create_task(self._close_room(session))
 
@@ -364,8 +365,12 @@ class LiveAvatarEmulator:
 
     # --- the room: commands in, events out ----------------------------------------------------------------------
 
-    def send(self, session, event):
-        """Keep `event` and publish it on agent-response from the agent (when there is a room)."""
+    def send(self, session, event_type, source_event_id=None, **fields):
+        """Keep an event and publish it on agent-response from the agent (when there is a room). Every event has its
+        own event_id, its event_type, the session_id and the source_event_id of the command it answers (or null):
+        the fields the web SDK 0.0.18 reads and upstream-apis.md §3 lists."""
+        event = {"event_id": str(uuid.uuid4()), "event_type": event_type, "session_id": session.session_id,
+                 "source_event_id": source_event_id, **fields}
         session.events.append(event)
         if session.agent is not None and session.room is not None:
             session.agent.publish_data(json.dumps(event), topic=RESPONSE_TOPIC)
@@ -383,13 +388,13 @@ class LiveAvatarEmulator:
         command = {**command, "from": received.identity}
         session.commands.append(command)
         self.touch(session)
-        kind, event_id = command.get("event_type"), command.get("event_id") or str(uuid.uuid4())
+        kind, event_id = command.get("event_type"), command.get("event_id")
         text = command.get("text") if isinstance(command.get("text"), str) else ""
         if kind == "avatar.speak_text" and text.strip():
             session.speeches.put_nowait((event_id, text))
         elif kind == "avatar.speak_response" and text.strip():
             self._say(session.session_id, "user", text, None)
-            self.send(session, {"event_type": "user.transcription", "event_id": event_id, "text": text})
+            self.send(session, "user.transcription", event_id, text=text)
             session.speeches.put_nowait((event_id, sandbox_reply(text)))
         elif kind == "avatar.interrupt":
             while not session.speeches.empty():
@@ -407,7 +412,7 @@ class LiveAvatarEmulator:
             if session.status != "started":
                 continue
             session.speech = {"event_id": event_id, "words": [], "started_at": time.time(), "recorded": False}
-            self.send(session, {"event_type": "avatar.speak_started", "event_id": event_id})
+            self.send(session, "avatar.speak_started", event_id)
 
             def on_word(index, word, speech=session.speech):
                 if session.status != "started" or speech["recorded"]:
@@ -415,7 +420,7 @@ class LiveAvatarEmulator:
                     return
                 speech["words"].append(word)
                 self.touch(session)
-                self.send(session, {"event_type": "avatar.transcription.chunk", "event_id": event_id, "text": word})
+                self.send(session, "avatar.transcription.chunk", event_id, text=word)
             try:
                 await session.avatar.speak(text, on_word=on_word)
             finally:
@@ -431,8 +436,8 @@ class LiveAvatarEmulator:
         said = " ".join(speech["words"])
         if said:
             self._say(session.session_id, "avatar", said, speech["started_at"])
-        self.send(session, {"event_type": "avatar.transcription", "event_id": speech["event_id"], "text": said})
-        self.send(session, {"event_type": "avatar.speak_ended", "event_id": speech["event_id"]})
+        self.send(session, "avatar.transcription", speech["event_id"], text=said)
+        self.send(session, "avatar.speak_ended", speech["event_id"])
 
     def touch(self, session):
         session.last_activity = time.time()
@@ -651,7 +656,11 @@ class StartHandler(LiveAvatarHandler):
     async def post(self):
         session = self.require_bearer_session()
         self.emulator.start(session)
-        await self.emulator.open_room(session)
+        try:
+            await self.emulator.open_room(session)
+        except Exception as exc:  # RoomFull from the room server: the sandbox's room limits
+            self.emulator.end(session, "SERVER_ERROR")
+            raise error(503, 5003, f"No room for the session: {exc}")  # UNVERIFIED status, code and message
         self.ok({
             "session_id": session.session_id,
             "livekit_url": self.emulator.room_url,

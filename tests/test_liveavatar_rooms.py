@@ -110,8 +110,9 @@ async def test_full_mode_room_obeys_agent_control_and_answers_on_agent_response(
     assert client.types() == [("avatar.speak_started", None), ("avatar.transcription.chunk", "Hello"),
                               ("avatar.transcription.chunk", "there,"), ("avatar.transcription.chunk", "welcome"),
                               ("avatar.transcription", "Hello there, welcome"), ("avatar.speak_ended", None)]
-    assert all(sender == f"liveavatar-agent-{session_id}" and event["event_id"] == repeat_id
-               for sender, event in client.events)
+    assert all(sender == f"liveavatar-agent-{session_id}" and event["source_event_id"] == repeat_id
+               and event["session_id"] == session_id for sender, event in client.events)
+    assert len({event["event_id"] for _, event in client.events}) == len(client.events)  # each its own id
 
     # message: the user's turn, then the avatar's (sandbox) reply
     await client.command("avatar.speak_response", text="Do you ship to Spain?")
@@ -148,8 +149,10 @@ async def test_full_mode_room_obeys_agent_control_and_answers_on_agent_response(
     code, _ = await call("/v1/sessions/stop", {"reason": "USER_CLOSED"}, {"Authorization": f"Bearer {token}"})
     assert code == 200
     await until(lambda: client.types("session.stopped"), what="session.stopped")
-    assert client.events[-1][1] == {"event_type": "session.stopped", "session_id": session_id,
-                                    "stop_reason": "USER_CLOSED"}
+    stopped = client.events[-1][1]
+    assert stopped["event_id"] and {k: v for k, v in stopped.items() if k != "event_id"} == {
+        "event_type": "session.stopped", "session_id": session_id, "source_event_id": None,
+        "stop_reason": "USER_CLOSED"}
     await until(lambda: client.room.connection_state == rtc.ConnectionState.CONN_DISCONNECTED,
                 what="the client told to leave")
     await until(lambda: session_id not in server.rooms, what="the room closed")
@@ -192,6 +195,19 @@ async def test_without_a_room_server_the_emulator_answers_as_before():
     assert emulator.room_url.startswith("wss://") and session.room is None
     assert session.livekit_client_token.count(".") == 2
     emulator.end(session, "USER_CLOSED")
-    assert session.events == [{"event_type": "session.stopped", "session_id": session.session_id,
-                               "stop_reason": "USER_CLOSED"}]
+    assert [(e["event_type"], e["session_id"], e["stop_reason"]) for e in session.events] == [
+        ("session.stopped", session.session_id, "USER_CLOSED")]
     emulator.stop()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_start_without_a_free_room_is_refused_and_ends_the_session(emulator, server, started, call):
+    server.max_rooms = 1
+    await started()
+    body = {"mode": "FULL", "avatar_id": DEFAULT_AVATAR_ID, "avatar_persona": {}}
+    code, minted = await call("/v1/sessions/token", body, {"X-API-KEY": API_KEY})
+    token = minted["data"]["session_token"]
+    code, reply = await call("/v1/sessions/start", headers={"Authorization": f"Bearer {token}"})
+    assert code == 503 and reply["code"] == 5003
+    session = emulator.sessions[minted["data"]["session_id"]]
+    assert session.status == "stopped" and session.end_reason == "SERVER_ERROR" and session.room is None

@@ -36,7 +36,8 @@ window.session = new LiveAvatarSDK.LiveAvatarSession(%(token)s, {apiUrl: %(gatew
 window.sessionEvents = [];
 const types = new Set([...Object.values(LiveAvatarSDK.SessionEvent), ...Object.values(LiveAvatarSDK.AgentEventsEnum)]);
 for (const type of types) {
-  session.on(type, (...args) => sessionEvents.push({type, at: performance.now(), args: JSON.parse(JSON.stringify(args))}));
+  session.on(type, (...args) => sessionEvents.push(
+    {type, at: performance.now(), args: JSON.parse(JSON.stringify(args))}));
 }
 window.video = document.createElement("video");
 video.autoplay = true; video.muted = true; video.playsInline = true; video.width = 320; video.height = 240;
@@ -165,7 +166,7 @@ def test_sdk_commands_reach_the_room_and_its_events_come_back(run):
     assert kinds == ["avatar.speak_text", "avatar.speak_response"]
     assert [c["event_id"] for c in run["commands"]] == [run["repeat_id"], run["message_id"]]
     assert all(c["from"] == "client" for c in run["commands"])
-    said = [(e["args"][0]["text"], e["args"][0]["event_id"]) for e in events(seen, "avatar.transcription")]
+    said = [(e["args"][0]["text"], e["args"][0]["source_event_id"]) for e in events(seen, "avatar.transcription")]
     assert said == [(REPEAT, run["repeat_id"]), (run["reply"], run["message_id"])]
     assert [e["args"][0]["text"] for e in events(seen, "user.transcription")] == [MESSAGE]
     chunks = [e["args"][0]["text"] for e in events(seen, "avatar.transcription.chunk")]
