@@ -6,8 +6,10 @@ https://avatar.sandbox.test and the customer's page at https://shop.sandbox.test
 tests/test_livekit_browser.py. The page: `start()` (REST /v1/sessions/start through the gateway, then
 `room.connect` to the sandbox's room server) → CONNECTED and STREAM_READY → `repeat` and `message` (agent-control
 data) → the AVATAR_TRANSCRIPTION events → the attached video element decodes frames → `stop()` → the Petya reference
-received the room's transcript once, in order. Writes tests/artifacts/liveavatar-sdk-room.png (the page while the
-avatar speaks) and .json (the SDK's events, timings).
+received the room's transcript once, in order. Then a second session that the emulator ends for idleness: the SDK
+hears `session.stopped` in the room and disconnects (SERVER_INITIATED). Writes tests/artifacts/liveavatar-sdk-room.png
+(the page while the avatar speaks) and .json (the SDK's events, timings). Also, as tests/test_livekit_browser.py:
+Chromium's host-resolver rules must leave 127.0.0.1 alone (EXCLUDE), or `room.connect` to ws://127.0.0.1 fails.
 """
 import asyncio
 import base64
@@ -34,8 +36,8 @@ SECONDS_PER_WORD = 0.15
 SETUP_JS = """
 window.session = new LiveAvatarSDK.LiveAvatarSession(%(token)s, {apiUrl: %(gateway)s, voiceChat: false});
 window.sessionEvents = [];
-const types = new Set([...Object.values(LiveAvatarSDK.SessionEvent), ...Object.values(LiveAvatarSDK.AgentEventsEnum)]);
-for (const type of types) {
+window.eventTypes = new Set([...Object.values(LiveAvatarSDK.SessionEvent), ...Object.values(LiveAvatarSDK.AgentEventsEnum)]);
+for (const type of eventTypes) {
   session.on(type, (...args) => sessionEvents.push(
     {type, at: performance.now(), args: JSON.parse(JSON.stringify(args))}));
 }
@@ -123,6 +125,21 @@ async def scenario(tools, mongodb_uri, workdir, site, cert, key):
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)  # a duplicate hand-off would show up meanwhile
         seen = await tab.js("sessionEvents")
+
+        # A second session the server ends (idle): the SDK hears session.stopped in the room and cleans up itself.
+        idle_conversation = "lasdk-idle-" + uuid.uuid4().hex[:8]
+        minted = await api_call(tab, "/v1/sessions/token", {"conversation_id": idle_conversation})
+        await tab.js(SETUP_JS % {"token": json.dumps(minted["body"]["data"]["session_token"]),
+                                 "gateway": json.dumps(GATEWAY)})
+        assert (await tab.js("outcome(() => session.start())", timeout=30))["ok"]
+        sandbox.liveavatar.idle_timeout = 1.0
+        await until(tab, "session.state === 'DISCONNECTED'", what="DISCONNECTED after the server's session.stopped")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not sandbox.petya.deliveries(idle_conversation):
+            await asyncio.sleep(0.05)
+        report["idle"] = {"events": await tab.js("sessionEvents"),
+                          "end_reason": sandbox.liveavatar.sessions[minted["body"]["data"]["session_id"]].end_reason,
+                          "deliveries": len(sandbox.petya.deliveries(idle_conversation))}
         report.update(session_id=session_id, repeat_id=repeat_id, message_id=message_id, stopped=stopped,
                       video=[first, second], events=seen, reply=reply,
                       deliveries=sandbox.petya.deliveries(conversation_id),
@@ -190,3 +207,12 @@ def test_stop_hands_the_rooms_transcript_to_petya_once_in_order(run):
     assert conversation["sessionId"] == run["session_id"] and conversation["status"] == "completed"
     assert [(t["role"], t["transcript"]) for t in conversation["transcript"]] == expected
     assert run["room_closed"]
+
+
+def test_the_sdk_hears_the_server_end_an_idle_session(run):
+    idle = run["idle"]
+    assert idle["end_reason"] == "IDLE_TIMEOUT"
+    stopped = events(idle["events"], "session.stopped")
+    assert [e["args"][0]["stop_reason"] for e in stopped] == ["IDLE_TIMEOUT"]
+    assert [e["args"][0] for e in events(idle["events"], "session.disconnected")] == ["SERVER_INITIATED"]
+    assert idle["deliveries"] == 1  # the SDK's own clean-up stop went through the gateway: one hand-off
