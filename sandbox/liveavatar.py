@@ -9,6 +9,31 @@ Transcript paging (an emulator design; the real cursor semantics are UNVERIFIED)
 order and never splits a run of equal timestamps, so `next_timestamp` (the last returned entry's timestamp) can be
 passed back as `start_timestamp` without repeating or skipping anything. A page is cut before such a run; only a run
 longer than a whole page is returned in one (oversized) page.
+
+FULL mode in a room (when the emulator is given `rooms`, a sandbox.livekit.RoomServer; ../shared/upstream-apis.md §3,
+§7, §8): `start` makes a room named after the session and answers its `livekit_url` and two LiveKit JWTs,
+`livekit_client_token` (identity "client") and `livekit_agent_token` (identity "agent"); the synthetic avatar joins as
+`heygen` (video + audio) and the session's agent as `liveavatar-agent-<session_id>`. The agent obeys JSON commands on
+topic `agent-control` (what @heygen/liveavatar-web-sdk 0.0.18 sends: `{event_id, event_type, text}`) and answers on
+`agent-response`, each event `{event_id (its own), event_type, session_id, source_event_id (the command's event_id,
+or null)}` plus its fields (the shape the SDK reads and upstream-apis.md §3 lists):
+- `avatar.speak_text {text}`: the avatar says `text`: `avatar.speak_started`, one `avatar.transcription.chunk` per
+  word, then `avatar.transcription {text}` (what was said) and `avatar.speak_ended`.
+- `avatar.speak_response {text}`: the user's turn: `user.transcription {text}`, then the avatar says a reply from the
+  sandbox's stand-in for the LLM (`sandbox_reply`), with the events above.
+- `avatar.interrupt`: the speech under way stops (its `avatar.transcription` holds the words said) and queued ones
+  are dropped.
+- `avatar.start_listening` / `avatar.stop_listening`: recorded (`listening`); nothing is answered.
+- when the session ends (stop, idle, max duration): `session.stopped {stop_reason}`, then the room closes.
+Speeches queue, one at a time. The web SDK 0.0.18 waits for both participants in `start()`, and on `session.stopped`
+cleans up (sending /v1/sessions/stop again). The server-side transcript is what was said in the room: the user's
+turns and the avatar's speech (as far as it got), each stamped when it began. UNVERIFIED (invented here;
+LiveAvatar's documentation does not say): the client/agent identities, which events carry a source_event_id, a chunk
+per word, `user.transcription` for a typed message, an interrupted speech still ending with `avatar.transcription` +
+`avatar.speak_ended`, interrupt dropping queued speeches, silence on start/stop_listening, the room closing after
+`session.stopped`, commands counting as activity for the idle timer, the sandbox reply's wording.
+Without `rooms` (a standalone emulator) `start` answers the constant `livekit_url` and JWT-shaped tokens no server
+checks; the transcript then only holds what the test hooks `avatar_says` / `user_says` put in it.
 """
 import asyncio
 import base64
@@ -24,6 +49,11 @@ import tornado.ioloop
 import tornado.web
 
 from sandbox.common import EmulatorHandler, Recorder, new_id
+
+try:  # the room server's dependencies are in the sandbox extra; a standalone emulator does without them
+    from sandbox.avatar import SECONDS_PER_WORD, Avatar
+except ImportError:  # pragma: no cover
+    Avatar, SECONDS_PER_WORD = None, 0.35
 
 DEFAULT_AVATAR_ID = "dd73ea75-1218-4ef3-92ce-606d5f7fbc0a"  # the sandbox avatar (S5 secrets.ts, S6)
 DEFAULT_AVATARS = frozenset({
@@ -43,6 +73,20 @@ LIST_TYPES = ("active", "historic")
 SANDBOX_MAX_DURATION = 60
 DEFAULT_MAX_DURATION = 1200
 DEFAULT_PAGE_SIZE = 20  # UNVERIFIED default of GET /v1/sessions; page_size <= 100 is documented
+COMMAND_TOPIC = "agent-control"  # the web SDK's LIVEKIT_COMMAND_CHANNEL_TOPIC
+RESPONSE_TOPIC = "agent-response"  # the web SDK's LIVEKIT_SERVER_RESPONSE_CHANNEL_TOPIC
+AVATAR_IDENTITY = "heygen"  # the web SDK's HEYGEN_PARTICIPANT_ID: it takes this participant's tracks
+CLIENT_IDENTITY, AGENT_TOKEN_IDENTITY = "client", "agent"  # UNVERIFIED: the identities in the two LiveKit tokens
+ROOM_CLOSE_GRACE = 0.5  # seconds between session.stopped and the room closing (the event must reach the clients)
+
+
+def agent_identity(session_id):
+    return f"liveavatar-agent-{session_id}"
+
+
+def sandbox_reply(text):
+    """The sandbox's stand-in for the session's LLM: a fixed, recognisable answer to a user's turn."""
+    return f"You said: {text.strip()} This is the sandbox avatar's answer."
 
 
 class Reject(tornado.web.HTTPError):
@@ -167,7 +211,15 @@ class EmulatedSession:
     last_activity: float = field(default_factory=time.time)
     livekit_client_token: str | None = None
     livekit_agent_token: str | None = None
-    events: list = field(default_factory=list)  # server events for the room's clients, oldest first
+    events: list = field(default_factory=list)  # agent-response events for the room's clients, oldest first
+    commands: list = field(default_factory=list)  # agent-control commands received in the room, oldest first
+    room: object = None  # sandbox.livekit.Room while the session is started with a room server
+    avatar: object = None  # sandbox.avatar.Avatar in that room
+    agent: object = None  # the liveavatar-agent-<session_id> ServerParticipant
+    listening: bool = False  # avatar.start_listening / avatar.stop_listening
+    speeches: object = None  # asyncio.Queue of (event_id, text) for the avatar to say, in order
+    speaker: object = None  # the task saying them
+    speech: dict | None = None  # the speech under way: {event_id, words said, started_at, recorded}
 
     @property
     def mode(self):
@@ -197,9 +249,11 @@ class LiveAvatarEmulator:
 
     def __init__(self, api_key="sandbox-liveavatar-key", known_avatars=DEFAULT_AVATARS, known_contexts=None,
                  idle_timeout=300.0, transcript_page_size=50, response_delay=0.0, max_sessions=None,
-                 livekit_url=DEFAULT_LIVEKIT_URL, rooms=None):
+                 livekit_url=DEFAULT_LIVEKIT_URL, rooms=None, seconds_per_word=SECONDS_PER_WORD):
         """known_avatars / known_contexts: accepted uuids, or None to accept any uuid.
-        max_sessions: how many sessions may be started (running) at once, or None for no limit."""
+        max_sessions: how many sessions may be started (running) at once, or None for no limit.
+        rooms: a sandbox.livekit.RoomServer for FULL mode in rooms (see the module docstring), or None.
+        seconds_per_word: how long the room's avatar takes per word."""
         self.api_key = api_key
         self.known_avatars = None if known_avatars is None else {canonical_uuid(a) for a in known_avatars}
         self.known_contexts = None if known_contexts is None else {canonical_uuid(c) for c in known_contexts}
@@ -209,6 +263,7 @@ class LiveAvatarEmulator:
         self.max_sessions = max_sessions
         self.livekit_url = livekit_url
         self.rooms = rooms  # sandbox.livekit.RoomServer where the sessions' rooms live, or None
+        self.seconds_per_word = seconds_per_word
         # Requests per credential and endpoint in each fixed 1-second window (§7.4), None for no limit. LiveAvatar's
         # real numbers are UNVERIFIED.
         self.rate_limit = None
@@ -255,11 +310,34 @@ class LiveAvatarEmulator:
         now = time.time()
         session.status, session.started_at, session.last_activity = "started", now, now
         expires = int(now) + session.max_session_duration
-        session.livekit_client_token = jwt_like(
-            {"sub": "client", "exp": expires, "video": {"room": session.session_id, "roomJoin": True}})
-        session.livekit_agent_token = jwt_like(
-            {"sub": "agent", "exp": expires, "video": {"room": session.session_id, "roomJoin": True}})
+        if self.rooms is not None:
+            ttl = session.max_session_duration + 60
+            session.livekit_client_token = self.rooms.token(session.session_id, CLIENT_IDENTITY, ttl=ttl)
+            session.livekit_agent_token = self.rooms.token(session.session_id, AGENT_TOKEN_IDENTITY, ttl=ttl)
+        else:
+            session.livekit_client_token = jwt_like(
+                {"sub": "client", "exp": expires, "video": {"room": session.session_id, "roomJoin": True}})
+            session.livekit_agent_token = jwt_like(
+                {"sub": "agent", "exp": expires, "video": {"room": session.session_id, "roomJoin": True}})
         self._start_reaper()
+
+    @property
+    def room_url(self):
+        return self.rooms.url if self.rooms is not None else self.livekit_url
+
+    async def open_room(self, session):
+        """The started session's room, with the avatar (`heygen`) and the agent in it (FULL mode with a room
+        server; LITE sessions get no room here: their ws_url transport is not emulated)."""
+        if self.rooms is None or session.mode != "FULL" or session.room is not None:
+            return
+        room = session.room = self.rooms.room(session.session_id)
+        session.avatar = Avatar(name="LiveAvatar sandbox", seconds_per_word=self.seconds_per_word)
+        session.speeches = asyncio.Queue()
+        session.speaker = asyncio.ensure_future(self._speak_all(session))
+        await session.avatar.join(room, identity=AVATAR_IDENTITY, name="Avatar")
+        session.agent = await room.add_server_participant(
+            agent_identity(session.session_id), name="LiveAvatar agent",
+            on_data=lambda received: self.on_command(session, received))
 
     def end(self, session, end_reason, stop_reason=None):
         """Stops `session`; a session already stopped keeps its first end_reason."""
@@ -267,9 +345,99 @@ class LiveAvatarEmulator:
             return
         session.status, session.ended_at = "stopped", time.time()
         session.end_reason, session.stop_reason = end_reason, stop_reason
-        # What the room's clients are told (on agent-response, once the sandbox has LiveKit): the SDK reads stop_reason.
-        session.events.append({"event_type": "session.stopped", "session_id": session.session_id,
-                               "stop_reason": end_reason})
+        self._finish_speech(session)  # what the avatar said so far is in the transcript before anyone reads it
+        if session.avatar is not None:
+            while not session.speeches.empty():
+                session.speeches.get_nowait()
+            session.avatar.interrupt()
+        # What the room's clients are told on agent-response (the session's events without a room).
+        self.send(session, "session.stopped", None, stop_reason=end_reason)
+        if session.room is not None:
+            asyncio.get_event_loop().create_task(self._close_room(session))
+
+    async def _close_room(self, session, grace=ROOM_CLOSE_GRACE):
+        await asyncio.sleep(grace)
+        if session.speaker is not None:
+            session.speaker.cancel()
+        room, session.room = session.room, None
+        if room is not None:
+            await room.close()
+
+    # --- the room: commands in, events out ----------------------------------------------------------------------
+
+    def send(self, session, event_type, source_event_id=None, **fields):
+        """Keep an event and publish it on agent-response from the agent (when there is a room). Every event has its
+        own event_id, its event_type, the session_id and the source_event_id of the command it answers (or null):
+        the fields the web SDK 0.0.18 reads and upstream-apis.md §3 lists."""
+        event = {"event_id": str(uuid.uuid4()), "event_type": event_type, "session_id": session.session_id,
+                 "source_event_id": source_event_id, **fields}
+        session.events.append(event)
+        if session.agent is not None and session.room is not None:
+            session.agent.publish_data(json.dumps(event), topic=RESPONSE_TOPIC)
+
+    def on_command(self, session, received):
+        """An agent-control packet from a client of the session's room."""
+        if received.topic != COMMAND_TOPIC or session.status != "started":
+            return
+        try:
+            command = json.loads(received.payload)
+        except ValueError:
+            return  # UNVERIFIED: undecodable commands are ignored
+        if not isinstance(command, dict):
+            return
+        command = {**command, "from": received.identity}
+        session.commands.append(command)
+        self.touch(session)
+        kind, event_id = command.get("event_type"), command.get("event_id")
+        text = command.get("text") if isinstance(command.get("text"), str) else ""
+        if kind == "avatar.speak_text" and text.strip():
+            session.speeches.put_nowait((event_id, text))
+        elif kind == "avatar.speak_response" and text.strip():
+            self._say(session.session_id, "user", text, None)
+            self.send(session, "user.transcription", event_id, text=text)
+            session.speeches.put_nowait((event_id, sandbox_reply(text)))
+        elif kind == "avatar.interrupt":
+            while not session.speeches.empty():
+                session.speeches.get_nowait()
+            session.avatar.interrupt()
+        elif kind == "avatar.start_listening":
+            session.listening = True
+        elif kind == "avatar.stop_listening":
+            session.listening = False
+
+    async def _speak_all(self, session):
+        """Say the queued speeches one after another, with their events."""
+        while True:
+            event_id, text = await session.speeches.get()
+            if session.status != "started":
+                continue
+            session.speech = {"event_id": event_id, "words": [], "started_at": time.time(), "recorded": False}
+            self.send(session, "avatar.speak_started", event_id)
+
+            def on_word(index, word, speech=session.speech):
+                if session.status != "started" or speech["recorded"]:
+                    session.avatar.interrupt()  # the session ended between the queue and the first word
+                    return
+                speech["words"].append(word)
+                self.touch(session)
+                self.send(session, "avatar.transcription.chunk", event_id, text=word)
+            try:
+                await session.avatar.speak(text, on_word=on_word)
+            finally:
+                self._finish_speech(session)
+
+    def _finish_speech(self, session):
+        """The speech under way ends: its words go to the transcript (stamped when it began), and the room hears
+        avatar.transcription and avatar.speak_ended."""
+        speech, session.speech = session.speech, None
+        if speech is None or speech["recorded"]:
+            return
+        speech["recorded"] = True
+        said = " ".join(speech["words"])
+        if said:
+            self._say(session.session_id, "avatar", said, speech["started_at"])
+        self.send(session, "avatar.transcription", speech["event_id"], text=said)
+        self.send(session, "avatar.speak_ended", speech["event_id"])
 
     def touch(self, session):
         session.last_activity = time.time()
@@ -296,19 +464,24 @@ class LiveAvatarEmulator:
                 self.end(session, "MAX_DURATION_REACHED")
 
     def stop(self):
-        """Cancels the idle reaper."""
+        """Cancels the idle reaper and the avatars' speeches (the room server closes the rooms)."""
         if self._reaper is not None:
             self._reaper.stop()
             self._reaper = None
+        for session in self.sessions.values():
+            if session.speaker is not None:
+                session.speaker.cancel()
 
     # --- transcripts --------------------------------------------------------------------------------------------
 
     def avatar_says(self, session_id, text, at=None):
-        """Test hook: the emulated avatar spoke `text` (at unix time `at`, default now)."""
+        """Test hook, a side door: puts `text` in the transcript as the avatar's (at unix time `at`, default now)
+        without anything said in a room. Sessions in a room are better driven by agent-control commands."""
         return self._say(session_id, "avatar", text, at)
 
     def user_says(self, session_id, text, at=None):
-        """Test hook: the user spoke `text` (at unix time `at`, default now)."""
+        """Test hook, a side door: puts `text` in the transcript as the user's (at unix time `at`, default now)
+        without anything said in a room."""
         return self._say(session_id, "user", text, at)
 
     def _say(self, session_id, role, text, at):
@@ -483,9 +656,14 @@ class StartHandler(LiveAvatarHandler):
     async def post(self):
         session = self.require_bearer_session()
         self.emulator.start(session)
+        try:
+            await self.emulator.open_room(session)
+        except Exception as exc:  # RoomFull from the room server: the sandbox's room limits
+            self.emulator.end(session, "SERVER_ERROR")
+            raise error(503, 5003, f"No room for the session: {exc}")  # UNVERIFIED status, code and message
         self.ok({
             "session_id": session.session_id,
-            "livekit_url": self.emulator.livekit_url,
+            "livekit_url": self.emulator.room_url,
             "livekit_client_token": session.livekit_client_token,
             "livekit_agent_token": session.livekit_agent_token,  # UNVERIFIED: always present in FULL mode
             "max_session_duration": session.max_session_duration,

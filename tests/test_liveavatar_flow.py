@@ -4,10 +4,11 @@ import asyncio
 import pytest
 
 from conftest import GatewayClient, eventually
-from sandbox.liveavatar import DEFAULT_AVATAR_ID
+from sandbox.liveavatar import DEFAULT_AVATAR_ID, sandbox_reply
 from server import Gateway
 from test_gateway_errors import assert_error
 from test_heygen_flow import open_session
+from test_liveavatar_rooms import Client as RoomClient
 
 
 async def minted(client, conversation_id="la-conv-1", prefix=""):
@@ -24,6 +25,7 @@ def bearer(token):
 @pytest.mark.parametrize("prefix", ["", "/api/v1/avatar"])
 @pytest.mark.gen_test(timeout=30)
 async def test_whole_liveavatar_flow_delivers_the_merged_transcript_once(sandbox, client, prefix):
+    sandbox.liveavatar.seconds_per_word = 0.05  # quick speeches in the room
     sandbox.petya.update_account_config(client.api_key, knowledgeBaseId="3f1c2a9e-7c1b-4b8e-9d2a-0a1b2c3d4e5f",
                                         voiceId="6a1c2a9e-7c1b-4b8e-9d2a-0a1b2c3d4e5f")
     session_id, token = await minted(client, prefix=prefix)
@@ -41,34 +43,46 @@ async def test_whole_liveavatar_flow_delivers_the_merged_transcript_once(sandbox
     assert start.status == 201, start.json
     assert start.json["code"] == 1000
     assert start.data["session_id"] == session_id and start.data["livekit_client_token"]
-    assert start.data["livekit_url"].startswith("wss://")
+    assert start.data["livekit_url"] == sandbox.rooms.url  # the sandbox's room server, ws://127.0.0.1:<port>
     assert start.data["intro"] == "Hello and welcome. How can I help you today?"
     assert "livekit_agent_token" not in start.data
     assert sandbox.liveavatar.recorder.calls("/v1/sessions/start")[-1].headers["authorization"] == \
         f"Bearer {emulated.token}"
 
-    # The avatar speaks the intro (LiveAvatar records it) and the client also reports it: counted once.
-    intro = start.data["intro"]
-    sandbox.liveavatar.avatar_says(session_id, intro)
-    assert (await client.call(prefix + "/v1/streaming.avatar_message",
-                              {"session_id": session_id, "text": intro})).status == 200
-    sandbox.liveavatar.user_says(session_id, "Do you ship to Spain?")
-    sandbox.liveavatar.avatar_says(session_id, "Yes, we ship to Spain in three days.")
-    # A turn only the client saw (LiveAvatar missed it) is kept too.
-    assert (await client.call(prefix + "/v1/streaming.user_message",
-                              {"session_id": session_id, "text": "Great, thanks!"})).status == 200
-    keep = await client.call(prefix + "/v1/sessions/keep-alive", api_key=None, headers=bearer(token))
-    assert keep.status == 200 and keep.json["code"] == 1000
+    # In the room, as the plugin does it (spec §3): the avatar speaks the intro (LiveAvatar records it) and the client
+    # also reports it: counted once. Then the user's message and the avatar's reply, in the room.
+    room = await RoomClient().connect(start.data["livekit_url"], start.data["livekit_client_token"])
+    try:
+        intro = start.data["intro"]
+        await room.command("avatar.speak_text", text=intro)
+        await eventually(lambda: ("avatar.transcription", intro) in room.types(), timeout=10)
+        assert (await client.call(prefix + "/v1/streaming.avatar_message",
+                                  {"session_id": session_id, "text": intro})).status == 200
+        await room.command("avatar.speak_response", text="Do you ship to Spain?")
+        reply = sandbox_reply("Do you ship to Spain?")
+        await eventually(lambda: ("avatar.speak_ended", None) in room.types()[-1:] and len(
+            room.types("avatar.transcription")) == 2, timeout=10)
+        assert room.types("user.transcription", "avatar.transcription") == [
+            ("avatar.transcription", intro), ("user.transcription", "Do you ship to Spain?"),
+            ("avatar.transcription", reply)]
+        # A turn only the client saw (LiveAvatar missed it) is kept too.
+        assert (await client.call(prefix + "/v1/streaming.user_message",
+                                  {"session_id": session_id, "text": "Great, thanks!"})).status == 200
+        keep = await client.call(prefix + "/v1/sessions/keep-alive", api_key=None, headers=bearer(token))
+        assert keep.status == 200 and keep.json["code"] == 1000
 
-    stop = await client.call(prefix + "/v1/sessions/stop", {"session_id": session_id})
-    assert stop.status == 200 and stop.json["code"] == 1000
+        stop = await client.call(prefix + "/v1/sessions/stop", {"session_id": session_id})
+        assert stop.status == 200 and stop.json["code"] == 1000
+        await eventually(lambda: room.types("session.stopped"))
+        assert room.events[-1][1]["stop_reason"] == "USER_CLOSED"
+    finally:
+        await room.room.disconnect()
     assert emulated.status == "stopped" and emulated.stop_reason == "USER_CLOSED"
     await eventually(lambda: sandbox.petya.deliveries("la-conv-1"))
     conversation = sandbox.petya.get_conversation("la-conv-1")
     assert conversation["sessionId"] == session_id
     assert [(t["role"], t["transcript"]) for t in conversation["transcript"]] == [
-        ("avatar", intro), ("user", "Do you ship to Spain?"), ("avatar", "Yes, we ship to Spain in three days."),
-        ("user", "Great, thanks!")]
+        ("avatar", intro), ("user", "Do you ship to Spain?"), ("avatar", reply), ("user", "Great, thanks!")]
     await sandbox.gateway.lifecycle.sweep()
     assert len(sandbox.petya.deliveries("la-conv-1")) == 1
 
