@@ -10,6 +10,7 @@ import inspect
 import json
 import os
 import pathlib
+import re
 import socket
 import time
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ from tornado.websocket import websocket_connect
 
 from cdp import CHROMIUM, Tab, start_chromium, stop_process_group
 from conftest import GatewayClient, eventually
+from sandbox.liveavatar import sandbox_reply
 from sandbox.petya import DEFAULT_CONFIG
 from sandbox.stack import DEMO_API_KEY
 
@@ -308,9 +310,25 @@ async def test_heygen_session_in_the_browser(demo_sandbox, chromium):
     assert len(sandbox.petya.deliveries(conversation_id)) == 1
 
 
+VIDEO_JS = """(() => { const v = document.querySelector('#video .avatar-video');
+    return v ? [v.videoWidth, v.videoHeight, v.currentTime] : null; })()"""
+
+
+async def assert_video_plays(page):
+    """The avatar's video from its LiveKit room decodes frames and moves on."""
+    await page.until(f"(({VIDEO_JS}) || [0])[0] > 0", timeout=10)
+    first = await page.js(VIDEO_JS)
+    await asyncio.sleep(0.5)
+    later = await page.js(VIDEO_JS)
+    assert first[:2] == [320, 240] and later[2] > first[2], (first, later)
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_liveavatar_session_in_the_browser(demo_sandbox, chromium):
+    """The console joins the session's room, sends Repeat and Talk as agent-control commands (liveavatar-proxy spec
+    §3), shows the avatar's video, and reports what the room says was said; Petya gets the room's transcript once."""
     sandbox = demo_sandbox
+    sandbox.liveavatar.seconds_per_word = 0.05
     async with open_page(chromium) as page:
         try:
             await page.goto(demo_url(sandbox))
@@ -321,14 +339,15 @@ async def test_liveavatar_session_in_the_browser(demo_sandbox, chromium):
             session_id = await page.text("#sessionId")
             await page.click("#btnStart")
             await wait_idle(page, "started")
-            await page.until("document.querySelectorAll('#transcript .turn').length === 1")
+            await assert_video_plays(page)
+            await wait_turns(page, [("avatar", DEFAULT_INTRO)])
             await say(page, "#btnRepeat", "Hello")
+            await wait_turns(page, [("avatar", DEFAULT_INTRO), ("avatar", "Hello")])
             await say(page, "#btnTalk", "What can you do?")
-            seen = [("avatar", DEFAULT_INTRO), ("avatar", "Hello"), ("user", "What can you do?")]
+            await page.screenshot(ARTIFACTS / "demo-liveavatar-live.png")  # the avatar answering, in its room
+            reply = sandbox_reply("What can you do?")
+            seen = [("avatar", DEFAULT_INTRO), ("avatar", "Hello"), ("user", "What can you do?"), ("avatar", reply)]
             await wait_turns(page, seen)
-            reply = "I can answer questions about your orders."
-            if session_id in sandbox.liveavatar.sessions:  # the avatar answers in the LiveKit room the page cannot join
-                sandbox.liveavatar.avatar_says(session_id, reply)
             await page.click("#btnStop")
             await wait_idle(page, "stopped")
             await page.until("document.getElementById('petyaTranscript').dataset.state === 'received' && document"
@@ -343,19 +362,30 @@ async def test_liveavatar_session_in_the_browser(demo_sandbox, chromium):
         assert gateway_calls == [("POST", "/v1/sessions/token", "200"), ("POST", "/v1/sessions/start", "201"),
                                  ("POST", "/v1/streaming.avatar_message", "200"),
                                  ("POST", "/v1/streaming.avatar_message", "200"),
-                                 ("POST", "/v1/streaming.user_message", "200"), ("POST", "/v1/sessions/stop", "200")]
+                                 ("POST", "/v1/streaming.user_message", "200"),
+                                 ("POST", "/v1/streaming.avatar_message", "200"), ("POST", "/v1/sessions/stop", "200")]
+        room = [e["text"] for e in timeline if e["kind"] == "room"]
+        assert any("heygen's video track subscribed" in text for text in room), room
+        published = [re.search(r"avatar\.speak_\w+", e["text"]).group() for e in timeline
+                     if e["kind"] == "room" and e["type"] == "publish agent-control"]
+        assert published == ["avatar.speak_text"] * 2 + ["avatar.speak_response"]
+        for kind in ("avatar.speak_started", "avatar.transcription.chunk", "avatar.transcription", "user.transcription",
+                     "avatar.speak_ended"):
+            assert any(e["type"] == kind for e in timeline if e["kind"] == "room"), kind
         await page.js("1")
         sent = [r for r in page.requests(sandbox.gateway_url + "/v1/") if r[1] != "/v1/streaming.transcript"]
         assert json.loads(sent[0][3]) == {"conversation_id": conversation_id}
         assert header(sent[0][2], "X-Api-Key")[1] == DEMO_API_KEY
         assert header(sent[1][2], "Authorization")[1].startswith("Bearer ") and sent[1][3] is None
-        assert json.loads(sent[4][3]) == {"session_id": session_id, "text": "What can you do?"}
-        assert json.loads(sent[5][3]) == {"session_id": session_id}
+        assert json.loads(sent[-1][3]) == {"session_id": session_id}
         assert page.errors() == []
-
+    # What the avatar was told in the room, and what Petya stored: the room's transcript, once, in order.
+    commands = [(c["event_type"], c["text"]) for c in sandbox.liveavatar.sessions[session_id].commands]
+    assert commands == [("avatar.speak_text", DEFAULT_INTRO), ("avatar.speak_text", "Hello"),
+                        ("avatar.speak_response", "What can you do?")]
     conversation = await eventually(lambda: sandbox.petya.get_conversation(conversation_id))
-    stored = [(t["role"], t["transcript"]) for t in conversation["transcript"]]
-    assert stored[:3] == seen and conversation["status"] == "completed"
+    assert [(t["role"], t["transcript"]) for t in conversation["transcript"]] == seen
+    assert conversation["status"] == "completed" and len(sandbox.petya.deliveries(conversation_id)) == 1
 
 
 async def bad_key(sandbox, page):

@@ -720,13 +720,36 @@
     var type = event.type || event.event_type || 'message';
     var text = event.message !== undefined && event.message !== null ? event.message : event.text;
     roomRow(type, from + (typeof text === 'string' ? ' “' + text.trim() + '”' : ''));
-    if (LIVEAVATAR_EVENTS[type]) { // LiveAvatar: shown as the HeyGen events are; its transcript is the room's
-      event = { type: LIVEAVATAR_EVENTS[type], task_id: event.event_id || event.task_id, message: text };
-      feedSocketEvent(event);
+    if (session.provider === 'liveavatar') {
+      onLiveAvatarEvent(session, type, event, text);
       return;
     }
     feedSocketEvent(event);
-    if (session.provider === 'heygen') reportAvatarWords(session, event);
+    reportAvatarWords(session, event);
+  }
+
+  // LiveAvatar's events on agent-response, shown as HeyGen's are (grouped by the command they answer). What was
+  // said is also reported to the gateway, as the plugin may (spec §4): its live record shows it, and the room's
+  // own transcript, which LiveAvatar hands over at the end, holds the same turns once.
+  function onLiveAvatarEvent(session, type, event, text) {
+    var taskId = event.source_event_id || event.event_id;
+    if (type === 'user.transcription') {
+      feedSocketEvent({ type: 'user_talking_message', task_id: taskId, message: text });
+      feedSocketEvent({ type: 'user_end_message', task_id: taskId });
+      reportSaid(session, 'user', text);
+    } else if (LIVEAVATAR_EVENTS[type]) {
+      feedSocketEvent({ type: LIVEAVATAR_EVENTS[type], task_id: taskId, message: type === 'avatar.transcription' ? undefined : text });
+      if (type === 'avatar.transcription') reportSaid(session, 'avatar', text);
+    }
+  }
+
+  function reportSaid(session, role, text) {
+    if (state.session !== session || typeof text !== 'string' || !text.trim()) return;
+    var path = role === 'avatar' ? '/v1/streaming.avatar_message' : '/v1/streaming.user_message';
+    call(path.slice(4), 'POST', gatewayBase(), path, {
+      headers: jsonHeaders({ 'X-Api-Key': apiKey() }),
+      body: { session_id: session.sessionId, text: text.trim() }
+    }).then(refreshTranscript, report);
   }
 
   // HeyGen v2 speaks in the room, where the gateway does not listen: the console reports what the avatar said, as
@@ -738,11 +761,7 @@
     } else if (event.type === 'avatar_end_message' && state.spoken[taskId]) {
       var text = state.spoken[taskId].trim();
       delete state.spoken[taskId];
-      if (state.session !== session || !text) return;
-      call('streaming.avatar_message', 'POST', gatewayBase(), '/v1/streaming.avatar_message', {
-        headers: jsonHeaders({ 'X-Api-Key': apiKey() }),
-        body: { session_id: session.sessionId, text: text }
-      }).then(refreshTranscript, report);
+      reportSaid(session, 'avatar', text);
     }
   }
 
@@ -896,8 +915,9 @@
     el.apiKey.disabled = el.gatewayUrl.disabled = locked;
     el.phase.dataset.phase = phase;
     el.phase.textContent = PHASE_LABELS[phase] + (state.session ? ' · ' + (state.session.provider === 'heygen' ? 'HeyGen' : 'LiveAvatar') : '');
-    el.hint.textContent = phase === 'started' && provider() === 'liveavatar' && state.session && state.session.provider === 'liveavatar'
-      ? 'LiveAvatar: Repeat reports the text as said by the avatar, Talk as said by the user (the console cannot join LiveKit).'
+    el.hint.textContent = phase === 'started' && state.session && state.session.provider === 'liveavatar'
+      ? (state.room ? 'LiveAvatar: Repeat and Talk go to the avatar as agent-control commands in its room.'
+                    : 'LiveAvatar: Repeat reports the text as said by the avatar, Talk as said by the user (no room joined).')
       : HINTS[phase];
     document.body.dataset.phase = phase;
     document.body.dataset.busy = busy ? 'true' : 'false';
