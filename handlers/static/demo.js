@@ -738,7 +738,8 @@
       feedSocketEvent({ type: 'user_end_message', task_id: taskId });
       reportSaid(session, 'user', text);
     } else if (LIVEAVATAR_EVENTS[type]) {
-      feedSocketEvent({ type: LIVEAVATAR_EVENTS[type], task_id: taskId, message: type === 'avatar.transcription' ? undefined : text });
+      var chunk = type === 'avatar.transcription.chunk' && typeof text === 'string' ? text + ' ' : undefined; // a word
+      feedSocketEvent({ type: LIVEAVATAR_EVENTS[type], task_id: taskId, message: chunk });
       if (type === 'avatar.transcription') reportSaid(session, 'avatar', text);
     }
   }
