@@ -5,6 +5,7 @@ import pytest
 from tornado.websocket import websocket_connect
 
 from conftest import eventually
+from sandbox.heygen import split_into_chunks
 
 WS_PARAMS = "silence_response=false&opening_text=&stt_language=en&enable_tts=true&enable_stt=false"
 
@@ -29,6 +30,38 @@ async def read_events(ws, until_type, count=1, timeout=5):
     return events
 
 
+async def avatar_done(sandbox, session_id, tasks=None, timeout=10):
+    """Wait until HeyGen's avatar has said (or been cut off in) the session's first `tasks` tasks (default: all
+    it was given so far); returns the events it published.
+
+    Real HeyGen v2 sends the avatar's events as LiveKit data in the session's room, not on the socket the gateway
+    relays (upstream-apis §0.1), so a test waits on the emulator, not on the socket."""
+    session = sandbox.heygen.sessions[session_id]
+    tasks = len(session.tasks) if tasks is None else tasks
+    await eventually(lambda: len(session.tasks) >= tasks and all(
+        t["status"] in ("done", "interrupted") for t in session.tasks[:tasks]), timeout=timeout)
+    return session.events
+
+
+def spoken_text(events, task_id=None):
+    """The avatar_talking_message chunks of `events` (of one task, if given), joined."""
+    return "".join(e["message"] for e in events if e["type"] == "avatar_talking_message"
+                   and (task_id is None or e["task_id"] == task_id))
+
+
+async def socket_says(sandbox, session_id, text, kind="avatar", task_id="t-injected"):
+    """Writes HeyGen's v1-style transcript events for `text` on the session's upstream socket (the gateway's
+    transcript observer still reads them there). Real HeyGen v2 sends these as LiveKit data, never on the socket
+    (upstream-apis §0.1): this only exercises the gateway's handling of such frames."""
+    message_type, end_type = ("avatar_talking_message", "avatar_end_message") if kind == "avatar" else (
+        "user_talking_message", "user_end_message")
+    if kind == "avatar":
+        await sandbox.heygen.send_on_socket(session_id, {"type": "avatar_start_talking", "task_id": task_id})
+    for chunk in split_into_chunks(text):
+        await sandbox.heygen.send_on_socket(session_id, {"type": message_type, "task_id": task_id, "message": chunk})
+    await sandbox.heygen.send_on_socket(session_id, {"type": end_type, "task_id": task_id})
+
+
 async def open_session(client, prefix="", conversation_id="conv-1"):
     token = await client.call(prefix + "/v1/streaming.create_token")
     assert token.status == 200, token.json
@@ -51,8 +84,9 @@ async def connected(sandbox, client, **kwargs):
 async def test_whole_plugin_flow_delivers_transcript_once(sandbox, client, prefix):
     token, session = await open_session(client, prefix)
     session_id = session["session_id"]
-    # HeyGen's body comes back unchanged, plus the customer's intro.
-    assert session["url"].startswith("wss://") and session["access_token"]
+    # HeyGen's body comes back unchanged (the room server's url, a LiveKit token), plus the customer's intro.
+    assert session["url"] == sandbox.rooms.url and sandbox.rooms.verify(session["access_token"]).video.room == \
+        session_id
     assert session["intro"] == "Hello and welcome. How can I help you today?"
     # The token the browser holds is not HeyGen's, and HeyGen got the customer's avatar, not the key.
     assert token not in sandbox.heygen.tokens
@@ -66,14 +100,22 @@ async def test_whole_plugin_flow_delivers_transcript_once(sandbox, client, prefi
     assert start.status == 200, start.json
 
     intro = session["intro"]
-    for text, task_type in [(intro, "repeat"), ("What can you do?", "talk"), ("I can help with orders.", "repeat")]:
+    reply = "You said \"What can you do?\". I am the sandbox avatar."
+    for number, (text, task_type) in enumerate(
+            [(intro, "repeat"), ("What can you do?", "talk"), ("I can help with orders.", "repeat")], 1):
         task = await client.call(prefix + "/v1/streaming.task",
                                  {"session_id": session_id, "text": text, "task_type": task_type})
         assert task.status == 200, task.json
         assert task.data["task_id"]
-        events = await read_events(ws, "avatar_end_message")
-        spoken = "".join(e["message"] for e in events if e.get("type") == "avatar_talking_message")
-        assert spoken.strip()
+        events = await avatar_done(sandbox, session_id, number)
+        said = spoken_text(events, task.data["task_id"])
+        assert said == (text if task_type == "repeat" else reply)
+        if task_type == "talk":
+            # The avatar's answer travels in the room (LiveKit data): the gateway sees it only when the plugin,
+            # which is in the room, reports it.
+            report = await client.call(prefix + "/v1/streaming.avatar_message", {"session_id": session_id,
+                                                                                 "text": said})
+            assert report.status == 200, report.json
 
     stop = await client.call(prefix + "/v1/streaming.stop", {"session_id": session_id})
     assert stop.status == 200, stop.json
@@ -104,12 +146,14 @@ async def test_transcript_route_shows_the_owner_the_merged_record(sandbox, clien
     from conftest import GatewayClient
     session_id, _, ws = await connected(sandbox, client)
     await client.call("/v1/streaming.task", {"session_id": session_id, "text": "Hi there.", "task_type": "repeat"})
-    await read_events(ws, "avatar_end_message")
+    # The plugin saw the avatar say it in the room (LiveKit data, not the socket) and reports it.
+    assert spoken_text(await avatar_done(sandbox, session_id)) == "Hi there."
+    await client.call("/v1/streaming.avatar_message", {"session_id": session_id, "text": "Hi there."})
     path = f"/v1/streaming.transcript?session_id={session_id}"
     reply = await eventually(lambda: _two_sources(client, path))
     assert reply.data["status"] == "started" and reply.data["flush_state"] == "none"
     assert [(t["role"], t["transcript"], t["sources"]) for t in reply.data["transcript"]] == [
-        ("avatar", "Hi there.", ["socket", "task"])]
+        ("avatar", "Hi there.", ["reported", "task"])]
     sandbox.petya.create_account("other-key")
     other = GatewayClient(sandbox.gateway_url, "other-key")
     assert (await other.call(path, method="GET")).status == 404
