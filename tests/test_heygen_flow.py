@@ -1,7 +1,9 @@
 """The whole plugin flow against the HeyGen emulator and the Petya reference, over real HTTP and WebSockets."""
+import asyncio
 import json
 
 import pytest
+from livekit import rtc
 from tornado.websocket import websocket_connect
 
 from conftest import eventually
@@ -98,24 +100,38 @@ async def test_whole_plugin_flow_delivers_transcript_once(sandbox, client, prefi
     start = await client.call(prefix + "/v1/streaming.start", {"session_id": session_id},
                               api_key=None, headers={"X-api-key": client.api_key})
     assert start.status == 200, start.json
+    # The plugin joins the session's room with what streaming.new answered (the official Python SDK here).
+    room, heard = rtc.Room(), []
+    room.on("data_received", lambda p: heard.append((p.participant.identity, p.topic, json.loads(p.data))))
+    await room.connect(session["url"], session["access_token"])
 
     intro = session["intro"]
     reply = "You said \"What can you do?\". I am the sandbox avatar."
-    for number, (text, task_type) in enumerate(
-            [(intro, "repeat"), ("What can you do?", "talk"), ("I can help with orders.", "repeat")], 1):
-        task = await client.call(prefix + "/v1/streaming.task",
-                                 {"session_id": session_id, "text": text, "task_type": task_type})
-        assert task.status == 200, task.json
-        assert task.data["task_id"]
-        events = await avatar_done(sandbox, session_id, number)
-        said = spoken_text(events, task.data["task_id"])
-        assert said == (text if task_type == "repeat" else reply)
-        if task_type == "talk":
-            # The avatar's answer travels in the room (LiveKit data): the gateway sees it only when the plugin,
-            # which is in the room, reports it.
-            report = await client.call(prefix + "/v1/streaming.avatar_message", {"session_id": session_id,
-                                                                                 "text": said})
-            assert report.status == 200, report.json
+    try:
+        for number, (text, task_type) in enumerate(
+                [(intro, "repeat"), ("What can you do?", "talk"), ("I can help with orders.", "repeat")], 1):
+            task = await client.call(prefix + "/v1/streaming.task",
+                                     {"session_id": session_id, "text": text, "task_type": task_type})
+            assert task.status == 200, task.json
+            task_id = task.data["task_id"]
+            assert task_id
+            await eventually(lambda: any(e["type"] == "avatar_stop_talking" and e["task_id"] == task_id
+                                         for _, _, e in heard))
+            said = spoken_text([e for _, _, e in heard], task_id)
+            assert said == (text if task_type == "repeat" else reply)
+            if task_type == "talk":
+                # The avatar's answer travels in the room (LiveKit data): the gateway sees it only when the plugin,
+                # which is in the room, reports it.
+                report = await client.call(prefix + "/v1/streaming.avatar_message", {"session_id": session_id,
+                                                                                     "text": said})
+                assert report.status == 200, report.json
+        assert {(sender, topic) for sender, topic, _ in heard} == {("heygen", "")}
+        assert [e for _, _, e in heard] == sandbox.heygen.sessions[session_id].events
+        # None of it came on the socket the gateway relays (HeyGen v2 sends only voice activity there).
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ws.read_message(), 0.1)
+    finally:
+        await room.disconnect()
 
     stop = await client.call(prefix + "/v1/streaming.stop", {"session_id": session_id})
     assert stop.status == 200, stop.json
