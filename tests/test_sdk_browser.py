@@ -786,7 +786,7 @@ def test_heygen_sdk_joins_the_room_and_sees_the_avatar(run):
     """STREAM_READY once a video and an audio track came; the avatar's events for the talk (over the socket) and the
     repeat (over REST) arrived in the page as LiveKit data, word by word, in order; the video decoded and moved."""
     events = run.sdk_events["heygen"]
-    kinds = [e["type"] for e in events]
+    kinds = [e["type"] for e in events if e["type"] != "connection_quality_changed"]  # the SDK's own, any time
     assert kinds[0] == "stream_ready" and kinds.count("stream_ready") == 1, kinds
     assert kinds[-1] == "stream_disconnected", kinds
     spoken = [e["detail"] for e in events if e["type"].startswith("avatar_")]
