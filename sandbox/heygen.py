@@ -5,8 +5,8 @@ As upstream v2 does (upstream-apis §0.1, §2), each session has a LiveKit room 
 (sandbox/livekit.py): `streaming.new` answers its `url` and a client `access_token`, `streaming.start` seats the
 synthetic avatar (sandbox/avatar.py) there as participant `heygen`, and the avatar and user events
 (avatar_start_talking, avatar_talking_message, avatar_end_message, avatar_stop_talking, user_talking_message,
-user_end_message) travel as LiveKit data from `heygen` (JSON with `type`, no topic). The streaming.chat WebSocket carries
-only user_start / user_stop server->client and the client's binary protobuf frames (a TextFrame is a talk task).
+user_end_message) travel as LiveKit data from `heygen` (JSON with `type`, no topic). The streaming.chat WebSocket
+carries only user_start / user_stop server->client and the client's binary protobuf frames (a TextFrame is a talk).
 Standalone (rooms=None, e.g. bench/run.py) there is no room: the events are only recorded in `session.events`.
 """
 import asyncio
@@ -256,7 +256,8 @@ class HeyGenEmulator:
         deadline = time.monotonic() + timeout
         while sum(1 for e in session.events if e.get("type") == event_type) < count:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{count} x {event_type} not published; got {[e.get('type') for e in session.events]}")
+                seen = [e.get("type") for e in session.events]
+                raise TimeoutError(f"{count} x {event_type} not published; got {seen}")
             await asyncio.sleep(0.01)
         return list(session.events)
 

@@ -723,7 +723,8 @@ def posted(run, sdk, method):
 
 def test_heygen_sdk_rest_calls_reach_the_gateway_through_nginx(run):
     expected = {  # method -> the REST calls it made, in order, and their answers
-        "createStartAvatar({quality: 'low'})": [("POST", "/v1/streaming.new", 200), ("POST", "/v1/streaming.start", 200)],
+        "createStartAvatar({quality: 'low'})": [("POST", "/v1/streaming.new", 200),
+                                                ("POST", "/v1/streaming.start", 200)],
         "speak({text}) with the socket open": [],
         "speak({text, taskType: REPEAT})": [("POST", "/v1/streaming.task", 200)],
         "interrupt()": [("POST", "/v1/streaming.interrupt", 200)],
