@@ -1,9 +1,13 @@
 """HeyGen Streaming API emulator (v1 paths, LiveKit-era sessions) for tests and sandbox mode.
 
 Facts come from /work/shared/upstream-apis.md §1, §2, §4, §6; every choice it leaves open is marked UNVERIFIED.
-One deliberate deviation: upstream sends the avatar_* / user_talking_message events as LiveKit data packets, not on
-the streaming.chat WebSocket (upstream-apis §0.1). There is no LiveKit room here, so the emulator pushes them on the
-session's WebSockets, its only realtime channel.
+As upstream v2 does (upstream-apis §0.1, §2), each session has a LiveKit room on the sandbox's room server
+(sandbox/livekit.py): `streaming.new` answers its `url` and a client `access_token`, `streaming.start` seats the
+synthetic avatar (sandbox/avatar.py) there as participant `heygen`, and the avatar and user events
+(avatar_start_talking, avatar_talking_message, avatar_end_message, avatar_stop_talking, user_talking_message,
+user_end_message) travel as LiveKit data from `heygen` (JSON with `type`, no topic). The streaming.chat WebSocket
+carries only user_start / user_stop server->client and the client's binary protobuf frames (a TextFrame is a talk).
+Standalone (rooms=None, e.g. bench/run.py) there is no room: the events are only recorded in `session.events`.
 """
 import asyncio
 import base64
@@ -18,12 +22,17 @@ import tornado.ioloop
 import tornado.web
 import tornado.websocket
 
+from clients.pipecat import Frame as PipecatFrame
+from sandbox.avatar import Avatar
 from sandbox.common import EmulatorHandler, Recorder, new_id
 
 DEFAULT_AVATARS = ("Katya_Chair_Sitting_public", "Wayne_20240711", "Anna_public_3_20240108")
 DEFAULT_ACTIVITY_IDLE_TIMEOUT = 120  # seconds (upstream default of activity_idle_timeout)
 SESSION_DURATION_LIMIT = 600
-LIVEKIT_URL = "wss://heygen-sandbox.livekit.cloud"
+LIVEKIT_URL = "wss://heygen-sandbox.livekit.cloud"  # only without a room server (rooms=None): nothing listens there
+AVATAR_IDENTITY = "heygen"  # the avatar's participant identity (upstream-apis §3, S5 HEYGEN_PARTICIPANT_ID)
+CLIENT_IDENTITY = "client"  # UNVERIFIED: the identity upstream's access_token carries
+AGENT_IDENTITY = "agent"  # UNVERIFIED: the identity (and grants) of upstream's livekit_agent_token
 REALTIME_ENDPOINT = "wss://webrtc-signaling.heygen.io/v2-alpha/interactive-avatar/session/{}"
 TASK_TYPES = ("repeat", "talk", "chat")
 TASK_MODES = ("sync", "async")
@@ -119,15 +128,24 @@ class EmulatedSession:
     pending: collections.deque = field(default_factory=collections.deque)  # tasks waiting to be spoken
     speaker: asyncio.Task | None = None
     speaking: dict | None = None
+    room: object = None  # sandbox.livekit.Room of the session (None without a room server)
+    avatar: Avatar | None = None  # the synthetic avatar, once streaming.start seated it in the room
+    participant: object = None  # its ServerParticipant, identity "heygen"
+    events: list = field(default_factory=list)  # every data message the avatar published (or would have), in order
+    room_data: list = field(default_factory=list)  # sandbox.livekit.ReceivedData the avatar heard in the room
 
 
 class HeyGenEmulator:
     """A HeyGen Streaming API on a tornado app; state in memory, every request recorded."""
 
     def __init__(self, api_key="sandbox-heygen-key", max_sessions=3, chunk_delay=0.005,
-                 known_avatars=DEFAULT_AVATARS, idle_timeout=None, response_delay=0.0, rooms=None):
+                 known_avatars=DEFAULT_AVATARS, idle_timeout=None, response_delay=0.0, rooms=None,
+                 seconds_per_word=None):
         self.api_key = api_key
         self.rooms = rooms  # sandbox.livekit.RoomServer where the sessions' rooms live, or None
+        # The avatar's pace in a room (None: sandbox.avatar's natural ~170 words a minute); tests speed it up.
+        # Without a room, chunk_delay paces the recorded events instead.
+        self.seconds_per_word = seconds_per_word
         self.max_sessions = max_sessions
         self.chunk_delay = chunk_delay
         self.known_avatars = tuple(known_avatars)
@@ -192,6 +210,62 @@ class HeyGenEmulator:
         session.closed_reason = reason
         self._cancel_speech(session)
         self._close_sockets(session, WS_CLOSE_NORMAL, reason)
+        if session.room is not None:  # every participant leaves (clients get ROOM_DELETED)
+            room, session.participant = session.room, None
+            self.spawn(room.close())
+
+    def open_room(self, session):
+        """The session's room (named after it) on the room server; None without one."""
+        if self.rooms is None:
+            return None
+        session.room = self.rooms.room(session.session_id)
+        return session.room
+
+    async def seat_avatar(self, session):
+        """streaming.start: the synthetic avatar joins the session's room as `heygen`, publishing video and audio."""
+        if session.room is None or session.avatar is not None:
+            return
+        kwargs = {} if self.seconds_per_word is None else {"seconds_per_word": self.seconds_per_word}
+        session.avatar = Avatar(name=session.avatar_id, **kwargs)
+        session.participant = await session.avatar.join(
+            session.room, identity=AVATAR_IDENTITY, on_data=lambda received: self._hear_room_data(session, received))
+
+    def _hear_room_data(self, session, received):
+        """Data sent to the avatar in the room. The SDK with the LiveKit transport publishes a talk as a JSON string
+        (upstream-apis §2); push_to_talk:start|stop are only recorded."""
+        session.room_data.append(received)
+        try:
+            text = json.loads(received.payload.decode())
+        except ValueError:
+            return
+        if isinstance(text, str) and not text.startswith("push_to_talk:") and session.status == "connected":
+            session.last_activity = time.monotonic()
+            self.enqueue_task(session, text, "talk", "async")
+
+    def publish(self, session, message):
+        """One event as LiveKit data from `heygen` (JSON with `type`, no topic, reliable), recorded in
+        session.events; without a room (or before the avatar joined) it is only recorded."""
+        session.events.append(message)
+        participant = session.participant
+        if participant is not None and not participant.left:
+            participant.publish_data(json.dumps(message))
+
+    async def wait_for_event(self, session_id, event_type, count=1, timeout=5):
+        """Tests: wait until `count` events of `event_type` were published in the session; returns all its events."""
+        session = self.sessions[session_id]
+        deadline = time.monotonic() + timeout
+        while sum(1 for e in session.events if e.get("type") == event_type) < count:
+            if time.monotonic() > deadline:
+                seen = [e.get("type") for e in session.events]
+                raise TimeoutError(f"{count} x {event_type} not published; got {seen}")
+            await asyncio.sleep(0.01)
+        return list(session.events)
+
+    async def send_on_socket(self, session_id, message):
+        """Tests and bench: write `message` (JSON) on the session's streaming.chat sockets, as if upstream sent it
+        there. Real HeyGen v2 sends only user_start / user_stop / user_silence on the socket; the avatar and user
+        transcript events travel as LiveKit data (see publish)."""
+        await self._broadcast(self.sessions[session_id], message)
 
     def _start_idle_sweeper(self):
         """One periodic check for all sessions, started with the first session (the IOLoop is running then).
@@ -227,13 +301,23 @@ class HeyGenEmulator:
             task["status"] = "speaking"
             session.speaking = task
             task_id = task["task_id"]
-            await self._broadcast(session, {"type": "avatar_start_talking", "task_id": task_id})
-            for chunk in split_into_chunks(task["spoken"]):
-                await asyncio.sleep(self.chunk_delay)
-                await self._broadcast(session, {"type": "avatar_talking_message", "task_id": task_id, "message": chunk})
-            await self._broadcast(session, {"type": "avatar_end_message", "task_id": task_id})
-            await self._broadcast(session, {"type": "avatar_stop_talking", "task_id": task_id,
-                                            "duration_ms": task["duration_ms"]})
+            self.publish(session, {"type": "avatar_start_talking", "task_id": task_id})
+            if session.avatar is not None:  # the words go out as the avatar says them, one chunk a word
+                def on_word(index, word, task_id=task_id):
+                    self.publish(session, {"type": "avatar_talking_message", "task_id": task_id,
+                                           "message": word if index == 0 else " " + word})
+                finished = await session.avatar.speak(task["spoken"], on_word=on_word)
+            else:
+                for chunk in split_into_chunks(task["spoken"]):
+                    await asyncio.sleep(self.chunk_delay)
+                    self.publish(session, {"type": "avatar_talking_message", "task_id": task_id, "message": chunk})
+                finished = True
+            if not finished:  # cut short by the avatar itself; interrupt() publishes avatar_stop_talking
+                return
+            self.publish(session, {"type": "avatar_end_message", "task_id": task_id})
+            # UNVERIFIED for v2: duration_ms in avatar_stop_talking (SDK README 1.0.15, v1 era).
+            self.publish(session, {"type": "avatar_stop_talking", "task_id": task_id,
+                                   "duration_ms": task["duration_ms"]})
             task["status"] = "done"
             session.speaking = None
 
@@ -241,8 +325,8 @@ class HeyGenEmulator:
         """Drops queued speech and cuts the current one short with avatar_stop_talking (no avatar_end_message)."""
         cut = self._cancel_speech(session)
         if cut is not None:
-            await self._broadcast(session, {"type": "avatar_stop_talking", "task_id": cut["task_id"],
-                                            "duration_ms": cut["duration_ms"]})
+            self.publish(session, {"type": "avatar_stop_talking", "task_id": cut["task_id"],
+                                   "duration_ms": cut["duration_ms"]})
 
     def _cancel_speech(self, session):
         """Stops the speaker and marks unfinished tasks "interrupted"; returns the task being spoken, if any."""
@@ -258,13 +342,14 @@ class HeyGenEmulator:
         return cut
 
     async def user_says(self, session_id, text):
-        """Pushes the user's words as upstream's STT would; returns the task_id used."""
+        """Publishes the user's words in the room as upstream's STT would (user_talking_message chunks, then
+        user_end_message); returns the task_id used. UNVERIFIED: upstream's chunking of the user's words."""
         session = self.sessions[session_id]
         task_id = new_id()
         for chunk in split_into_chunks(text):
             await asyncio.sleep(self.chunk_delay)
-            await self._broadcast(session, {"type": "user_talking_message", "task_id": task_id, "message": chunk})
-        await self._broadcast(session, {"type": "user_end_message", "task_id": task_id})
+            self.publish(session, {"type": "user_talking_message", "task_id": task_id, "message": chunk})
+        self.publish(session, {"type": "user_end_message", "task_id": task_id})
         return task_id
 
     async def drop_sockets(self, session_id, code=1000, reason=""):
@@ -280,6 +365,7 @@ class HeyGenEmulator:
         return sockets
 
     async def _broadcast(self, session, message):
+        """Writes `message` on the session's sockets (send_on_socket; bench/run.py calls it directly)."""
         for socket in list(session.sockets):
             await socket.send_json(message)
 
@@ -349,25 +435,38 @@ class NewSessionHandler(HeyGenHandler):
             return
         # UNVERIFIED: a token is used up only by a successful streaming.new.
         session = self.emulator.create_session(body, token, avatar_id, idle_timeout)
-        self.reply(200, {**SUCCESS, "data": self.session_info(session.session_id)})
+        room = self.emulator.open_room(session)
+        self.reply(200, {**SUCCESS, "data": self.session_info(session.session_id, self.emulator.rooms
+                                                              if room is not None else None)})
 
     @staticmethod
-    def session_info(session_id):
-        """The LiveKit-era ("v2") answer; the emulator answers it whatever `version` asks (v1 is gone upstream)."""
-        expires = int(time.time()) + SESSION_DURATION_LIMIT
+    def session_info(session_id, rooms=None):
+        """The LiveKit-era ("v2") answer; the emulator answers it whatever `version` asks (v1 is gone upstream).
+        With a room server (`rooms`), `url` is its address and the tokens are real LiveKit JWTs for the session's
+        room (named after the session); without one, look-alikes pointing nowhere."""
+        if rooms is not None:
+            url = rooms.url
+            access_token = rooms.token(session_id, CLIENT_IDENTITY, ttl=SESSION_DURATION_LIMIT)
+            agent_token = rooms.token(session_id, AGENT_IDENTITY, ttl=SESSION_DURATION_LIMIT)
+        else:
+            expires = int(time.time()) + SESSION_DURATION_LIMIT
+            url = LIVEKIT_URL
+            access_token = _jwt_like({"sub": CLIENT_IDENTITY, "exp": expires,
+                                      "video": {"room": session_id, "roomJoin": True}})
+            agent_token = _jwt_like({"sub": AGENT_IDENTITY, "exp": expires,
+                                     "video": {"room": session_id, "roomJoin": True, "agent": True}})
         return {
             "session_id": session_id,
-            "url": LIVEKIT_URL,
-            "access_token": _jwt_like({"sub": "client", "exp": expires,
-                                       "video": {"room": session_id, "roomJoin": True}}),
+            "url": url,
+            "access_token": access_token,
             "is_paid": True,
             "session_duration_limit": SESSION_DURATION_LIMIT,
             "sdp": None,
             "ice_servers": None,
             "ice_servers2": None,
             "realtime_endpoint": REALTIME_ENDPOINT.format(session_id),
-            "livekit_agent_token": _jwt_like({"sub": "agent", "exp": expires,
-                                              "video": {"room": session_id, "roomJoin": True, "agent": True}}),
+            # UNVERIFIED that upstream always returns it (pipecat requires it, upstream-apis §1).
+            "livekit_agent_token": agent_token,
         }
 
 
@@ -398,6 +497,8 @@ class StartHandler(SessionCallHandler):
             self.reply(400, WRONG_STATE)
             return
         session.status = "connected"
+        # UNVERIFIED: upstream reports "connecting" while its avatar joins; here start answers once it has joined.
+        await self.emulator.seat_avatar(session)
         # UNVERIFIED: upstream's start answer (docs mention a status; the SDK ignores the data).
         self.reply(200, {**SUCCESS, "data": None})
 
@@ -461,7 +562,11 @@ class UnknownPathHandler(EmulatorHandler):
 
 
 class StreamingChatSocket(tornado.websocket.WebSocketHandler):
-    """/v1/ws/streaming.chat: records what the client sends and plays HeyGen's voice-activity events."""
+    """/v1/ws/streaming.chat: records what the client sends and plays HeyGen's voice-activity events.
+
+    Binary frames are the SDK's protobuf `pipecat.Frame`s: a TextFrame is a talk task (the avatar answers in the
+    room), anything else counts as microphone audio (user_start / user_stop). Text frames are only recorded
+    (UNVERIFIED what upstream does with them)."""
 
     def initialize(self, emulator):
         self.emulator = emulator
@@ -492,8 +597,25 @@ class StreamingChatSocket(tornado.websocket.WebSocketHandler):
     def on_message(self, message):
         is_binary = isinstance(message, bytes)
         self.session.ws_received.append((is_binary, message))
-        if is_binary:
+        if not is_binary:
+            return
+        text = self._text_of(message)
+        if text is None:
             self._hear_audio()
+        elif text.strip() and self.session.status == "connected":  # UNVERIFIED: an empty or early text is dropped
+            self.session.last_activity = time.monotonic()
+            self.emulator.enqueue_task(self.session, text, "talk", "async")
+
+    @staticmethod
+    def _text_of(message):
+        """The text of a pipecat TextFrame; None for audio and for bytes that are no Frame."""
+        if not message or message[0] != 0x0A:  # Frame.text's tag: audio, dozens of frames a second, is not parsed
+            return None
+        try:
+            frame = PipecatFrame.FromString(message)
+        except Exception:
+            return None
+        return frame.text.text if frame.WhichOneof("frame") == "text" else None
 
     def on_close(self):
         if self.session is not None:  # None when the handshake was refused

@@ -48,6 +48,7 @@ def make_sandbox(io_loop, mongodb_server_uri, db_name):
 
     async def make(**settings):
         sandbox = Sandbox(mongodb_server_uri, database=db_name, **{**FAST, **settings})
+        sandbox.heygen.seconds_per_word = 0.01  # the HeyGen avatar speaks fast in tests (browser tests slow it)
         made.append(sandbox)
         return await sandbox.start()
 

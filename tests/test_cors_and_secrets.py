@@ -5,7 +5,7 @@ import pytest
 from tornado.websocket import websocket_connect
 
 from conftest import GatewayClient, eventually
-from test_heygen_flow import open_session, read_events, ws_url
+from test_heygen_flow import avatar_done, open_session, ws_url
 
 ALLOWED = "https://shop.example.com"
 
@@ -62,7 +62,7 @@ async def test_no_secret_in_any_response_or_log(sandbox, client, caplog):
     for path, body in [("/v1/streaming.start", {}), ("/v1/streaming.task", {"text": "Hi", "task_type": "repeat"}),
                        ("/v1/streaming.keep_alive", {}), ("/v1/streaming.task", {"text": "x", "task_type": "bad"})]:
         replies.append(await client.call(path, {"session_id": session_id, **body}))
-    await read_events(ws, "avatar_end_message")
+    await avatar_done(sandbox, session_id)
     other = GatewayClient(sandbox.gateway_url, "other-customer-key")
     replies.append(await other.call("/v1/streaming.stop", {"session_id": session_id}))
     replies.append(await client.call("/v1/streaming.new", {}, api_key="wrong-key"))

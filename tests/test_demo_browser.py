@@ -212,6 +212,8 @@ def header(headers, name):
 
 @pytest.mark.gen_test(timeout=60)
 async def test_heygen_session_in_the_browser(demo_sandbox, chromium):
+    """HeyGen v2: the console joins the session's room after streaming.start, plays the avatar's video, sees the
+    avatar's words there (as LiveKit data) and reports them; the socket carries none of them."""
     sandbox = demo_sandbox
     async with open_page(chromium) as page:
         await page.goto(demo_url(sandbox))
@@ -233,13 +235,12 @@ async def test_heygen_session_in_the_browser(demo_sandbox, chromium):
         await page.click("#btnStart")
         await wait_idle(page, "started")
         assert not await page.enabled("#btnRepeat")  # nothing typed yet
-        await page.until("Array.from(document.querySelectorAll('#transcript .turn')).length === 1 "
-                         "&& !document.querySelector('#transcript .live') "
-                         "&& document.querySelector('#transcript .turn .meta').textContent.includes('socket')")
+        await assert_video_plays(page)
+        await wait_turns(page, [("avatar", DEFAULT_INTRO)])
         await say(page, "#btnRepeat", "Hello")
-        await page.until("document.querySelectorAll('#transcript .turn:not(.live) .meta').length === 2 && "
-                         "document.querySelectorAll('#transcript .turn .meta')[1].textContent.includes('socket')")
+        await wait_turns(page, [("avatar", DEFAULT_INTRO), ("avatar", "Hello")])
         await say(page, "#btnTalk", "What can you do?")
+        await page.screenshot(ARTIFACTS / "demo-heygen-live.png")  # the avatar answering, in its room
         expected = [("avatar", DEFAULT_INTRO), ("avatar", "Hello"), ("user", "What can you do?"),
                     ("avatar", TALK_REPLY)]
         await page.until(f"JSON.stringify(({TURNS_JS % '#transcript'}).map(t => [t[0], t[1]])) === "
@@ -260,23 +261,30 @@ async def test_heygen_session_in_the_browser(demo_sandbox, chromium):
         timeline = await page.js(TIMELINE_JS)
         gateway_calls, reads = plugin_calls(timeline)
         assert reads and all(status == "200" for status in reads)  # the page shows the gateway's own record
-        assert gateway_calls == [("POST", "/v1/streaming.create_token", "200"), ("POST", "/v1/streaming.new", "200"),
-                                 ("POST", "/v1/streaming.start", "200")] + \
-            [("POST", "/v1/streaming.task", "200")] * 3 + [("POST", "/v1/streaming.stop", "200")]
+        reports = [call for call in gateway_calls if call[1] == "/v1/streaming.avatar_message"]
+        assert [call for call in gateway_calls if call not in reports] == [
+            ("POST", "/v1/streaming.create_token", "200"), ("POST", "/v1/streaming.new", "200"),
+            ("POST", "/v1/streaming.start", "200")] + [("POST", "/v1/streaming.task", "200")] * 3 + [
+            ("POST", "/v1/streaming.stop", "200")]
+        assert reports == [("POST", "/v1/streaming.avatar_message", "200")] * 3  # what the avatar said in the room
         petya_calls = [(e["method"], e["path"], e["status"]) for e in timeline if e["target"] == "petya"]
         assert petya_calls[0] == ("GET", "/api/v1/admin/accounts/config", "200")
         assert petya_calls[-1] == ("GET", f"/api/v1/avatar/conversations/{conversation_id}", "200")
         assert all(e["text"].strip().endswith("ms") for e in timeline if e["kind"] == "rest")
         ws_types = [e["type"] for e in timeline if e["kind"] == "ws"]
-        for kind in ("open", "avatar_start_talking", "avatar_talking_message", "avatar_end_message",
-                     "avatar_stop_talking", "close"):
-            assert kind in ws_types, ws_types
-        assert ws_types.index("open") < ws_types.index("avatar_talking_message") < ws_types.index("close")
+        assert ws_types == ["connecting", "open", "close"], ws_types  # HeyGen v2 says nothing on the socket here
+        room = [e for e in timeline if e["kind"] == "room"]
+        room_types = [e["type"] for e in room]
+        assert any("heygen's video track subscribed" in e["text"] for e in room), room_types
+        for kind in ("avatar_start_talking", "avatar_talking_message", "avatar_end_message", "avatar_stop_talking"):
+            assert kind in room_types, room_types
+        assert room_types.index("avatar_start_talking") < room_types.index("avatar_end_message")
 
         # What the browser really sent: the plugin contract, header spellings included.
         await page.js("1")  # collect the events still queued on the DevTools socket
-        sent = [r for r in page.requests(sandbox.gateway_url + "/v1/") if r[1] != "/v1/streaming.transcript"]
-        assert [(m, p) for m, p, _, _ in sent] == [(m, p) for m, p, _ in gateway_calls], sent
+        sent = [r for r in page.requests(sandbox.gateway_url + "/v1/")
+                if r[1] not in ("/v1/streaming.transcript", "/v1/streaming.avatar_message")]
+        assert [(m, p) for m, p, _, _ in sent] == [(m, p) for m, p, _ in gateway_calls if (m, p, _) not in reports], sent
         bodies = [json.loads(body) if body else None for _, _, _, body in sent]
         assert bodies[0] is None
         assert bodies[1] == {"quality": "medium", "version": "v2", "conversation_id": conversation_id}

@@ -20,7 +20,7 @@ from tornado.websocket import websocket_connect
 from conftest import eventually
 from processes import ROOT, GatewayProcess, Nginx, free_ports, make_certificate
 from sandbox.stack import DEMO_API_KEY, Sandbox
-from test_heygen_flow import WS_PARAMS, read_events
+from test_heygen_flow import WS_PARAMS, avatar_done
 
 pytestmark = pytest.mark.faults
 HOST = "avatar.sandbox.test"
@@ -46,6 +46,7 @@ def nginx_for(directory, cert, key, ports):
 def world(io_loop, mongodb_server_uri, db_name):
     sandbox = Sandbox(mongodb_server_uri, database=db_name, SOCKET_GRACE_PERIOD="5", SWEEP_INTERVAL="0.25",
                       LEASE_HEARTBEAT="0.25", CORS_ORIGINS="https://shop.example.com")
+    sandbox.heygen.seconds_per_word = 0.01  # the avatar speaks fast in tests
     sandbox.start_upstreams()
     yield sandbox
     io_loop.run_sync(sandbox.stop)
@@ -99,7 +100,7 @@ async def test_nginx_example_loads_and_carries_a_session_over_a_gateway_restart(
         assert (await call("/v1/streaming.start", {"session_id": session_id}))[0] == 200
         assert (await call("/v1/streaming.task", {"session_id": session_id, "text": "Before the restart.",
                                                   "task_type": "repeat"}))[0] == 200
-        await read_events(ws, "avatar_end_message")
+        await avatar_done(world, session_id)
 
         # Restart the process holding the socket (a deploy): the socket is told 1001, and comes back through nginx.
         holder = next(g for g in gateways if re.search(rf"ws/streaming\.chat 101 .*session={session_id}", g.log()))
@@ -111,7 +112,7 @@ async def test_nginx_example_loads_and_carries_a_session_over_a_gateway_restart(
         ws = await open_socket(session_id, token)  # nginx skips the process that is down
         assert (await call("/v1/streaming.task", {"session_id": session_id, "text": "After the restart.",
                                                   "task_type": "repeat"}))[0] == 200
-        await read_events(ws, "avatar_end_message")
+        await avatar_done(world, session_id)
         await loop.run_in_executor(None, holder.start)  # back, on its port
         assert (await call("/v1/streaming.keep_alive", {"session_id": session_id}))[0] == 200
         assert (await call("/v1/streaming.stop", {"session_id": session_id}))[0] == 200

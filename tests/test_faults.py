@@ -13,7 +13,7 @@ from conftest import GatewayClient, eventually
 from processes import GatewayProcess
 from sandbox.mongo import MongoServer
 from sandbox.stack import Sandbox, with_database
-from test_heygen_flow import WS_PARAMS, read_events
+from test_heygen_flow import WS_PARAMS, avatar_done, read_events, socket_says
 
 pytestmark = pytest.mark.faults
 
@@ -30,6 +30,7 @@ def world(io_loop, mongodb_server_uri, db_name):
     def make(gateway_mongodb_uri=None, **settings):
         uri = gateway_mongodb_uri or mongodb_server_uri
         sandbox = Sandbox(uri, database=db_name, petya_mongodb_uri=mongodb_server_uri, **settings)
+        sandbox.heygen.seconds_per_word = 0.01  # the avatar speaks fast in tests
         sandbox.start_upstreams()
         made.append(sandbox)
         return sandbox
@@ -69,11 +70,12 @@ async def heygen_session(client, socket_gateway_url, conversation_id):
     return session_id, ws
 
 
-async def say(client, session_id, text, ws=None):
+async def say(client, session_id, text, sandbox=None):
+    """A repeat task; with `sandbox`, waits until its avatar has said it (in the room, not on the socket)."""
     reply = await client.call("/v1/streaming.task", {"session_id": session_id, "text": text, "task_type": "repeat"})
     assert reply.status == 200, reply.json
-    if ws is not None:
-        await read_events(ws, "avatar_end_message")
+    if sandbox is not None:
+        await avatar_done(sandbox, session_id)
 
 
 def spoken(delivery):
@@ -91,7 +93,7 @@ async def test_killed_gateway_holding_sockets_its_sessions_are_stopped_and_flush
     sessions = {}
     for n in range(3):  # HeyGen's emulator allows 3 concurrent sessions, as our account would
         session_id, ws = await heygen_session(client, doomed.url, f"killed-{n}")
-        await say(client, session_id, f"Said on socket {n}.", ws)
+        await say(client, session_id, f"Said on socket {n}.", sandbox)
         sessions[session_id] = (f"killed-{n}", ws)
 
     doomed.kill()
@@ -134,9 +136,9 @@ async def test_mongodb_killed_for_20s_no_500_no_turn_lost_recovery_without_resta
     client = GatewayClient(gateway.url)
     try:
         session_id, ws = await heygen_session(client, gateway.url, "outage-stopped")
-        await say(client, session_id, "Before the outage.", ws)
+        await say(client, session_id, "Before the outage.", sandbox)
         dropped_id, dropped_ws = await heygen_session(client, gateway.url, "outage-dropped")
-        await say(client, dropped_id, "Then the tab closed.", dropped_ws)
+        await say(client, dropped_id, "Then the tab closed.", sandbox)
 
         # MongoDB dies while HeyGen performs a task: HeyGen's answer stands, the turn waits in the gateway.
         sandbox.heygen.on_task = lambda session, body: mongo.kill()
@@ -144,9 +146,9 @@ async def test_mongodb_killed_for_20s_no_500_no_turn_lost_recovery_without_resta
                                                          "task_type": "repeat"})).status == 200
         sandbox.heygen.on_task = None
         outage_started = time.monotonic()
-        await read_events(ws, "avatar_end_message")
+        await avatar_done(sandbox, session_id)
 
-        # The avatar keeps talking on the socket; one tab closes its socket; every REST call meets the outage.
+        # The avatar keeps talking (in the room); one tab closes its socket; every REST call meets the outage.
         emulated = sandbox.heygen.sessions[session_id]
         answers = []
         n = 0
@@ -158,8 +160,12 @@ async def test_mongodb_killed_for_20s_no_500_no_turn_lost_recovery_without_resta
                  ("/v1/streaming.create_token", {}), ("/v1/sessions/token", {}), ("/readyz", None)]
         while time.monotonic() - outage_started < 20:
             n += 1
-            if n <= 3:
-                sandbox.heygen.enqueue_task(emulated, f"Spoken during the outage {n}.", "repeat", "async")
+            if n <= 3:  # words the gateway only hears on the socket (no task of its own)
+                task = sandbox.heygen.enqueue_task(emulated, f"Spoken during the outage {n}.", "repeat", "async")
+                await avatar_done(sandbox, session_id)
+                # Real HeyGen v2 sends them as LiveKit data; this exercises the gateway's socket observer, so the
+                # test writes them on the emulator's socket.
+                await socket_says(sandbox, session_id, task["spoken"], task_id=task["task_id"])
                 await read_events(ws, "avatar_end_message")
             path, body = calls[n % len(calls)]
             answers.append((path, await client.call(path, body, method="GET" if body is None else "POST")))
@@ -172,7 +178,7 @@ async def test_mongodb_killed_for_20s_no_500_no_turn_lost_recovery_without_resta
 
         await in_background(mongo.start)  # same port, same storage
         await eventually(lambda: _healthy(client), timeout=30, interval=0.2)
-        await say(client, session_id, "After the outage.", ws)
+        await say(client, session_id, "After the outage.", sandbox)
         assert (await client.call("/v1/streaming.stop", {"session_id": session_id})).status == 200
         await eventually(lambda: sandbox.petya.deliveries("outage-stopped"), timeout=15)
         await eventually(lambda: sandbox.petya.deliveries("outage-dropped"), timeout=15)  # its close was recorded
@@ -223,7 +229,7 @@ async def test_petya_took_it_but_mongodb_died_before_it_was_recorded_the_retry_i
 
     try:
         session_id, ws = await heygen_session(client, gateway.url, "lost-ack")
-        await say(client, session_id, "Remember me once.", ws)
+        await say(client, session_id, "Remember me once.", sandbox)
         sandbox.petya.on_status = lose_the_acknowledgement
         assert (await client.call("/v1/streaming.stop", {"session_id": session_id})).status == 200
         posts = await eventually(lambda: len(sandbox.petya.recorder.calls("/conversations/lost-ack/status")) >= 2

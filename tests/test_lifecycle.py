@@ -7,7 +7,7 @@ from tornado.websocket import websocket_connect
 
 from conftest import GatewayClient, eventually
 from server import Gateway
-from test_heygen_flow import connected, open_session, read_events, ws_url
+from test_heygen_flow import avatar_done, connected, open_session, ws_url
 
 
 async def talked_session(sandbox, client, conversation_id="conv-1", gateway_url=None):
@@ -20,7 +20,7 @@ async def talked_session(sandbox, client, conversation_id="conv-1", gateway_url=
     assert (await client.call("/v1/streaming.start", {"session_id": session_id})).status == 200
     assert (await client.call("/v1/streaming.task", {"session_id": session_id, "text": "Welcome back!",
                                                      "task_type": "repeat"})).status == 200
-    await read_events(ws, "avatar_end_message")
+    await avatar_done(sandbox, session_id)
     return session_id, ws
 
 
@@ -156,7 +156,7 @@ async def test_gateway_restart_mid_session_the_browser_reconnects_and_carries_on
     client = GatewayClient(sandbox.gateway_url)
     session_id, token, ws = await connected(sandbox, client)
     await client.call("/v1/streaming.task", {"session_id": session_id, "text": "Before.", "task_type": "repeat"})
-    await read_events(ws, "avatar_end_message")
+    await avatar_done(sandbox, session_id)
 
     await sandbox.restart_gateway()  # a deploy: the process goes away and a new one takes the port
     while await ws.read_message() is not None:  # frames already on their way, then the close
@@ -168,7 +168,7 @@ async def test_gateway_restart_mid_session_the_browser_reconnects_and_carries_on
     ws = await websocket_connect(ws_url(sandbox, session_id, token))  # the plugin's reconnect, same token
     assert (await client.call("/v1/streaming.task", {"session_id": session_id, "text": "After.",
                                                      "task_type": "repeat"})).status == 200
-    await read_events(ws, "avatar_end_message")
+    await avatar_done(sandbox, session_id)
     assert (await client.call("/v1/streaming.stop", {"session_id": session_id})).status == 200
     await eventually(lambda: sandbox.petya.deliveries("conv-1"))
     await asyncio.sleep(0.3)

@@ -12,7 +12,7 @@ from conftest import FAST, GatewayClient, eventually
 from processes import GatewayProcess
 from sandbox.mongo import MongoServer, free_port
 from sandbox.stack import Sandbox
-from test_heygen_flow import WS_PARAMS, open_session, read_events, ws_url
+from test_heygen_flow import WS_PARAMS, avatar_done, open_session, read_events, socket_says, ws_url
 
 P = "ilianaai_avatar_"
 
@@ -49,8 +49,13 @@ async def test_a_whole_session_shows_in_the_metrics(sandbox, client):
     session_id = session["session_id"]
     ws = await websocket_connect(ws_url(sandbox, session_id, token))
     assert (await client.call("/v1/streaming.start", {"session_id": session_id})).status == 200
-    assert (await client.call("/v1/streaming.task", {"session_id": session_id, "text": "Hello there.",
-                                                     "task_type": "repeat"})).status == 200
+    task = await client.call("/v1/streaming.task", {"session_id": session_id, "text": "Hello there.",
+                                                    "task_type": "repeat"})
+    assert task.status == 200
+    await avatar_done(sandbox, session_id)
+    # Frames HeyGen -> browser: real HeyGen v2 sends the avatar's words as LiveKit data, so the test writes v1-style
+    # events on the emulator's socket for the relay to count.
+    await socket_says(sandbox, session_id, "Hello there.", task_id=task.data["task_id"])
     await read_events(ws, "avatar_end_message")
     ws.write_message(json.dumps({"type": "ping"}))  # a frame browser -> HeyGen
     sandbox.gateway.metrics._counted_at = None  # not the count cached at the first scrape
@@ -241,6 +246,7 @@ async def test_readyz_is_503_while_shutting_down(make_sandbox):
 @pytest.mark.gen_test(timeout=60)
 async def test_json_log_lines_parse_carry_the_access_fields_and_no_secret(mongodb_server_uri, db_name, tmp_path):
     sandbox = Sandbox(mongodb_server_uri, database=db_name, **{**FAST, "LOG_FORMAT": "json", "LOG_LEVEL": "DEBUG"})
+    sandbox.heygen.seconds_per_word = 0.01
     sandbox.start_upstreams()
     gateway = GatewayProcess(sandbox.env, str(tmp_path / "gateway.log"))
     try:
@@ -252,7 +258,7 @@ async def test_json_log_lines_parse_carry_the_access_fields_and_no_secret(mongod
                                      f"&session_token={token}&{WS_PARAMS}")
         await client.call("/v1/streaming.start", {"session_id": session_id})
         await client.call("/v1/streaming.task", {"session_id": session_id, "text": "Hi", "task_type": "repeat"})
-        await read_events(ws, "avatar_end_message")
+        await avatar_done(sandbox, session_id)
         await client.call("/v1/streaming.new", {}, api_key="wrong-key-123")
         await client.call(f"/v1/streaming.transcript?session_id={session_id}&session_token={token}", method="GET")
         assert (await client.call("/v1/streaming.stop", {"session_id": session_id})).status == 200

@@ -4,6 +4,8 @@ import json
 from urllib.parse import urlencode
 
 import pytest
+import tornado.httpserver
+import tornado.netutil
 import tornado.websocket
 from tornado.httpclient import HTTPClientError
 
@@ -111,37 +113,55 @@ async def test_task_errors(api):
         400, {"code": 400004, "message": "Session does not exist. SessionID: gone"})
 
 
+async def read_socket_quietly(connection, wait=0.15):
+    """Every text frame the socket carries within `wait` seconds (it should carry no avatar events)."""
+    frames = []
+    try:
+        while True:
+            frames.append(json.loads(await asyncio.wait_for(connection.read_message(), wait)))
+    except asyncio.TimeoutError:
+        return frames
+
+
+def text_frame(text):
+    """pipecat.Frame{text: TextFrame{text}} as HeyGen's SDK encodes it (Frame.text = 1, TextFrame.text = 3),
+    encoded by hand for texts under 128 bytes."""
+    inner = b"\x1a" + bytes([len(text.encode())]) + text.encode()
+    return b"\x0a" + bytes([len(inner)]) + inner
+
+
 @pytest.mark.gen_test
 async def test_repeat_task_is_spoken_as_events(emulator, api, open_socket):
+    """Standalone (no room server) the events go nowhere but session.events; never on the socket (real HeyGen v2
+    sends them as LiveKit data, upstream-apis §0.1)."""
     token, session_id = await started_session(api)
     connection = await open_socket(session_id, token)
     text = "Hello there, I am  your avatar for today!"
     code, body = await api("/v1/streaming.task", {"session_id": session_id, "text": text, "task_type": "repeat"})
     assert code == 200
     task_id = body["data"]["task_id"]
-    events = [await read_json(connection)]
-    while events[-1]["type"] != "avatar_stop_talking":
-        events.append(await read_json(connection))
+    events = await emulator.wait_for_event(session_id, "avatar_stop_talking")
     assert [e["type"] for e in events[:2] + events[-2:]] == [
         "avatar_start_talking", "avatar_talking_message", "avatar_end_message", "avatar_stop_talking"]
     assert {e["task_id"] for e in events} == {task_id}
     chunks = [e["message"] for e in events if e["type"] == "avatar_talking_message"]
     assert len(chunks) == 3 and "".join(chunks) == text
     assert emulator.sessions[session_id].tasks[0]["status"] == "done"
+    assert await read_socket_quietly(connection) == []
+    assert emulator.sessions[session_id].room is None and emulator.sessions[session_id].participant is None
 
 
 @pytest.mark.gen_test
 async def test_interrupt_cuts_speech_short(emulator, api, open_socket):
     token, session_id = await started_session(api)
-    connection = await open_socket(session_id, token)
     emulator.chunk_delay = 0.05
     await api("/v1/streaming.task", {"session_id": session_id, "text": "one two three four five six seven"})
-    assert (await read_json(connection))["type"] == "avatar_start_talking"
+    await emulator.wait_for_event(session_id, "avatar_start_talking")
     interrupted = await api("/v1/streaming.interrupt", {"session_id": session_id})
     assert interrupted == (200, {"code": 100, "message": "success"})
-    events = [await read_json(connection)]
-    while events[-1]["type"] != "avatar_stop_talking":
-        events.append(await read_json(connection))
+    events = await emulator.wait_for_event(session_id, "avatar_stop_talking")
+    await asyncio.sleep(0.2)
+    assert events == emulator.sessions[session_id].events  # nothing after the cut
     assert "avatar_end_message" not in [e["type"] for e in events]
     assert emulator.sessions[session_id].tasks[0]["status"] == "interrupted"
 
@@ -156,11 +176,25 @@ async def test_socket_records_frames_and_signals_user_speech(emulator, api, open
     assert await read_json(connection) == {"event_type": "user_start"}
     assert await read_json(connection) == {"event_type": "user_stop"}
     assert emulator.sessions[session_id].ws_received == [(True, b"\x12\x04audio")] * 3 + [(False, "text frame")]
+    assert emulator.sessions[session_id].tasks == []  # audio and text frames are no tasks
     await emulator.user_says(session_id, "What time is it?")
-    said = [await read_json(connection), await read_json(connection)]
-    assert [e["type"] for e in said] == ["user_talking_message", "user_talking_message"]
-    assert "".join(e["message"] for e in said) == "What time is it?"
-    assert (await read_json(connection))["type"] == "user_end_message"
+    said = emulator.sessions[session_id].events
+    assert [e["type"] for e in said] == ["user_talking_message", "user_talking_message", "user_end_message"]
+    assert "".join(e["message"] for e in said[:2]) == "What time is it?"
+    assert await read_socket_quietly(connection) == []  # the user's words are LiveKit data, not socket frames
+
+
+@pytest.mark.gen_test
+async def test_socket_text_frame_is_a_talk_task(emulator, api, open_socket):
+    token, session_id = await started_session(api)
+    connection = await open_socket(session_id, token)
+    await connection.write_message(text_frame("Where is my order?"), binary=True)
+    events = await emulator.wait_for_event(session_id, "avatar_end_message")
+    task = emulator.sessions[session_id].tasks[0]
+    assert (task["text"], task["task_type"], task["task_mode"]) == ("Where is my order?", "talk", "async")
+    spoken = "".join(e["message"] for e in events if e["type"] == "avatar_talking_message")
+    assert spoken == 'You said "Where is my order?". I am the sandbox avatar.'
+    assert await read_socket_quietly(connection) == []  # a text frame is no speech: no user_start
 
 
 @pytest.mark.gen_test
@@ -196,3 +230,70 @@ async def test_idle_session_is_closed(emulator, api, open_socket):
     assert await asyncio.wait_for(connection.read_message(), 1) is None
     assert connection.close_code == 1000
     assert emulator.sessions[session_id].closed_reason == "idle_timeout"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_session_room_carries_the_avatar_and_its_events(io_loop, http_client, base_url):
+    """With a room server, as upstream v2: new answers the room's url and a client token, start seats the avatar
+    (`heygen`, video + audio), its events and the user's words arrive as LiveKit data with no topic, a JSON-string
+    talk published by the client is answered, and stop closes the room. Seen by the official Python SDK."""
+    from livekit import rtc
+
+    from sandbox.livekit import RoomServer
+    from test_livekit_rooms import until
+
+    rooms = RoomServer().listen()
+    emulator = HeyGenEmulator(api_key=API_KEY, rooms=rooms, seconds_per_word=0.02)
+    server = tornado.httpserver.HTTPServer(emulator.make_app())
+    sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    server.add_sockets(sockets)
+    url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+    client = rtc.Room()
+    try:
+        async def call(path, body):
+            response = await http_client.fetch(url + path, method="POST", body=json.dumps(body),
+                                               headers={"X-Api-Key": API_KEY, "Content-Type": "application/json"})
+            return json.loads(response.body)["data"]
+
+        info = await call("/v1/streaming.new", {"avatar_name": AVATAR, "version": "v2"})
+        session_id = info["session_id"]
+        assert info["url"] == rooms.url and session_id in rooms.rooms
+        assert rooms.verify(info["access_token"]).video.room == session_id
+        await call("/v1/streaming.start", {"session_id": session_id})
+        assert set(rooms.rooms[session_id].participants) == {"heygen"}
+
+        data, tracks = [], []
+        client.on("data_received", lambda p: data.append((p.participant.identity, p.topic, json.loads(p.data))))
+        client.on("track_subscribed", lambda track, pub, participant: tracks.append((participant.identity, track.kind)))
+        await client.connect(info["url"], info["access_token"])
+        await until(lambda: len(tracks) == 2, what="the avatar's video and audio")
+        assert sorted(tracks) == [("heygen", rtc.TrackKind.KIND_AUDIO), ("heygen", rtc.TrackKind.KIND_VIDEO)]
+
+        task = await call("/v1/streaming.task", {"session_id": session_id, "text": "Hello from the shop",
+                                                 "task_type": "repeat"})
+        await until(lambda: any(e["type"] == "avatar_stop_talking" for _, _, e in data), what="the repeat spoken")
+        assert {(sender, topic) for sender, topic, _ in data} == {("heygen", "")}
+        events = [e for _, _, e in data]
+        assert [e["type"] for e in events] == ["avatar_start_talking"] + ["avatar_talking_message"] * 4 + [
+            "avatar_end_message", "avatar_stop_talking"]
+        assert {e["task_id"] for e in events} == {task["task_id"]}
+        assert "".join(e["message"] for e in events[1:5]) == "Hello from the shop"
+        assert events == emulator.sessions[session_id].events
+
+        # The SDK's LiveKit transport publishes a talk as a JSON string: the avatar answers.
+        data.clear()
+        await client.local_participant.publish_data(json.dumps("Any news?").encode(), reliable=True)
+        await until(lambda: any(e["type"] == "avatar_end_message" for _, _, e in data), what="the talk answered")
+        assert "".join(e.get("message", "") for _, _, e in data) == 'You said "Any news?". I am the sandbox avatar.'
+        assert emulator.sessions[session_id].tasks[-1]["task_type"] == "talk"
+
+        await emulator.user_says(session_id, "Thanks a lot")
+        await until(lambda: data[-1][2]["type"] == "user_end_message", what="the user's words")
+
+        await call("/v1/streaming.stop", {"session_id": session_id})
+        await until(lambda: session_id not in rooms.rooms and not client.remote_participants, what="room closed")
+    finally:
+        await client.disconnect()
+        emulator.stop()
+        server.stop()
+        await rooms.close()

@@ -8,7 +8,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from conftest import GatewayClient, eventually
-from test_heygen_flow import connected, open_session, read_events, ws_url
+from test_heygen_flow import connected, open_session, read_events, socket_says, ws_url
 
 
 @pytest.mark.gen_test(timeout=20)
@@ -107,14 +107,17 @@ async def test_handshake_checks_token_ownership_and_origin(sandbox, client):
 
 @pytest.mark.gen_test(timeout=20)
 async def test_socket_user_speech_and_duplicates_are_counted_once(sandbox, client):
+    """The gateway's transcript observer on the socket. Real HeyGen v2 sends the avatar's and the user's words as
+    LiveKit data, not on the socket (upstream-apis §0.1): the test writes them on the emulator's socket itself."""
     session_id, _, ws = await connected(sandbox, client)
-    await client.call("/v1/streaming.task", {"session_id": session_id, "text": "Hi, I am Iliana.",
-                                             "task_type": "repeat"})
+    task = await client.call("/v1/streaming.task", {"session_id": session_id, "text": "Hi, I am Iliana.",
+                                                    "task_type": "repeat"})
+    await socket_says(sandbox, session_id, "Hi, I am Iliana.", task_id=task.data["task_id"])
     await read_events(ws, "avatar_end_message")
     # The client also reports the same avatar text it saw over LiveKit: still one turn.
     reply = await client.call("/v1/streaming.avatar_message", {"session_id": session_id, "text": "Hi, I am Iliana."})
     assert reply.status == 200 and reply.data == {"recorded": False}
-    await sandbox.heygen.user_says(session_id, "I need help with my order")
+    await socket_says(sandbox, session_id, "I need help with my order", kind="user", task_id="u-1")
     await read_events(ws, "user_end_message")
     reply = await client.call("/v1/streaming.user_message", {"session_id": session_id,
                                                             "text": "I need help with my order"})
@@ -131,9 +134,14 @@ async def test_socket_user_speech_and_duplicates_are_counted_once(sandbox, clien
 @pytest.mark.gen_test(timeout=20)
 async def test_utterance_cut_off_by_a_closing_socket_is_kept(sandbox, client):
     session_id, _, ws = await connected(sandbox, client)
-    sandbox.heygen.chunk_delay = 0.2
-    await client.call("/v1/streaming.task", {"session_id": session_id, "text": "one two three four five six seven",
-                                             "task_type": "repeat"})
+    task = await client.call("/v1/streaming.task", {"session_id": session_id,
+                                                    "text": "one two three four five six seven", "task_type": "repeat"})
+    # The first words on the socket, then it closes. (Real HeyGen v2 sends these as LiveKit data; this exercises the
+    # gateway's transcript observer on socket frames.)
+    task_id = task.data["task_id"]
+    await sandbox.heygen.send_on_socket(session_id, {"type": "avatar_start_talking", "task_id": task_id})
+    await sandbox.heygen.send_on_socket(session_id, {"type": "avatar_talking_message", "task_id": task_id,
+                                                     "message": "one two"})
     await read_events(ws, "avatar_talking_message")
     await asyncio.sleep(0.05)
     ws.close()
@@ -145,11 +153,12 @@ async def test_utterance_cut_off_by_a_closing_socket_is_kept(sandbox, client):
 
 @pytest.mark.gen_test(timeout=60)
 async def test_a_burst_of_utterances_on_one_socket_loses_none(sandbox, client):
-    """Each completed utterance is written as it ends, concurrently with the others: none may be lost."""
+    """Each completed utterance is written as it ends, concurrently with the others: none may be lost.
+    (The utterances are written on the emulator's socket; real HeyGen v2 sends them as LiveKit data.)"""
     session_id, _, ws = await connected(sandbox, client)
-    sandbox.heygen.chunk_delay = 0
     said = [f"utterance number {i} with a few words" for i in range(150)]
-    await asyncio.gather(*(sandbox.heygen.user_says(session_id, text) for text in said))
+    await asyncio.gather(*(socket_says(sandbox, session_id, text, kind="user", task_id=f"u-{i}")
+                           for i, text in enumerate(said)))
     await read_events(ws, "user_end_message", count=len(said), timeout=30)
     await client.call("/v1/streaming.stop", {"session_id": session_id})
     await eventually(lambda: sandbox.petya.deliveries("conv-1"), timeout=20)
