@@ -50,14 +50,17 @@ class ServedApp:
 
 class Sandbox:
     def __init__(self, mongodb_uri, database="ilianaai_sandbox", host="127.0.0.1", gateway_port=0,
-                 demo_api_key=DEMO_API_KEY, petya_mongodb_uri=None, **settings):
+                 demo_api_key=DEMO_API_KEY, petya_mongodb_uri=None, rooms=True, **settings):
+        """rooms=False: no LiveKit room server (the emulators answer as they do standalone), for tests of the
+        gateway's HTTP surface that run hypothesis in another thread: aiortc draws from `random` as avatars join,
+        which hypothesis takes for its own strategies' doing."""
         self.mongodb_uri = mongodb_uri
         self.database = database
         self.host = host
         self.gateway_port = gateway_port
         self.demo_api_key = demo_api_key
         self.overrides = settings  # setting name (any case) -> raw string value
-        self.rooms = RoomServer(api_key="sandbox-livekit-key")  # both providers' LiveKit rooms (listens on start)
+        self.rooms = RoomServer(api_key="sandbox-livekit-key") if rooms else None  # both providers' rooms
         self.heygen = HeyGenEmulator(rooms=self.rooms)
         self.liveavatar = LiveAvatarEmulator(rooms=self.rooms)
         self.petya = PetyaReference(with_database(petya_mongodb_uri or mongodb_uri, database + "_petya"),
@@ -93,7 +96,7 @@ class Sandbox:
     def start_upstreams(self):
         """Everything but the gateway: the emulators and the Petya reference (with the demo customer), and the
         gateway's settings (`env`, `settings`) for starting gateways in this process or as processes of their own."""
-        if self.rooms.url is None:
+        if self.rooms is not None and self.rooms.url is None:
             self.rooms.listen(host=self.host, port=0)
         self.served["heygen"] = ServedApp(self.heygen.make_app(), self.host).start()
         self.served["liveavatar"] = ServedApp(self.liveavatar.make_app(), self.host).start()
@@ -125,5 +128,6 @@ class Sandbox:
             await served.stop()
         self.heygen.stop()
         self.liveavatar.stop()
-        await self.rooms.close()
+        if self.rooms is not None:
+            await self.rooms.close()
         self.petya.close()

@@ -117,3 +117,15 @@ async def eventually(check, timeout=5.0, interval=0.02):
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+# --- order ---------------------------------------------------------------------------------------------------------
+
+# The hypothesis-driven modules run first. Tests with LiveKit rooms leave threads behind (the `livekit` SDK's native
+# runtime, aiortc's peer connections) that keep drawing from Python's global `random`; hypothesis takes any change
+# of it while it generates for its own strategies' doing and fails the test as flaky (seen in full runs).
+HYPOTHESIS_FIRST = ("test_bad_input.py", "test_openapi.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: item.path.name not in HYPOTHESIS_FIRST)  # stable: otherwise the usual order
