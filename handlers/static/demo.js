@@ -183,23 +183,19 @@
     };
   }
 
-  function wsRow(type, text, cls) {
+  // A socket (WS) or LiveKit room (LK) event in the timeline: its type, and what it said.
+  function eventRow(kind, badge, type, text, cls) {
     var what = make('span', 'what');
     what.appendChild(make('span', 'type', type));
     if (text) what.appendChild(make('span', 'wstext' + (cls ? ' ' + cls : ''), short(text, 90)));
-    var row = addRow('ws', [make('span', 'badge badge-ws', 'WS'), what]);
+    var row = addRow(kind, [make('span', 'badge badge-' + kind, badge), what]);
     row.dataset.type = type;
     return row;
   }
 
-  function roomRow(type, text, cls) {
-    var what = make('span', 'what');
-    what.appendChild(make('span', 'type', type));
-    if (text) what.appendChild(make('span', 'wstext' + (cls ? ' ' + cls : ''), short(text, 90)));
-    var row = addRow('room', [make('span', 'badge badge-room', 'LK'), what]);
-    row.dataset.type = type;
-    return row;
-  }
+  function wsRow(type, text, cls) { return eventRow('ws', 'WS', type, text, cls); }
+
+  function roomRow(type, text, cls) { return eventRow('room', 'LK', type, text, cls); }
 
   function infoRow(text, cls) {
     var row = addRow('info', [make('span', 'badge badge-info', 'i'), make('span', 'info-text' + (cls ? ' ' + cls : ''), text)]);
