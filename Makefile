@@ -39,7 +39,7 @@ $(DEMO_LIVEKIT): handlers/static/vendor/package-lock.json
 demo-assets: $(DEMO_LIVEKIT)
 
 run: $(STAMP) $(DEMO_LIVEKIT)
-	$(VENV)/bin/ilianaai-avatar --sandbox
+	$(VENV)/bin/python server.py --sandbox
 
 test: $(STAMP) browser $(DEMO_LIVEKIT)
 	$(VENV)/bin/pytest

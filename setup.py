@@ -26,7 +26,9 @@ setup(
     version="0.1.0",
     description="Avatar-session gateway: HeyGen / LiveAvatar proxy with customer auth, transcripts and Petya hand-off",
     python_requires=">=3.11",
-    packages=["handlers", "handlers.static", "clients", "models", "conf", "sandbox"],
+    # The production packages. The sandbox (sandbox/) runs from a checkout, with the `sandbox` extra: `make run`.
+    packages=["conf", "domain", "observability", "models", "clients", "services", "relay", "handlers",
+              "handlers.static"],
     py_modules=["server"],
     include_package_data=True,
     package_data={"conf": [".env.example"], "handlers.static": ["*"]},  # the demo console's files
@@ -37,10 +39,10 @@ setup(
         "pymongo==4.20.0",
         "marshmallow==4.4.0",
         "python-dotenv==1.2.4",
-        "protobuf==7.36.2",  # reads the web SDK's pipecat TextFrames on the socket (clients/pipecat.py)
-        "prometheus_client==0.26.0",  # GET /metrics (models/metrics.py)
+        "protobuf==7.36.2",  # reads the web SDK's pipecat TextFrames on the socket (relay/pipecat.py)
+        "prometheus_client==0.26.0",  # GET /metrics (observability/metrics.py)
         "apispec[marshmallow]==6.10.1",  # GET /openapi.json, from the marshmallow schemas (handlers/openapi.py)
-        "uvloop==0.22.1",  # the default EVENT_LOOP: the socket relay's asyncio transports in C (handlers/frame_pump.py)
+        "uvloop==0.22.1",  # the default EVENT_LOOP: the socket relay's asyncio transports in C (relay/pump.py)
     ],
     extras_require={"sandbox": SANDBOX, "test": TEST, "dev": TEST},
     entry_points={"console_scripts": ["ilianaai-avatar=server:main"]},

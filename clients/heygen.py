@@ -1,23 +1,33 @@
-"""HeyGen's Streaming API (v1 paths), called with our key; the browser never sees it."""
+"""HeyGen's Streaming API (v1 paths; docs/upstream.md#heygen-rest-api), called with our key; the browser never sees
+it. The HeyGen provider."""
+from __future__ import annotations
+
+from typing import Any
 from urllib.parse import urlencode
 
-from clients.http import Upstream
+from tornado.httpclient import AsyncHTTPClient
+
+from clients.http import Upstream, UpstreamResponse
+from clients.provider import says_concurrent
+from domain.names import ProviderName
+from domain.records import Session, SessionFacts, Turn
 
 WS_PATH = "/v1/ws/streaming.chat"
 
 
 class HeyGenClient:
-    provider = "heygen"
+    name = ProviderName.HEYGEN
+    label = "HeyGen"
 
-    def __init__(self, http, base_url, api_key):
+    def __init__(self, http: AsyncHTTPClient, base_url: str, api_key: str) -> None:
         self.upstream = Upstream(http, base_url, "HeyGen")
         self.api_key = api_key
 
-    def _key(self):
+    def _key(self) -> dict[str, str]:
         return {"x-api-key": self.api_key}
 
     @staticmethod
-    def new_session_body(client_body, config):
+    def new_session_body(client_body: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
         """The client's streaming.new body with the customer's avatar, knowledge base and voice forced in:
         the browser keeps quality, version and the like, but cannot pick another avatar, knowledge base or voice."""
         body = {k: v for k, v in client_body.items() if k not in ("avatar_id", "avatar_name", "knowledge_base_id")}
@@ -33,41 +43,48 @@ class HeyGenClient:
             body["voice"] = voice
         return body
 
-    async def create_token(self):
+    async def create_token(self) -> UpstreamResponse:
         return await self.upstream.call("POST", "/v1/streaming.create_token", headers=self._key(), body={})
 
-    async def new_session(self, body, heygen_token=None):
+    async def new_session(self, body: dict[str, Any], heygen_token: str | None = None) -> UpstreamResponse:
         """streaming.new; with a token from create_token the session is bound to it, as HeyGen's SDK does."""
         headers = {"Authorization": f"Bearer {heygen_token}"} if heygen_token else self._key()
         return await self.upstream.call("POST", "/v1/streaming.new", headers=headers, body=body)
 
-    async def session_call(self, name, body):
-        """Any per-session call: start, task, stop, interrupt, keep_alive."""
+    async def session_call(self, name: str, body: dict[str, Any]) -> UpstreamResponse:
+        """Any per-session call: start, task, stop, interrupt, keep_alive, ..."""
         return await self.upstream.call("POST", f"/v1/streaming.{name}", headers=self._key(), body=body)
 
-    async def stop_session(self, session, reason):
+    # --- the Provider interface (clients/provider.py) -------------------------------------------------------------
+
+    async def start(self, session: SessionFacts, body: dict[str, Any] | None = None) -> UpstreamResponse:
+        return await self.session_call("start", body or {"session_id": session.session_id})
+
+    async def keep_alive(self, session: SessionFacts) -> UpstreamResponse:
+        return await self.session_call("keep_alive", {"session_id": session.session_id})
+
+    async def stop_session(self, session: Session, reason: str) -> UpstreamResponse:
         return await self.session_call("stop", {"session_id": session.session_id})
 
-    async def abandon(self, session_id):
-        """Stop a session the gateway could not record."""
+    async def abandon(self, session_id: str) -> UpstreamResponse:
         return await self.session_call("stop", {"session_id": session_id})
 
-    @staticmethod
-    def is_concurrency_error(response):
+    def is_concurrency_error(self, response: UpstreamResponse) -> bool:
         """HeyGen's answer when our account's concurrent sessions are all in use (UNVERIFIED: known only as a 400;
         the emulator's message names the limit)."""
-        body = response.json()
-        return (response.status in (400, 429) and isinstance(body, dict)
-                and "concurrent" in str(body.get("message", "")).lower())
+        return says_concurrent(response)
 
-    async def final_turns(self, session, turns):
+    async def final_turns(self, session: Session, recorded: list[Turn]) -> tuple[list[Turn], str | None]:
         """HeyGen keeps no transcript: the turns the gateway recorded are the transcript."""
-        return turns, None
+        return recorded, None
 
-    def websocket_url(self, session_id, heygen_token, client_query):
+    # --- the streaming-chat socket (relay/) --------------------------------------------------------------------
+
+    def websocket_url(self, session_id: str, heygen_token: str | None, client_query: list[tuple[str, str]]) -> str:
         """The upstream socket URL: the client's own query parameters, with HeyGen's token substituted."""
         params = [(k, v) for k, v in client_query if k not in ("session_id", "session_token")]
-        params = [("session_id", session_id), ("session_token", heygen_token)] + params
+        # A session opened with the API key (no token from create_token) has none: "None", as HeyGen is sent it.
+        params = [("session_id", session_id), ("session_token", str(heygen_token))] + params
         base = self.upstream.base_url
         scheme, rest = base.split("://", 1)
         ws_scheme = "wss" if scheme == "https" else "ws"

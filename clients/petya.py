@@ -1,13 +1,17 @@
 """Petya, our main backend: the customer's avatar config (cached) and the conversation-status hand-off."""
+from __future__ import annotations
+
 import asyncio
 import logging
-from urllib.parse import quote
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from tornado.httpclient import AsyncHTTPClient
 
 from clients.http import Upstream
-from models.cache import TTLCache
-from models.errors import ServiceUnavailable, Unauthorized, UpstreamTimeout, UpstreamUnavailable
-from models.store import RETRY_AFTER
+from domain.cache import TTLCache
+from domain.errors import RETRY_AFTER, ServiceUnavailable, Unauthorized, UpstreamTimeout, UpstreamUnavailable
 
 log = logging.getLogger("gateway.petya")
 
@@ -25,13 +29,13 @@ class FlushOutcome:
 
 
 class PetyaClient:
-    def __init__(self, http, base_url, auth_token, config_ttl):
+    def __init__(self, http: AsyncHTTPClient, base_url: str, auth_token: str, config_ttl: float) -> None:
         self.upstream = Upstream(http, base_url, "Petya")
         self.auth_token = auth_token
-        self.cache = TTLCache(config_ttl)
-        self._inflight = {}  # customer id -> Future: one Petya lookup per key at a time
+        self.cache: TTLCache[str, dict[str, Any]] = TTLCache(config_ttl)
+        self._inflight: dict[str, asyncio.Future[dict[str, Any]]] = {}  # customer id -> one Petya lookup at a time
 
-    async def get_config(self, api_key, customer_id):
+    async def get_config(self, api_key: str, customer_id: str) -> dict[str, Any]:
         """The customer's avatar config; Unauthorized when Petya does not know the key."""
         cached = self.cache.get(customer_id)
         if cached is not None:
@@ -39,7 +43,7 @@ class PetyaClient:
         pending = self._inflight.get(customer_id)
         if pending is not None:
             return await asyncio.shield(pending)
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._inflight[customer_id] = future
         try:
             config = await self._fetch_config(api_key)
@@ -53,7 +57,7 @@ class PetyaClient:
         finally:
             del self._inflight[customer_id]
 
-    async def _fetch_config(self, api_key):
+    async def _fetch_config(self, api_key: str) -> dict[str, Any]:
         try:
             response = await self.upstream.call("GET", "/api/v1/avatar/config", headers={"X-Api-Key": api_key})
         except UpstreamUnavailable:
@@ -71,7 +75,8 @@ class PetyaClient:
         config.update({k: v for k, v in body.items() if k not in config})
         return config
 
-    async def post_status(self, conversation_id, session_id, transcript, delivery_id, status="completed"):
+    async def post_status(self, conversation_id: str, session_id: str, transcript: list[dict[str, Any]],
+                          delivery_id: str, status: str = "completed") -> FlushOutcome:
         """Hand a finished session's transcript to Petya (updateConversationStatus). `delivery_id` is the same on
         every attempt (header Idempotency-Key and body deliveryId): Petya applies a repeat of it as a no-op."""
         path = f"/api/v1/avatar/conversations/{quote(conversation_id, safe='')}/status"

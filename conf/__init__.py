@@ -1,14 +1,21 @@
-"""Every setting of the gateway, declared once with its default and a one-line doc.
+"""Every setting of the gateway, declared once, in groups, with its default, its type and a one-line doc.
 
 Values come from the environment, then from a `.env` file (the environment wins, as python-dotenv does), then from
 the defaults below. `load_settings()` validates them all and raises ConfigError naming the first bad one, so a bad
-start stops with one clear line.
+start stops with one clear line. It returns a typed `Settings` (conf/settings.py), generated from these declarations
+with `python -m conf typed`, as are the README's table (`markdown`) and conf/.env.example (`env`).
 """
+from __future__ import annotations
+
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from dotenv import dotenv_values
+
+from conf.settings import Settings
+
+__all__ = ["GROUPS", "REQUIRED", "SETTINGS", "ConfigError", "Group", "Setting", "Settings", "load_settings"]
 
 
 class ConfigError(ValueError):
@@ -18,8 +25,20 @@ class ConfigError(ValueError):
 REQUIRED = object()  # the default of a setting that has none
 
 
-def _int(low=None, high=None):
-    def parse(raw):
+Parser = Callable[[str], Any]
+
+
+def typed(annotation: str) -> Callable[[Parser], Parser]:
+    """Mark a parser with the type of what it returns, as the generated Settings declares it."""
+    def mark(parse: Parser) -> Parser:
+        parse.annotation = annotation  # type: ignore[attr-defined]
+        return parse
+    return mark
+
+
+def _int(low: int | None = None, high: int | None = None) -> Parser:
+    @typed("int")
+    def parse(raw: str) -> int:
         value = int(raw)
         if (low is not None and value < low) or (high is not None and value > high):
             raise ValueError(f"must be between {low} and {high}")
@@ -27,8 +46,9 @@ def _int(low=None, high=None):
     return parse
 
 
-def _float(low=0.0):
-    def parse(raw):
+def _float(low: float = 0.0) -> Parser:
+    @typed("float")
+    def parse(raw: str) -> float:
         value = float(raw)
         if value < low:
             raise ValueError(f"must be >= {low}")
@@ -36,28 +56,37 @@ def _float(low=0.0):
     return parse
 
 
-def _url(raw):
+@typed("str")
+def _str(raw: str) -> str:
+    return raw
+
+
+@typed("str")
+def _url(raw: str) -> str:
     raw = raw.strip().rstrip("/")
     if not raw.startswith(("http://", "https://")) or len(raw) < 10:
         raise ValueError("must be an http:// or https:// URL")
     return raw
 
 
-def _mongodb_uri(raw):
+@typed("str")
+def _mongodb_uri(raw: str) -> str:
     if not raw.startswith(("mongodb://", "mongodb+srv://")):
         raise ValueError("must be a mongodb:// or mongodb+srv:// URI")
     return raw
 
 
-def _secret(min_length=1):
-    def parse(raw):
+def _secret(min_length: int = 1) -> Parser:
+    @typed("str")
+    def parse(raw: str) -> str:
         if len(raw) < min_length:
             raise ValueError(f"must be at least {min_length} characters")
         return raw
     return parse
 
 
-def _origins(raw):
+@typed("tuple[str, ...]")
+def _origins(raw: str) -> tuple[str, ...]:
     """`*` or a comma list of origins such as https://shop.example.com."""
     items = [item.strip().rstrip("/") for item in raw.split(",") if item.strip()]
     if items == ["*"]:
@@ -68,7 +97,8 @@ def _origins(raw):
     return tuple(items)
 
 
-def _bool(raw):
+@typed("bool")
+def _bool(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
@@ -77,8 +107,9 @@ def _bool(raw):
     raise ValueError("must be true or false")
 
 
-def _choice(*choices):
-    def parse(raw):
+def _choice(*choices: str) -> Parser:
+    @typed("Literal[" + ", ".join(repr(choice) for choice in choices) + "]")
+    def parse(raw: str) -> str:
         value = raw.strip().lower()
         if value not in choices:
             raise ValueError(f"must be one of {', '.join(choices)}")
@@ -86,7 +117,8 @@ def _choice(*choices):
     return parse
 
 
-def _address(raw):
+@typed("tuple[str, int] | None")
+def _address(raw: str) -> tuple[str, int] | None:
     """`host:port` (`[v6 address]:port`), or empty for none."""
     raw = raw.strip()
     if not raw:
@@ -98,7 +130,8 @@ def _address(raw):
     return host, int(port)
 
 
-def _log_level(raw):
+@typed("Literal['DEBUG', 'INFO', 'WARNING', 'ERROR']")
+def _log_level(raw: str) -> str:
     level = raw.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
@@ -109,116 +142,128 @@ def _log_level(raw):
 class Setting:
     name: str
     default: Any
-    parse: Callable[[str], Any]
+    parse: Parser
     doc: str
     secret: bool = False
 
+    @property
+    def annotation(self) -> str:
+        return getattr(self.parse, "annotation", "Any")
 
-SETTINGS = (
-    Setting("HOST", "127.0.0.1", str, "Address to listen on (nginx proxies to it)."),
-    Setting("PORT", "8000", _int(0, 65535), "Port to listen on (0: any free port)."),
-    Setting("XHEADERS", "false", _bool,
-            "Take the client's address and scheme from X-Real-IP / X-Forwarded-* (a proxy in front sets them). Off "
-            "by default: nothing the gateway logs or decides uses them, and tornado checks the address on every "
-            "request."),
-    Setting("ADMIN_ADDRESS", "", _address,
-            "host:port of a separate listener for /metrics, /readyz and /healthz (then 404 on PORT); empty: they are "
-            "served on PORT."),
-    Setting("EVENT_LOOP", "uvloop", _choice("uvloop", "asyncio"),
-            "The event loop: uvloop (libuv; the socket relay's transports run in C, about a third less CPU per "
-            "frame, see bench/) or asyncio (the standard library's)."),
-    Setting("LOG_LEVEL", "INFO", _log_level, "Log level of the gateway's own loggers."),
-    Setting("LOG_FORMAT", "text", _choice("text", "json"),
-            "Log lines as text, or as JSON objects (time, level, logger, message; access lines also method, path, "
-            "status, duration_ms, session) for log pipelines."),
-    Setting("GATEWAY_SECRET", REQUIRED, _secret(16),
-            "Key of the HMAC that turns customer API keys into stored customer ids (16+ chars).", secret=True),
-    Setting("HEYGEN_API_KEY", REQUIRED, _secret(), "Our HeyGen API key; never leaves the server.", secret=True),
-    Setting("HEYGEN_BASE_URL", "https://api.heygen.com", _url, "HeyGen API base URL (REST and WebSocket)."),
-    Setting("LIVEAVATAR_API_KEY", "", str,
-            "Our LiveAvatar API key; never leaves the server. Empty: the LiveAvatar routes answer 503.", secret=True),
-    Setting("LIVEAVATAR_BASE_URL", "https://api.liveavatar.com", _url, "LiveAvatar API base URL."),
-    Setting("LIVEAVATAR_RATE_LIMIT", "10", _int(0),
-            "Calls per second per LiveAvatar endpoint made with our key, for all processes together (divided "
-            "among the live ones); 0: no limit."),
-    Setting("RATE_LIMIT_WAIT", "2", _float(0),
-            "Seconds a browser's call may wait for the rate limiter before it is answered 429 with Retry-After."),
-    Setting("MAX_CONCURRENT_SESSIONS", "3", _int(1),
-            "Live sessions a customer may hold at once, unless its Petya config sets maxConcurrentSessions."),
-    Setting("PETYA_BASE_URL", REQUIRED, _url, "Petya backend base URL (avatar config and conversation status)."),
-    Setting("PETYA_AUTH_TOKEN", REQUIRED, _secret(), "Service token the gateway presents to Petya.", secret=True),
-    Setting("PETYA_CONFIG_TTL", "60", _float(0), "Seconds a customer's avatar config from Petya stays cached."),
-    Setting("MONGODB_URI", REQUIRED, _mongodb_uri,
-            "MongoDB URI holding sessions and transcripts; the database is the URI's path, else ilianaai_avatar.",
-            secret=True),
-    Setting("DB_WORKERS", "8", _int(1, 256), "Threads running MongoDB calls (and pymongo's pool size)."),
-    Setting("DB_TIMEOUT", "5", _float(0.1),
-            "Seconds a MongoDB call may wait for the server (selection, connect); meanwhile callers get 503."),
-    Setting("DB_WRITE_CONCERN", "journaled", _choice("journaled", "majority"),
-            "How durable an acknowledged write is: journaled (w=1, j=true) or majority (w=majority, j=true; "
-            "replica sets)."),
-    Setting("LEASE_HEARTBEAT", "2", _float(0.05),
-            "Seconds between a process's lease heartbeats in MongoDB (its open sockets are recorded against it)."),
-    Setting("LEASE_TTL", "30", _float(0.2),
-            "Seconds without a heartbeat after which a process counts as dead and its sockets as closed."),
-    Setting("TURN_QUEUE_MAX", "10000", _int(1),
-            "Turns a process holds while MongoDB cannot take them; when full, tasks and reports answer 503 and "
-            "socket relays pause."),
-    Setting("CORS_ORIGINS", "*", _origins, "Origins allowed to call the gateway: a comma list, or * for any."),
-    Setting("UPSTREAM_CONNECT_TIMEOUT", "5", _float(0.1), "Seconds to connect to HeyGen/LiveAvatar/Petya."),
-    Setting("UPSTREAM_REQUEST_TIMEOUT", "30", _float(0.1), "Seconds for a whole upstream HTTP exchange."),
-    Setting("HTTP_MAX_CLIENTS", "200", _int(1, 10000), "Concurrent upstream HTTP requests of the shared curl client."),
-    Setting("MAX_BODY_SIZE", "65536", _int(256),
-            "Largest request body accepted, in bytes (larger: 413, answered before the body is read)."),
-    Setting("HTTP_IDLE_TIMEOUT", "60", _float(0.1),
-            "Seconds a client connection may wait before and while sending a request's headers, from its connect or "
-            "the end of its previous answer (tornado's header timeout): ends idle keep-alive connections and "
-            "slowloris."),
-    Setting("HTTP_BODY_TIMEOUT", "15", _float(0.1),
-            "Seconds a client may take to send a request body once its headers are in; slower: connection closed."),
-    Setting("HTTP_MAX_HEADER_SIZE", "16384", _int(1024, 1 << 20),
-            "Largest request line plus headers, in bytes; larger: the connection is closed without an answer."),
-    Setting("WS_PING_INTERVAL", "25", _float(0), "Seconds between WebSocket pings on both legs (0 disables)."),
-    Setting("WS_MAX_MESSAGE_SIZE", "1048576", _int(1024), "Largest WebSocket message relayed, in bytes."),
-    Setting("SOCKET_GRACE_PERIOD", "30", _float(0),
-            "Seconds a session waits for a reconnect after its socket closes (ended by the next sweep after that)."),
-    Setting("SESSION_IDLE_TIMEOUT", "300", _float(1),
-            "Seconds without a client call, keep-alive or open socket before a session is reaped (stopped upstream)."),
-    Setting("SESSION_MAX_AGE", "3600", _float(1), "Seconds after which any session is reaped, active or not."),
-    Setting("TOKEN_TTL", "3600", _float(1), "Seconds a gateway session token stays valid."),
-    Setting("SWEEP_INTERVAL", "5", _float(0.05),
-            "Seconds between sweeps for pending flushes and for abandoned, idle or too-old sessions."),
-    Setting("FLUSH_RETRY_INITIAL", "2", _float(0.01), "First retry delay of a failed transcript flush, in seconds."),
-    Setting("FLUSH_RETRY_MAX", "300", _float(0.01), "Longest retry delay of a failed transcript flush, in seconds."),
-    Setting("SHUTDOWN_TIMEOUT", "8", _float(0), "Seconds a graceful stop waits for in-flight work."),
+
+@dataclass(frozen=True)
+class Group:
+    title: str
+    doc: str
+    settings: tuple[Setting, ...]
+
+
+GROUPS: tuple[Group, ...] = (
+    Group("Server", "Where and how the process listens and logs.", (
+        Setting("HOST", "127.0.0.1", _str, "Address to listen on (nginx proxies to it)."),
+        Setting("PORT", "8000", _int(0, 65535), "Port to listen on (0: any free port)."),
+        Setting("XHEADERS", "false", _bool,
+                "Take the client's address and scheme from X-Real-IP / X-Forwarded-* (a proxy in front sets them). Off "
+                "by default: nothing the gateway logs or decides uses them, and tornado checks the address on every "
+                "request."),
+        Setting("ADMIN_ADDRESS", "", _address,
+                "host:port of a separate listener for /metrics, /readyz and /healthz (then 404 on PORT); empty: they are "
+                "served on PORT."),
+        Setting("EVENT_LOOP", "uvloop", _choice("uvloop", "asyncio"),
+                "The event loop: uvloop (libuv; the socket relay's transports run in C, about a third less CPU per "
+                "frame, see bench/) or asyncio (the standard library's)."),
+        Setting("LOG_LEVEL", "INFO", _log_level, "Log level of the gateway's own loggers."),
+        Setting("LOG_FORMAT", "text", _choice("text", "json"),
+                "Log lines as text, or as JSON objects (time, level, logger, message; access lines also method, path, "
+                "status, duration_ms, session) for log pipelines."),
+    )),
+    Group("Secrets and upstreams", "Our keys and the providers' addresses.", (
+        Setting("GATEWAY_SECRET", REQUIRED, _secret(16),
+                "Key of the HMAC that turns customer API keys into stored customer ids (16+ chars).", secret=True),
+        Setting("HEYGEN_API_KEY", REQUIRED, _secret(), "Our HeyGen API key; never leaves the server.", secret=True),
+        Setting("HEYGEN_BASE_URL", "https://api.heygen.com", _url, "HeyGen API base URL (REST and WebSocket)."),
+        Setting("LIVEAVATAR_API_KEY", "", _str,
+                "Our LiveAvatar API key; never leaves the server. Empty: the LiveAvatar routes answer 503.", secret=True),
+        Setting("LIVEAVATAR_BASE_URL", "https://api.liveavatar.com", _url, "LiveAvatar API base URL."),
+        Setting("LIVEAVATAR_RATE_LIMIT", "10", _int(0),
+                "Calls per second per LiveAvatar endpoint made with our key, for all processes together (divided "
+                "among the live ones); 0: no limit."),
+        Setting("RATE_LIMIT_WAIT", "2", _float(0),
+                "Seconds a browser's call may wait for the rate limiter before it is answered 429 with Retry-After."),
+        Setting("UPSTREAM_CONNECT_TIMEOUT", "5", _float(0.1), "Seconds to connect to HeyGen/LiveAvatar/Petya."),
+        Setting("UPSTREAM_REQUEST_TIMEOUT", "30", _float(0.1), "Seconds for a whole upstream HTTP exchange."),
+        Setting("HTTP_MAX_CLIENTS", "200", _int(1, 10000), "Concurrent upstream HTTP requests of the shared curl client."),
+    )),
+    Group("Customers (Petya)", "Who may call, and their quota.", (
+        Setting("PETYA_BASE_URL", REQUIRED, _url, "Petya backend base URL (avatar config and conversation status)."),
+        Setting("PETYA_AUTH_TOKEN", REQUIRED, _secret(), "Service token the gateway presents to Petya.", secret=True),
+        Setting("PETYA_CONFIG_TTL", "60", _float(0), "Seconds a customer's avatar config from Petya stays cached."),
+        Setting("MAX_CONCURRENT_SESSIONS", "3", _int(1),
+                "Live sessions a customer may hold at once, unless its Petya config sets maxConcurrentSessions."),
+    )),
+    Group("MongoDB", "Where session state lives, and the process leases kept there.", (
+        Setting("MONGODB_URI", REQUIRED, _mongodb_uri,
+                "MongoDB URI holding sessions and transcripts; the database is the URI's path, else ilianaai_avatar.",
+                secret=True),
+        Setting("DB_WORKERS", "8", _int(1, 256), "Threads running MongoDB calls (and pymongo's pool size)."),
+        Setting("DB_TIMEOUT", "5", _float(0.1),
+                "Seconds a MongoDB call may wait for the server (selection, connect); meanwhile callers get 503."),
+        Setting("DB_WRITE_CONCERN", "journaled", _choice("journaled", "majority"),
+                "How durable an acknowledged write is: journaled (w=1, j=true) or majority (w=majority, j=true; "
+                "replica sets)."),
+        Setting("LEASE_HEARTBEAT", "2", _float(0.05),
+                "Seconds between a process's lease heartbeats in MongoDB (its open sockets are recorded against it)."),
+        Setting("LEASE_TTL", "30", _float(0.2),
+                "Seconds without a heartbeat after which a process counts as dead and its sockets as closed."),
+        Setting("TURN_QUEUE_MAX", "10000", _int(1),
+                "Turns a process holds while MongoDB cannot take them; when full, tasks and reports answer 503 and "
+                "socket relays pause."),
+    )),
+    Group("HTTP", "What the gateway accepts from browsers.", (
+        Setting("CORS_ORIGINS", "*", _origins, "Origins allowed to call the gateway: a comma list, or * for any."),
+        Setting("MAX_BODY_SIZE", "65536", _int(256),
+                "Largest request body accepted, in bytes (larger: 413, answered before the body is read)."),
+        Setting("HTTP_IDLE_TIMEOUT", "60", _float(0.1),
+                "Seconds a client connection may wait before and while sending a request's headers, from its connect or "
+                "the end of its previous answer (tornado's header timeout): ends idle keep-alive connections and "
+                "slowloris."),
+        Setting("HTTP_BODY_TIMEOUT", "15", _float(0.1),
+                "Seconds a client may take to send a request body once its headers are in; slower: connection closed."),
+        Setting("HTTP_MAX_HEADER_SIZE", "16384", _int(1024, 1 << 20),
+                "Largest request line plus headers, in bytes; larger: the connection is closed without an answer."),
+    )),
+    Group("WebSocket relay", "The streaming-chat socket.", (
+        Setting("WS_PING_INTERVAL", "25", _float(0), "Seconds between WebSocket pings on both legs (0 disables)."),
+        Setting("WS_MAX_MESSAGE_SIZE", "1048576", _int(1024), "Largest WebSocket message relayed, in bytes."),
+        Setting("RELAY_PUMP", "fast", _choice("fast", "plain"),
+                "How the socket relay moves frames: fast (bytes on the sockets taken from tornado, relay/pump.py) or "
+                "plain (message by message on tornado's public API, relay/plain.py; slower). fast falls back to plain, "
+                "with a warning, on a tornado that lacks what it needs."),
+    )),
+    Group("Sessions", "How long sessions, tokens and hand-offs last.", (
+        Setting("SOCKET_GRACE_PERIOD", "30", _float(0),
+                "Seconds a session waits for a reconnect after its socket closes (ended by the next sweep after that)."),
+        Setting("SESSION_IDLE_TIMEOUT", "300", _float(1),
+                "Seconds without a client call, keep-alive or open socket before a session is reaped (stopped upstream)."),
+        Setting("SESSION_MAX_AGE", "3600", _float(1), "Seconds after which any session is reaped, active or not."),
+        Setting("TOKEN_TTL", "3600", _float(1), "Seconds a gateway session token stays valid."),
+        Setting("SWEEP_INTERVAL", "5", _float(0.05),
+                "Seconds between sweeps for pending flushes and for abandoned, idle or too-old sessions."),
+        Setting("FLUSH_RETRY_INITIAL", "2", _float(0.01), "First retry delay of a failed transcript flush, in seconds."),
+        Setting("FLUSH_RETRY_MAX", "300", _float(0.01), "Longest retry delay of a failed transcript flush, in seconds."),
+        Setting("SHUTDOWN_TIMEOUT", "8", _float(0), "Seconds a graceful stop waits for in-flight work."),
+    )),
 )
+SETTINGS: tuple[Setting, ...] = tuple(setting for group in GROUPS for setting in group.settings)
 
 
-class Settings:
-    """Validated settings; attribute names are the setting names in lower case."""
-
-    def __init__(self, values):
-        self._values = dict(values)
-        for name, value in values.items():
-            setattr(self, name.lower(), value)
-
-    def replace(self, **changes):
-        """A copy with some settings changed (names in lower case); values are already parsed."""
-        values = dict(self._values)
-        values.update({name.upper(): value for name, value in changes.items()})
-        return Settings(values)
-
-    def public(self):
-        """Setting -> value with secrets masked, for logs."""
-        secret = {s.name for s in SETTINGS if s.secret}
-        return {name: ("***" if name in secret else value) for name, value in self._values.items()}
 
 
-def load_settings(environ=None, dotenv_path=".env"):
+def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
     """Read, parse and validate every setting; raise ConfigError naming the first bad one."""
     environ = os.environ if environ is None else environ
     file_values = dotenv_values(dotenv_path) if dotenv_path and os.path.exists(dotenv_path) else {}
-    values = {}
+    values: dict[str, Any] = {}
     for setting in SETTINGS:
         raw = environ.get(setting.name)
         if raw is None or raw == "":
@@ -232,4 +277,4 @@ def load_settings(environ=None, dotenv_path=".env"):
         except ValueError as exc:
             shown = "***" if setting.secret else repr(raw)
             raise ConfigError(f"{setting.name}={shown} is invalid: {exc}") from None
-    return Settings(values)
+    return Settings(**{name.lower(): value for name, value in values.items()})

@@ -1,100 +1,68 @@
-"""HeyGen-compatible REST routes: a plugin built against HeyGen works unchanged against these."""
-import asyncio
-import time
+"""HeyGen's contract: the HeyGen-shaped routes, so a plugin (or HeyGen's SDK) built against HeyGen works unchanged
+against the gateway. The handlers parse and authorize; services/heygen_contract.py does the rest. The streaming-chat
+socket is relay/handler.py."""
+from __future__ import annotations
 
+from typing import Any
+
+from domain.names import ContractName
 from handlers.base import BaseHandler
+from handlers.contracts import Contract, Route
+from handlers.openapi import (BY_KEY, FRAMING, STATUS_TEXT, answer, error, json_body, links, operation, shared,
+                              statuses)
 from handlers.schemas import NEW_SESSION, SESSION_REF, TASK
-from models.errors import ConcurrencyLimitExceeded, Unauthorized, UpstreamUnavailable
-from models.transcript import new_turn
+from relay.handler import StreamingChatRelay
 
-TURN_WRITE_WAIT = 0.5  # seconds a task's answer waits for its turn to be stored before answering anyway
+CONTRACT_NAME = ContractName.HEYGEN
 
 
 class CreateTokenHandler(BaseHandler):
-    """Mints HeyGen's session token server-side; the browser gets our opaque token bound to the customer."""
+    """Mints HeyGen's session token server-side; the browser gets the gateway's token, bound to the customer."""
 
-    async def post(self):
+    async def post(self) -> None:
         customer = await self.authenticate(allow_token=False)
-        response = await self.gateway.heygen.create_token()
-        body = response.json()
-        if not response.ok:
-            return self.pass_through(response)
-        heygen_token = ((body or {}).get("data") or {}).get("token")
-        if not heygen_token:
-            raise UpstreamUnavailable("HeyGen answered create_token without a token")
-        token = self.gateway.tokens.mint("heygen", self.gateway.settings.token_ttl)
-        await self.gateway.sessions.save_token(token, customer.id, "heygen", heygen_token, customer.config,
-                                               self.gateway.settings.token_ttl)
-        body["data"]["token"] = token
-        self.send_json(body)
+        self.answer(await self.gateway.heygen_contract.create_token(customer))
 
 
 class NewSessionHandler(BaseHandler):
     """streaming.new with the customer's avatar config injected, answered with HeyGen's body plus data.intro."""
 
-    async def post(self):
-        customer = await self.authenticate(provider="heygen")
+    async def post(self) -> None:
+        customer = await self.authenticate(contract=CONTRACT_NAME)
         request = self.load_body(NEW_SESSION)
-        async with self.session_slot(customer):  # the customer's quota, before HeyGen is called
-            await self.open_session(customer, request)
-
-    async def open_session(self, customer, request):
-        conversation_id = request.pop("conversation_id", None)
-        sessions, heygen = self.gateway.sessions, self.gateway.heygen
-        token = await sessions.claim_token(customer.id, customer.token.id if customer.token else None)
-        if customer.token and token is None:
-            raise Unauthorized("session token already used: create a new one")
-        try:
-            response = await heygen.new_session(heygen.new_session_body(request, customer.config),
-                                                token.upstream_token if token else None)
-        except Exception:
-            if token:
-                await sessions.release_token(token)
-            raise
-        body = response.json()
-        session_id = ((body or {}).get("data") or {}).get("session_id") if response.ok else None
-        if not session_id:
-            if token and response.status != 401:  # HeyGen did not consume it
-                await sessions.release_token(token)
-            if response.ok:
-                raise UpstreamUnavailable("HeyGen answered streaming.new without a session_id")
-            if heygen.is_concurrency_error(response):
-                raise ConcurrencyLimitExceeded("all of the gateway's HeyGen sessions are in use: try again shortly")
-            return self.pass_through(response)
-        self.log_session_id = session_id
-        await self.record_new_session(heygen, session_id, conversation_id=conversation_id, customer=customer.id,
-                                      upstream_token=token.upstream_token if token else None)
-        if token:
-            await sessions.bind_token(token, session_id)
-        body["data"]["intro"] = customer.config.get("intro")
-        self.send_json(body, response.status)
+        self.answer(await self.gateway.heygen_contract.new_session(customer, request))
 
 
 class SessionCallHandler(BaseHandler):
-    """A per-session call forwarded to HeyGen once the caller is shown to own the session."""
+    """A per-session call, forwarded once the caller is shown to own the session."""
 
-    call = None
-    schema = SESSION_REF
+    call = ""
 
-    async def post(self):
-        customer = await self.authenticate(provider="heygen")
-        request = self.load_body(self.schema)
-        session = await self.owned_session(request["session_id"], customer, provider="heygen", facts=True)
-        started, response = time.time(), None
-        try:
-            response = await self.gateway.heygen.session_call(self.call, request)
-        finally:
-            await self.settle(session, request, started, response)
-        self.pass_through(response)
+    async def post(self, name: str | None = None) -> None:
+        customer = await self.authenticate(contract=CONTRACT_NAME)
+        request = self.load_body(TASK if self.call == "task" else SESSION_REF)
+        self.log_session_id = request["session_id"]
+        contract = self.gateway.heygen_contract
+        if self.call == "task":
+            self.answer(await contract.task(customer, request))
+        elif self.call == "stop":
+            self.answer(await contract.stop(customer, request))
+        else:
+            self.answer(await contract.call(customer, name or self.call, request))
 
-    async def settle(self, session, request, started, response):
-        """What the call means for our record of the session (response is None when HeyGen was not reached)."""
+
 class StartHandler(SessionCallHandler):
     call = "start"
 
-    async def settle(self, session, request, started, response):
-        if response is not None and response.ok:
-            await self.gateway.sessions.mark_started(session.session_id)
+
+class TaskHandler(SessionCallHandler):
+    """A talk task is the user speaking; a repeat task is the avatar saying the given words: its turn is recorded."""
+    call = "task"
+
+
+class StopHandler(SessionCallHandler):
+    """Stops the session upstream, then ends it here: the transcript goes to Petya exactly once."""
+    call = "stop"
 
 
 class InterruptHandler(SessionCallHandler):
@@ -114,42 +82,130 @@ class StopListeningHandler(SessionCallHandler):
 
 
 class OtherSessionCallHandler(SessionCallHandler):
-    """A HeyGen session call the gateway does not list (a newer SDK's): forwarded as `POST /v1/streaming.<name>`
-    with the client's body once the caller is shown to own its `session_id`, so it can only ever act on the caller's
-    own session. HeyGen's answer passes through (its 404 for a name it does not know)."""
-
-    async def post(self, name):
-        self.call = name
-        await super().post()
+    """A HeyGen session call the gateway does not list (a newer SDK's): `POST /v1/streaming.<name>` forwarded with
+    the client's body once the caller is shown to own its `session_id`, so it can only ever act on the caller's own
+    session. HeyGen's answer passes through (its 404 for a name it does not know)."""
 
 
-class TaskHandler(SessionCallHandler):
-    """A talk task is the user speaking; a repeat task is the avatar saying the given words. Its turn is queued
-    for MongoDB (models.turns): the answer is HeyGen's, whether or not MongoDB is there at that moment."""
+# --- the contract's routes and their OpenAPI operations --------------------------------------------------------------
 
-    call = "task"
-    schema = TASK
-
-    async def post(self):
-        with self.gateway.turns.take_slot() as self.slot:  # before HeyGen performs it: 503 when the queue is full
-            await super().post()
-
-    async def settle(self, session, request, started, response):
-        if response is None or not response.ok:
-            return
-        role = "avatar" if request.get("task_type", "repeat") == "repeat" else "user"
-        task_id = ((response.json() or {}).get("data") or {}).get("task_id")
-        stored = self.slot.submit(
-            session.session_id, new_turn(role, request["text"], started, "task", str(task_id) if task_id else None))
-        # Usually stored within a millisecond, so the transcript reads it back at once; never waited on for long.
-        await asyncio.wait([stored], timeout=TURN_WRITE_WAIT)
+# Links: from an answer that names a session to the calls on that session (for readers, and for stateful testing).
+AFTER_NEW = ["streamingStart", "streamingTask", "streamingInterrupt", "streamingKeepAlive", "streamingStartListening",
+             "streamingStopListening", "streamingStop", "streamingAvatarMessage", "streamingUserMessage",
+             "streamingTranscript", "streamingChatSocket"]
+AFTER_START = ["streamingTask", "streamingInterrupt", "streamingStop", "streamingAvatarMessage", "streamingTranscript"]
+AFTER_TASK = ["streamingTask", "streamingInterrupt", "streamingStop", "streamingTranscript"]
 
 
-class StopHandler(SessionCallHandler):
-    """Stops HeyGen's session, then ends ours: the transcript goes to Petya exactly once."""
+def session_call(op_id: str, name: str, description: str, body: str = "SessionRef", ok: str = "HeyGenAnswer",
+                 more: tuple[str, ...] = (), then: list[str] | None = None) -> dict[str, Any]:
+    return operation(
+        op_id, f"HeyGen streaming.{name}", description + " Forwarded to HeyGen with our key once the caller is shown "
+        "to own the session (404 otherwise, and HeyGen is not called); HeyGen's answer passes through.",
+        {"200": answer("HeyGen's answer", ok, links=links("$request.body#/session_id", then) if then else None),
+         **statuses("400", "401", "404", "413", *more, "502", "503", "504", upstream="HeyGen", session=True)},
+        body=json_body(body, True))
 
-    call = "stop"
 
-    async def settle(self, session, request, started, response):
-        # HeyGen not reached: the lifecycle tries the stop once more, and records why it failed.
-        await self.gateway.lifecycle.end(session.session_id, "stopped", stop_upstream=response is None)
+def call_route(name: str, handler: type, op_id: str, description: str, **kwargs: Any) -> Route:
+    return Route(rf"/v1/streaming\.{name}", handler, f"/v1/streaming.{name}",
+                 lambda: {"post": session_call(op_id, name, description, **kwargs)})
+
+
+def create_token() -> dict[str, Any]:
+    return {"post": operation(
+        "streamingCreateToken", "Mint a HeyGen session token",
+        "Mints HeyGen's session token server-side and answers the gateway's own token in its place, bound to "
+        "the customer (its config is snapshotted into it). The body, if any, is not read.",
+        {"200": answer("the gateway's token in HeyGen's envelope", "HeyGenTokenAnswer"),
+         **statuses("400", "401", "413", "502", "503", "504", upstream="HeyGen", auth="401_key",
+                    body_400=FRAMING)},
+        security=BY_KEY)}
+
+
+def new_session() -> dict[str, Any]:
+    return {"post": operation(
+        "streamingNew", "HeyGen streaming.new with the customer's avatar",
+        "HeyGen's streaming.new with the customer's avatar_id, knowledge_base_id and voice.voice_id forced in "
+        "(the client keeps quality, version and the like). With a gateway token the session is bound to it (a "
+        "token opens one session). Answers HeyGen's body plus data.intro.",
+        {"200": answer("HeyGen's answer plus data.intro", "HeyGenSessionAnswer",
+                       links=links("$response.body#/data/session_id", AFTER_NEW)),
+         **statuses("400", "401", "413", "429", "502", "503", "504", upstream="HeyGen",
+                    too_many="the customer's concurrent sessions (maxConcurrentSessions, else "
+                             "MAX_CONCURRENT_SESSIONS) are all taken, or HeyGen's for our account "
+                             "(concurrency_limit_exceeded, before HeyGen is called for the former)")},
+        body=json_body("NewSession", False, "Any other field is forwarded to HeyGen as it is."))}
+
+
+def other_call() -> dict[str, Any]:
+    return {"post": {
+        **session_call(
+            "streamingOtherCall", "<name>", "Any other HeyGen session call (a newer SDK's), with the client's "
+            "body. HeyGen's account-wide streaming.list is never forwarded (404). A name with a route of its own "
+            "above is that route (405 for transcript, which is GET).", more=("405",)),
+        "parameters": [{"name": "name", "in": "path", "required": True,
+                        "schema": {"type": "string", "pattern": "^[a-z][a-z_]{0,39}$"},
+                        "description": "HeyGen's call name, as in POST /v1/streaming.<name>."}],
+    }}
+
+
+def chat_socket() -> dict[str, Any]:
+    handshake = [
+        ("Upgrade", {"type": "string", "enum": ["websocket"]}),
+        ("Connection", {"type": "string", "enum": ["Upgrade"]}),
+        ("Sec-WebSocket-Version", {"type": "string", "enum": ["13"]}),
+        ("Sec-WebSocket-Key", {"type": "string", "pattern": "^[A-Za-z0-9+/]{21}[AQgw]==$",
+                               "description": "16 random bytes, base64"}),
+    ]
+    parameters: list[dict[str, Any]] = [{"name": name, "in": "header", "required": True, "schema": schema}
+                                        for name, schema in handshake]
+    parameters += [
+        {"name": "session_id", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1},
+         "description": "The session, as streaming.new answered it."},
+        {"name": "Origin", "in": "header", "required": False, "schema": {"type": "string"},
+         "description": "A browser's: must be in CORS_ORIGINS (403 otherwise)."},
+    ]
+    return {"get": operation(
+        "streamingChatSocket", "HeyGen's streaming-chat WebSocket, relayed",
+        "The WebSocket handshake (RFC 6455). The caller must own the session; then the gateway opens HeyGen's "
+        "socket with HeyGen's token substituted (other query parameters pass through) and relays frames both ways, "
+        "unchanged. Upstream failures after the upgrade close the socket (1011; 1013 when MongoDB is away). A "
+        "handshake with a body is refused (400, 413 over MAX_BODY_SIZE). HeyGen's SDK opens it at the root of its "
+        "host, whatever its basePath.",
+        {"101": answer("switching to the WebSocket protocol", headers={
+            "Upgrade": {"schema": {"type": "string"}}, "Connection": {"schema": {"type": "string"}},
+            "Sec-WebSocket-Accept": {"schema": {"type": "string"}}}),
+         "400": error("a malformed handshake (Upgrade, Connection, HTTP/1.1 with Host, Sec-WebSocket-Key), "
+                      "session_id or session_token missing, a query argument that is not UTF-8, a body"),
+         "401": error("an invalid or expired session token, or one of LiveAvatar"),
+         "403": error("an Origin not in CORS_ORIGINS"),
+         "404": error(STATUS_TEXT["404_session"] + ", or it has ended"),
+         "413": shared("PayloadTooLarge"),
+         "426": error("a Sec-WebSocket-Version other than 13, or none", headers={
+             "Sec-WebSocket-Version": {"description": "the version spoken", "schema": {"type": "string",
+                                                                                       "enum": ["13"]}}}),
+         "503": error("MongoDB unavailable (with Retry-After)", retry_after=True)},
+        security=[{"SessionTokenQuery": []}], parameters=parameters)}
+
+
+CONTRACT = Contract(CONTRACT_NAME, (
+    Route(r"/v1/streaming\.create_token", CreateTokenHandler, "/v1/streaming.create_token", create_token),
+    Route(r"/v1/streaming\.new", NewSessionHandler, "/v1/streaming.new", new_session),
+    call_route("start", StartHandler, "streamingStart", "Starts the session.", then=AFTER_START),
+    call_route("task", TaskHandler, "streamingTask",
+               "A repeat task is the avatar saying `text`, a talk task the user saying it: its turn is recorded once "
+               "HeyGen performed it. 503 (Retry-After) when the turn queue is full, before HeyGen is called.",
+               body="Task", ok="HeyGenTaskAnswer", then=AFTER_TASK),
+    call_route("stop", StopHandler, "streamingStop",
+               "Stops HeyGen's session, then ends the gateway's: the transcript is handed to Petya exactly once."),
+    call_route("interrupt", InterruptHandler, "streamingInterrupt", "Interrupts the avatar."),
+    call_route("keep_alive", KeepAliveHandler, "streamingKeepAlive", "Keeps the session alive (counts as activity)."),
+    call_route("start_listening", StartListeningHandler, "streamingStartListening", "The SDK's start_listening."),
+    call_route("stop_listening", StopListeningHandler, "streamingStopListening", "The SDK's stop_listening."),
+    Route(r"/v1/ws/streaming\.chat", StreamingChatRelay, "/v1/ws/streaming.chat", chat_socket, no_body=True),
+    # Any other per-session call, after every other route (HeyGen's account-wide streaming.list is not one).
+    Route(r"/v1/streaming\.(?!list$)([a-z][a-z_]{0,39})", OtherSessionCallHandler, "/v1/streaming.{name}",
+          other_call, catch_all=True),
+), tag={"name": "HeyGen", "description": "HeyGen-compatible routes: a client built against HeyGen's API works "
+                                         "unchanged against these."})

@@ -1,94 +1,122 @@
-"""LiveAvatar routes: the plugin, or LiveAvatar's own web SDK given the gateway as its `apiUrl`, runs sessions
-without ever holding our key or LiveAvatar's session token."""
-from handlers.base import BaseHandler
-from handlers.schemas import OPTIONAL_SESSION_REF, TOKEN_REQUEST
-from models.errors import BadRequest, ConcurrencyLimitExceeded, Unauthorized, UpstreamUnavailable
+"""LiveAvatar's contract: the LiveAvatar-shaped routes. The plugin, or LiveAvatar's own web SDK given the gateway as
+its `apiUrl`, runs sessions without ever holding our key or LiveAvatar's session token. The handlers parse and
+authorize; services/liveavatar_contract.py does the rest."""
+from __future__ import annotations
 
-# Tokens the browser has no use for: LiveAvatar's agent token lets its holder join the room as the avatar's agent.
-SERVER_SIDE_FIELDS = ("livekit_agent_token",)
+from typing import Any
+
+from domain.errors import Unauthorized
+from domain.names import ContractName
+from handlers.base import BaseHandler
+from handlers.contracts import Contract, Route
+from handlers.openapi import BY_KEY, FRAMING, answer, json_body, links, operation, statuses
+from handlers.schemas import OPTIONAL_SESSION_REF, TOKEN_REQUEST
+from services.liveavatar_contract import LiveAvatarContract
+
+CONTRACT_NAME = ContractName.LIVEAVATAR
 
 
 class SessionTokenHandler(BaseHandler):
-    """Mints LiveAvatar's session with the customer's config; the browser gets our token in place of LiveAvatar's.
-    The session is recorded now, so one minted and never started is still found and stopped."""
+    """Mints LiveAvatar's session with the customer's config; the browser gets the gateway's token in its place."""
 
-    async def post(self):
+    async def post(self) -> None:
         customer = await self.authenticate(allow_token=False)
         request = self.load_body(TOKEN_REQUEST)
-        async with self.session_slot(customer):  # the customer's quota, before LiveAvatar is called
-            await self.open_session(customer, request)
-
-    async def open_session(self, customer, request):
-        liveavatar = self.gateway.liveavatar
-        response = await liveavatar.create_token(customer.config)
-        body = response.json()
-        data = body.get("data") if response.ok and isinstance(body, dict) else None
-        if not isinstance(data, dict) or not data.get("session_id") or not data.get("session_token"):
-            if response.ok:
-                raise UpstreamUnavailable("LiveAvatar answered without a session")
-            return self.pass_through(response)
-        session_id = data["session_id"]
-        token = self.gateway.tokens.mint("liveavatar", self.gateway.settings.token_ttl, data["session_token"])
-        self.log_session_id = session_id
-        await self.record_new_session(
-            liveavatar, session_id, conversation_id=request.get("conversation_id"), customer=customer.id,
-            upstream_token=data["session_token"])
-        await self.gateway.sessions.save_token(token, customer.id, "liveavatar", data["session_token"],
-                                               customer.config, self.gateway.settings.token_ttl, session_id)
-        data["session_token"] = token
-        self.send_json(body)
+        self.answer(await self.gateway.liveavatar_contract.new_session(customer, request))
 
 
-class LiveAvatarSessionHandler(BaseHandler):
-    async def liveavatar_session(self, customer, request=None, facts=False):
-        """The session named by the body's session_id, or else by the Bearer token; NotFound unless it is this
-        customer's LiveAvatar session."""
-        session_id = (request or {}).get("session_id") or (customer.token.session_id if customer.token else None)
-        if not session_id:
-            raise BadRequest("invalid field: session_id", errors={"session_id": ["required without a session token"]})
-        return await self.owned_session(session_id, customer, provider="liveavatar", facts=facts)
-
-
-class StartHandler(LiveAvatarSessionHandler):
+class StartHandler(BaseHandler):
     """Bearer-only, as upstream: our token in, LiveAvatar's token out; LiveAvatar's 201 body plus data.intro."""
 
-    async def post(self):
+    async def post(self) -> None:
         if self.credentials()[1] is None:
             raise Unauthorized("start needs the session token from /v1/sessions/token (Authorization: Bearer)")
-        customer = await self.authenticate(provider="liveavatar")
-        session = await self.liveavatar_session(customer)
-        response = await self.gateway.liveavatar.start(session.upstream_token)
-        if self.gateway.liveavatar.is_concurrency_error(response):
-            raise ConcurrencyLimitExceeded("all of the gateway's LiveAvatar sessions are in use: try again shortly")
-        if response.ok:
-            await self.gateway.sessions.mark_started(session.session_id)
-        body = response.json()
-        if response.ok and isinstance(body, dict) and isinstance(body.get("data"), dict):
-            for field in SERVER_SIDE_FIELDS:
-                body["data"].pop(field, None)
-            body["data"]["intro"] = customer.config.get("intro")
-            return self.pass_through(response, body)
-        self.pass_through(response)
+        customer = await self.authenticate(contract=CONTRACT_NAME)
+        self.log_session_id = LiveAvatarContract.session_named(customer, None)
+        self.answer(await self.gateway.liveavatar_contract.start(customer))
 
 
-class StopHandler(LiveAvatarSessionHandler):
-    """Stops LiveAvatar's session, then ends ours: LiveAvatar's transcript, merged, goes to Petya once."""
+class StopHandler(BaseHandler):
+    """Stops the session upstream, then ends it here: LiveAvatar's transcript, merged, goes to Petya once."""
 
-    async def post(self):
-        customer = await self.authenticate(provider="liveavatar")
-        session = await self.liveavatar_session(customer, self.load_body(OPTIONAL_SESSION_REF))
-        if session.status == "ended":  # the SDK's clean-up paths stop twice: spare LiveAvatar (and our rate limit)
-            return self.send_json({"code": 1000, "data": None, "message": "Session stopped"})
-        response = None
-        try:
-            response = await self.gateway.liveavatar.stop(session.session_id, "USER_CLOSED")
-        finally:
-            await self.gateway.lifecycle.end(session.session_id, "stopped", stop_upstream=response is None)
-        self.pass_through(response)
+    async def post(self) -> None:
+        customer = await self.authenticate(contract=CONTRACT_NAME)
+        request = self.load_body(OPTIONAL_SESSION_REF)
+        self.log_session_id = LiveAvatarContract.session_named(customer, request)
+        self.answer(await self.gateway.liveavatar_contract.stop(customer, request))
 
 
-class KeepAliveHandler(LiveAvatarSessionHandler):
-    async def post(self):
-        customer = await self.authenticate(provider="liveavatar")
-        session = await self.liveavatar_session(customer, self.load_body(OPTIONAL_SESSION_REF), facts=True)
-        self.pass_through(await self.gateway.liveavatar.keep_alive(session.session_id))
+class KeepAliveHandler(BaseHandler):
+    async def post(self) -> None:
+        customer = await self.authenticate(contract=CONTRACT_NAME)
+        request = self.load_body(OPTIONAL_SESSION_REF)
+        self.log_session_id = LiveAvatarContract.session_named(customer, request)
+        self.answer(await self.gateway.liveavatar_contract.keep_alive(customer, request))
+
+
+# --- the contract's routes and their OpenAPI operations --------------------------------------------------------------
+
+TAGS = ("LiveAvatar",)
+AFTER_TOKEN = ["sessionsKeepAlive", "sessionsStop", "streamingAvatarMessage", "streamingUserMessage",
+               "streamingTranscript"]
+
+
+def token() -> dict[str, Any]:
+    return {"post": operation(
+        "sessionsToken", "Mint a LiveAvatar session",
+        "Calls LiveAvatar with our key and the customer's config ({mode: FULL, avatar_id, avatar_persona}); "
+        "answers the gateway's token in place of LiveAvatar's. The session is recorded now, so one minted and "
+        "never started is still reaped.",
+        {"200": answer("the session and the gateway's token in LiveAvatar's envelope", "LiveAvatarTokenAnswer",
+                       links=links("$response.body#/data/session_id", AFTER_TOKEN)),
+         **statuses("400", "401", "413", "429", "502", "503", "504", upstream="LiveAvatar", auth="401_key",
+                    too_many="the customer's concurrent sessions are all taken (concurrency_limit_exceeded, "
+                             "before LiveAvatar is called), or LiveAvatar's rate limit (Retry-After)")},
+        security=BY_KEY, tags=TAGS,
+        body=json_body("TokenRequest", False, "`conversation_id` only; other fields are ignored."))}
+
+
+def start() -> dict[str, Any]:
+    return {"post": operation(
+        "sessionsStart", "Start the LiveAvatar session",
+        "Bearer-only, as upstream: the gateway token from /v1/sessions/token in, LiveAvatar's token out. "
+        "LiveAvatar's answer (201) plus data.intro; LiveAvatar's agent token stays server-side. The body, if "
+        "any, is not read.",
+        {"200": answer("LiveAvatar's answer plus data.intro", "LiveAvatarStartAnswer"),
+         "201": answer("LiveAvatar's answer plus data.intro", "LiveAvatarStartAnswer"),
+         **statuses("400", "401", "404", "413", "429", "502", "503", "504", upstream="LiveAvatar", session=True,
+                    body_400=FRAMING,
+                    auth="401_any",
+                    too_many="our LiveAvatar account's concurrent sessions are all in use "
+                             "(concurrency_limit_exceeded), or LiveAvatar's rate limit (Retry-After)")},
+        security=[{"GatewayToken": []}], tags=TAGS)}
+
+
+def stop() -> dict[str, Any]:
+    return {"post": operation(
+        "sessionsStop", "Stop the LiveAvatar session",
+        "Stops LiveAvatar's session (reason USER_CLOSED), then hands LiveAvatar's transcript, merged with the "
+        "reported turns, to Petya once. A session already ended is answered 200 from the gateway's record.",
+        {"200": answer("LiveAvatar's answer", "LiveAvatarAnswer"),
+         **statuses("400", "401", "404", "413", "429", "502", "503", "504", upstream="LiveAvatar", session=True,
+                    too_many="LiveAvatar's rate limit (Retry-After)")},
+        tags=TAGS, body=json_body("OptionalSessionRef", False))}
+
+
+def keep_alive() -> dict[str, Any]:
+    return {"post": operation(
+        "sessionsKeepAlive", "Keep the LiveAvatar session alive",
+        "Forwarded to LiveAvatar; counts as activity.",
+        {"200": answer("LiveAvatar's answer", "LiveAvatarAnswer"),
+         **statuses("400", "401", "404", "413", "429", "502", "503", "504", upstream="LiveAvatar", session=True,
+                    too_many="LiveAvatar's rate limit (Retry-After)")},
+        tags=TAGS, body=json_body("OptionalSessionRef", False))}
+
+
+CONTRACT = Contract(CONTRACT_NAME, (
+    Route(r"/v1/sessions/token", SessionTokenHandler, "/v1/sessions/token", token),
+    Route(r"/v1/sessions/start", StartHandler, "/v1/sessions/start", start),
+    Route(r"/v1/sessions/stop", StopHandler, "/v1/sessions/stop", stop),
+    Route(r"/v1/sessions/keep-alive", KeepAliveHandler, "/v1/sessions/keep-alive", keep_alive),
+), tag={"name": "LiveAvatar", "description": "LiveAvatar routes: LiveAvatar's web SDK works with the gateway as its "
+                                             "apiUrl."})

@@ -1,23 +1,26 @@
-"""`GET /openapi.json`: the gateway's contract, an OpenAPI 3.1 document generated with apispec from the marshmallow
-schemas of handlers/schemas.py (request bodies, answers, error bodies), built once on the first request.
+"""The gateway's OpenAPI 3.1 document (`GET /openapi.json`), generated with apispec from the marshmallow schemas of
+handlers/schemas.py (request bodies, answers, error bodies) and the operations each route registers
+(handlers/contracts.py), and the pieces those operations are written with.
 
-Every route of handlers/routes.py is in it (tests/test_openapi.py checks that against the route table), at its root
-path; `servers` names the two prefixes the API is served under ("" and /api/v1/avatar), and the routes served at the
-root only (operators' routes, demo console) say so with servers of their own. Each operation lists every status it
-can answer: the gateway's own (its error envelope), and, for the routes that forward to HeyGen or LiveAvatar, the
-provider's answers passed through with their own status and body (UpstreamError; other 4xx/5xx statuses as 4XX/5XX).
+Every route is in it, at its root path; `servers` names the two prefixes the API is served under ("" and
+/api/v1/avatar), and the routes served at the root only (operators' routes, demo console) say so with servers of
+their own. Each operation lists every status it can answer: the gateway's own (its error envelope), and, for the
+routes that forward to HeyGen or LiveAvatar, the provider's answers passed through with their own status and body
+(UpstreamError; other 4xx/5xx statuses as 4XX/5XX).
 """
-import functools
+from __future__ import annotations
+
 import json
 from importlib import metadata
+from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
 from handlers import schemas
-from handlers.base import ALLOWED_HEADERS, ALLOWED_METHODS, BaseHandler
+from handlers.base import ALLOWED_HEADERS, ALLOWED_METHODS
+from handlers.contracts import PREFIXES, Contract
 
-PREFIX = "/api/v1/avatar"  # handlers.routes.PREFIXES (not imported: routes imports this module)
 ROOT_ONLY = [{"url": "/", "description": "served at the root only"}]
 
 # --- components -------------------------------------------------------------------------------------------------------
@@ -104,7 +107,7 @@ SECURITY_SCHEMES = {
                           "description": "The HeyGen gateway token from /v1/streaming.create_token, on the "
                                          "WebSocket URL (as HeyGen's SDK sends it)."},
 }
-BY_KEY = [{"ApiKey": []}, {"ApiKeyBearer": []}]
+BY_KEY: list[dict[str, list[str]]] = [{"ApiKey": []}, {"ApiKeyBearer": []}]
 BY_KEY_OR_TOKEN = BY_KEY + [{"GatewayToken": []}]
 
 
@@ -187,16 +190,6 @@ def preflight(sibling):
             "responses": {"204": shared("Preflight"), "400": shared("BadFraming"), "413": shared("PayloadTooLarge")}}
 
 
-# Links: from an answer that names a session to the calls on that session (for readers, and for stateful testing).
-AFTER_NEW = ["streamingStart", "streamingTask", "streamingInterrupt", "streamingKeepAlive", "streamingStartListening",
-             "streamingStopListening", "streamingStop", "streamingAvatarMessage", "streamingUserMessage",
-             "streamingTranscript", "streamingChatSocket"]
-AFTER_START = ["streamingTask", "streamingInterrupt", "streamingStop", "streamingAvatarMessage", "streamingTranscript"]
-AFTER_TASK = ["streamingTask", "streamingInterrupt", "streamingStop", "streamingTranscript"]
-AFTER_TOKEN = ["sessionsKeepAlive", "sessionsStop", "streamingAvatarMessage", "streamingUserMessage",
-               "streamingTranscript"]
-
-
 def links(expression, targets):
     """OpenAPI links to the calls `targets` on the session `expression` names."""
     table = {}
@@ -210,235 +203,8 @@ def links(expression, targets):
     return table
 
 
-def heygen_session_call(op_id, name, description, body="SessionRef", ok="HeyGenAnswer", more=(), then=()):
-    return operation(
-        op_id, f"HeyGen streaming.{name}", description + " Forwarded to HeyGen with our key once the caller is shown "
-        "to own the session (404 otherwise, and HeyGen is not called); HeyGen's answer passes through.",
-        {"200": answer("HeyGen's answer", ok, links=links("$request.body#/session_id", then) if then else None),
-         **statuses("400", "401", "404", "413", *more, "502", "503", "504", upstream="HeyGen", session=True)},
-        body=json_body(body, True))
-
-
-def paths():
-    """{root path: {method: operation}} for every route; path-level `servers` for the root-only ones."""
-    liveavatar, ops = ("LiveAvatar",), ("Operations",)
-    table = {
-        "/v1/streaming.create_token": {"post": operation(
-            "streamingCreateToken", "Mint a HeyGen session token",
-            "Mints HeyGen's session token server-side and answers the gateway's own token in its place, bound to "
-            "the customer (its config is snapshotted into it). The body, if any, is not read.",
-            {"200": answer("the gateway's token in HeyGen's envelope", "HeyGenTokenAnswer"),
-             **statuses("400", "401", "413", "502", "503", "504", upstream="HeyGen", auth="401_key",
-                        body_400=FRAMING)},
-            security=BY_KEY)},
-        "/v1/streaming.new": {"post": operation(
-            "streamingNew", "HeyGen streaming.new with the customer's avatar",
-            "HeyGen's streaming.new with the customer's avatar_id, knowledge_base_id and voice.voice_id forced in "
-            "(the client keeps quality, version and the like). With a gateway token the session is bound to it (a "
-            "token opens one session). Answers HeyGen's body plus data.intro.",
-            {"200": answer("HeyGen's answer plus data.intro", "HeyGenSessionAnswer",
-                           links=links("$response.body#/data/session_id", AFTER_NEW)),
-             **statuses("400", "401", "413", "429", "502", "503", "504", upstream="HeyGen",
-                        too_many="the customer's concurrent sessions (maxConcurrentSessions, else "
-                                 "MAX_CONCURRENT_SESSIONS) are all taken, or HeyGen's for our account "
-                                 "(concurrency_limit_exceeded, before HeyGen is called for the former)")},
-            body=json_body("NewSession", False, "Any other field is forwarded to HeyGen as it is."))},
-        "/v1/streaming.start": {"post": heygen_session_call("streamingStart", "start", "Starts the session.",
-                                                            then=AFTER_START)},
-        "/v1/streaming.task": {"post": heygen_session_call(
-            "streamingTask", "task", "A repeat task is the avatar saying `text`, a talk task the user saying it: "
-            "its turn is recorded once HeyGen performed it. 503 (Retry-After) when the turn queue is full, before "
-            "HeyGen is called.", body="Task", ok="HeyGenTaskAnswer", then=AFTER_TASK)},
-        "/v1/streaming.stop": {"post": heygen_session_call(
-            "streamingStop", "stop", "Stops HeyGen's session, then ends the gateway's: the transcript is handed to "
-                                     "Petya exactly once.")},
-        "/v1/streaming.interrupt": {"post": heygen_session_call("streamingInterrupt", "interrupt",
-                                                                "Interrupts the avatar.")},
-        "/v1/streaming.keep_alive": {"post": heygen_session_call("streamingKeepAlive", "keep_alive",
-                                                                 "Keeps the session alive (counts as activity).")},
-        "/v1/streaming.start_listening": {"post": heygen_session_call("streamingStartListening", "start_listening",
-                                                                      "The SDK's start_listening.")},
-        "/v1/streaming.stop_listening": {"post": heygen_session_call("streamingStopListening", "stop_listening",
-                                                                     "The SDK's stop_listening.")},
-        "/v1/streaming.{name}": {"post": {
-            **heygen_session_call(
-                "streamingOtherCall", "<name>", "Any other HeyGen session call (a newer SDK's), with the client's "
-                "body. HeyGen's account-wide streaming.list is never forwarded (404). A name with a route of its own "
-                "above is that route (405 for transcript, which is GET).", more=("405",)),
-            "parameters": [{"name": "name", "in": "path", "required": True,
-                            "schema": {"type": "string", "pattern": "^[a-z][a-z_]{0,39}$"},
-                            "description": "HeyGen's call name, as in POST /v1/streaming.<name>."}],
-        }},
-        "/v1/streaming.avatar_message": {"post": operation(
-            "streamingAvatarMessage", "Report what the avatar said",
-            "Text the client received over LiveKit (HeyGen v2, LiveAvatar), recorded as an avatar turn (the same "
-            "utterance from two paths counts once). 409 once the session's hand-off fixed its cut-off.",
-            {"200": answer("recorded (or a repeat)", "RecordedAnswer"),
-             **statuses("400", "401", "404", "409", "413", "502", "503", "504", session=True)},
-            body=json_body("ReportedMessage", True))},
-        "/v1/streaming.user_message": {"post": operation(
-            "streamingUserMessage", "Report what the user said",
-            "As avatar_message, recorded as a user turn.",
-            {"200": answer("recorded (or a repeat)", "RecordedAnswer"),
-             **statuses("400", "401", "404", "409", "413", "502", "503", "504", session=True)},
-            body=json_body("ReportedMessage", True))},
-        "/v1/streaming.transcript": {"get": operation(
-            "streamingTranscript", "The session's transcript",
-            "The transcript as the gateway holds it (each turn once, in spoken order, with the paths that reported "
-            "it), the session's status and its hand-off state; for the session's owner, either provider.",
-            {"200": answer("the transcript", "TranscriptAnswer"),
-             **statuses("400", "401", "404", "413", "502", "503", "504", session=True,
-                        body_400="session_id missing, a query argument that is not UTF-8, or " + FRAMING)},
-            parameters=[{"name": "session_id", "in": "query", "required": True,
-                         "schema": {"type": "string", "minLength": 1}}])},
-        "/v1/ws/streaming.chat": {"get": websocket()},
-        "/v1/sessions/token": {"post": operation(
-            "sessionsToken", "Mint a LiveAvatar session",
-            "Calls LiveAvatar with our key and the customer's config ({mode: FULL, avatar_id, avatar_persona}); "
-            "answers the gateway's token in place of LiveAvatar's. The session is recorded now, so one minted and "
-            "never started is still reaped.",
-            {"200": answer("the session and the gateway's token in LiveAvatar's envelope", "LiveAvatarTokenAnswer",
-                           links=links("$response.body#/data/session_id", AFTER_TOKEN)),
-             **statuses("400", "401", "413", "429", "502", "503", "504", upstream="LiveAvatar", auth="401_key",
-                        too_many="the customer's concurrent sessions are all taken (concurrency_limit_exceeded, "
-                                 "before LiveAvatar is called), or LiveAvatar's rate limit (Retry-After)")},
-            security=BY_KEY, tags=liveavatar,
-            body=json_body("TokenRequest", False, "`conversation_id` only; other fields are ignored."))},
-        "/v1/sessions/start": {"post": operation(
-            "sessionsStart", "Start the LiveAvatar session",
-            "Bearer-only, as upstream: the gateway token from /v1/sessions/token in, LiveAvatar's token out. "
-            "LiveAvatar's answer (201) plus data.intro; LiveAvatar's agent token stays server-side. The body, if "
-            "any, is not read.",
-            {"200": answer("LiveAvatar's answer plus data.intro", "LiveAvatarStartAnswer"),
-             "201": answer("LiveAvatar's answer plus data.intro", "LiveAvatarStartAnswer"),
-             **statuses("400", "401", "404", "413", "429", "502", "503", "504", upstream="LiveAvatar", session=True,
-                        body_400=FRAMING,
-                        auth="401_any",
-                        too_many="our LiveAvatar account's concurrent sessions are all in use "
-                                 "(concurrency_limit_exceeded), or LiveAvatar's rate limit (Retry-After)")},
-            security=[{"GatewayToken": []}], tags=liveavatar)},
-        "/v1/sessions/stop": {"post": operation(
-            "sessionsStop", "Stop the LiveAvatar session",
-            "Stops LiveAvatar's session (reason USER_CLOSED), then hands LiveAvatar's transcript, merged with the "
-            "reported turns, to Petya once. A session already ended is answered 200 from the gateway's record.",
-            {"200": answer("LiveAvatar's answer", "LiveAvatarAnswer"),
-             **statuses("400", "401", "404", "413", "429", "502", "503", "504", upstream="LiveAvatar", session=True,
-                        too_many="LiveAvatar's rate limit (Retry-After)")},
-            tags=liveavatar, body=json_body("OptionalSessionRef", False))},
-        "/v1/sessions/keep-alive": {"post": operation(
-            "sessionsKeepAlive", "Keep the LiveAvatar session alive",
-            "Forwarded to LiveAvatar; counts as activity.",
-            {"200": answer("LiveAvatar's answer", "LiveAvatarAnswer"),
-             **statuses("400", "401", "404", "413", "429", "502", "503", "504", upstream="LiveAvatar", session=True,
-                        too_many="LiveAvatar's rate limit (Retry-After)")},
-            tags=liveavatar, body=json_body("OptionalSessionRef", False))},
-        "/openapi.json": {"get": operation(
-            "openapi", "This document", "The gateway's contract (OpenAPI 3.1), under either prefix.",
-            {"200": answer("the OpenAPI document", {"type": "object"}), **statuses("400", "413", body_400=FRAMING)},
-            security=[], tags=ops)},
-        "/healthz": {"get": operation(
-            "healthz", "Liveness", "200 while the process answers (MongoDB is not asked). Root only; only on "
-                                   "ADMIN_ADDRESS when that is set (then 404 here).",
-            {"200": answer("alive", "Health"), **statuses("400", "413", body_400=FRAMING)}, security=[], tags=ops)},
-        "/readyz": {"get": operation(
-            "readyz", "Readiness", "200 when this process can serve, else 503 with the reason. Root only; only on "
-                                   "ADMIN_ADDRESS when that is set (then 404 here).",
-            {"200": answer("ready", "Ready"), **statuses("400", "413", body_400=FRAMING),
-             "503": error("not ready: shutting down, lease lost, turn queue full or MongoDB not answering a ping",
-                          "NotReadyError", retry_after=True)},
-            security=[], tags=ops)},
-        "/metrics": {"get": operation(
-            "metrics", "Prometheus metrics", "This process's metrics in Prometheus text format, or OpenMetrics when "
-                                             "the scraper's Accept asks for it. Root only; only on ADMIN_ADDRESS when "
-                                             "that is set (then 404 here).",
-            {"200": {**answer("the metrics"),
-                     "content": {"text/plain": {"schema": {"type": "string"}},
-                                 "application/openmetrics-text": {"schema": {"type": "string"}}}},
-             **statuses("400", "413", body_400=FRAMING)},
-            security=[], tags=ops)},
-        "/demo": demo(None),
-        "/demo/{file}": demo("file"),
-    }
-    for path, operations in table.items():
-        if not path.startswith("/demo"):
-            operations["options"] = preflight(next(iter(operations.values())))
-        if path in ("/healthz", "/readyz", "/metrics") or path.startswith("/demo"):
-            operations["servers"] = ROOT_ONLY
-    return table
-
-
-def websocket():
-    handshake = [
-        ("Upgrade", {"type": "string", "enum": ["websocket"]}),
-        ("Connection", {"type": "string", "enum": ["Upgrade"]}),
-        ("Sec-WebSocket-Version", {"type": "string", "enum": ["13"]}),
-        ("Sec-WebSocket-Key", {"type": "string", "pattern": "^[A-Za-z0-9+/]{21}[AQgw]==$",
-                               "description": "16 random bytes, base64"}),
-    ]
-    parameters = [{"name": name, "in": "header", "required": True, "schema": schema} for name, schema in handshake]
-    parameters += [
-        {"name": "session_id", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1},
-         "description": "The session, as streaming.new answered it."},
-        {"name": "Origin", "in": "header", "required": False, "schema": {"type": "string"},
-         "description": "A browser's: must be in CORS_ORIGINS (403 otherwise)."},
-    ]
-    return operation(
-        "streamingChatSocket", "HeyGen's streaming-chat WebSocket, relayed",
-        "The WebSocket handshake (RFC 6455). The caller must own the session; then the gateway opens HeyGen's "
-        "socket with HeyGen's token substituted (other query parameters pass through) and relays frames both ways, "
-        "unchanged. Upstream failures after the upgrade close the socket (1011; 1013 when MongoDB is away). A "
-        "handshake with a body is refused (400, 413 over MAX_BODY_SIZE). HeyGen's SDK opens it at the root of its "
-        "host, whatever its basePath.",
-        {"101": answer("switching to the WebSocket protocol", headers={
-            "Upgrade": {"schema": {"type": "string"}}, "Connection": {"schema": {"type": "string"}},
-            "Sec-WebSocket-Accept": {"schema": {"type": "string"}}}),
-         "400": error("a malformed handshake (Upgrade, Connection, HTTP/1.1 with Host, Sec-WebSocket-Key), "
-                      "session_id or session_token missing, a query argument that is not UTF-8, a body"),
-         "401": error("an invalid or expired session token, or one of LiveAvatar"),
-         "403": error("an Origin not in CORS_ORIGINS"),
-         "404": error(STATUS_TEXT["404_session"] + ", or it has ended"),
-         "413": shared("PayloadTooLarge"),
-         "426": error("a Sec-WebSocket-Version other than 13, or none", headers={
-             "Sec-WebSocket-Version": {"description": "the version spoken", "schema": {"type": "string",
-                                                                                       "enum": ["13"]}}}),
-         "503": error("MongoDB unavailable (with Retry-After)", retry_after=True)},
-        security=[{"SessionTokenQuery": []}], parameters=parameters)
-
-
-def demo(parameter):
-    """The demo console: /demo (and /demo/) is the page, /demo/<file> its static files."""
-    media = {"text/html": {"schema": {"type": "string"}}}
-    if parameter:
-        media.update({"text/css": {"schema": {"type": "string"}}, "text/javascript": {"schema": {"type": "string"}},
-                      "application/javascript": {"schema": {"type": "string"}}})
-    ok = {**answer("the file"), "content": media,
-          "headers": {**CORS, "Cache-Control": {"schema": {"type": "string", "enum": ["no-cache"]}}}}
-    errors = {
-        "304": answer("not modified (If-None-Match / If-Modified-Since)"),
-        "400": error("a query argument that is not UTF-8, or " + FRAMING),
-        "403": error("a path outside the console's directory"),
-        "404": error("no such file"),
-        "413": shared("PayloadTooLarge"),
-        "416": error("a Range that is not satisfiable"),
-    }
-    if not parameter:
-        del errors["403"]
-        del errors["404"]
-    responses = {"200": ok, "206": {**ok, "description": "part of the file (Range)"}, **errors}
-    params = [{"name": parameter, "in": "path", "required": True, "schema": {"type": "string"},
-               "description": "a file of the console", "example": "demo.js"}] if parameter else None
-    suffix = "File" if parameter else ""
-    return {
-        method: operation(f"demo{suffix}{method.title()}", "The demo console" + (f": a file" if parameter else ""),
-                          "The demo console (`GET /demo` or `/demo/`), driving the public API as the plugin does. "
-                          "Root only." + (" HEAD: the same headers, no body." if method == "head" else ""),
-                          responses, security=[], parameters=params, tags=("Demo",))
-        for method in ("get", "head")
-    }
-
-
-def build():
-    """The document, as a dict."""
+def build(contracts: tuple[Contract, ...]) -> dict[str, Any]:
+    """The document of what `contracts` register, as a dict."""
     try:
         version = metadata.version("ilianaai-avatar")
     except metadata.PackageNotFoundError:
@@ -448,14 +214,9 @@ def build():
         plugins=[MarshmallowPlugin()],
         info={"description": DESCRIPTION},
         servers=[{"url": "/", "description": "the root"},
-                 {"url": PREFIX, "description": "the same API under the prefix (not the operators' routes, the demo "
+                 {"url": PREFIXES[1], "description": "the same API under the prefix (not the operators' routes, the demo "
                                                 "console, nor — for HeyGen's SDK — the WebSocket)"}],
-        tags=[{"name": "HeyGen", "description": "HeyGen-compatible routes: a client built against HeyGen's API "
-                                                "works unchanged against these."},
-              {"name": "LiveAvatar", "description": "LiveAvatar routes: LiveAvatar's web SDK works with the gateway "
-                                                    "as its apiUrl."},
-              {"name": "Operations", "description": "Liveness, readiness, metrics, this document."},
-              {"name": "Demo", "description": "The demo console."}],
+        tags=[contract.tag for contract in contracts if contract.tag],
     )
     for name in SCHEMAS:
         spec.components.schema(name, schema=getattr(schemas, name))
@@ -470,11 +231,15 @@ def build():
     for name, scheme in SECURITY_SCHEMES.items():
         spec.components.security_scheme(name, scheme)
     root_only = []
-    for path, operations in paths().items():
-        if operations.pop("servers", None):
-            root_only.append(path)
-        spec.path(path=path, operations=operations)
-    document = spec.to_dict()
+    for contract in contracts:
+        for route in contract.routes:
+            operations = route.operations()
+            if route.preflight:
+                operations["options"] = preflight(next(iter(operations.values())))
+            if not route.prefixed:
+                root_only.append(route.path)
+            spec.path(path=route.path, operations=operations)
+    document: dict[str, Any] = spec.to_dict()
     for path in root_only:
         document["paths"][path]["servers"] = ROOT_ONLY
     return document
@@ -501,16 +266,5 @@ that created the session: anyone else, or an unknown session, gets 404 and the p
 """
 
 
-@functools.cache
-def document_bytes():
-    """The document, serialized once (on the first request)."""
-    return json.dumps(build(), ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def document():
-    return json.loads(document_bytes())
-
-
-class OpenAPIHandler(BaseHandler):
-    def get(self):
-        self.finish(document_bytes())
+def serialize(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()

@@ -1,13 +1,17 @@
 """Request bodies the gateway validates (marshmallow), and the bodies it answers with, from which the OpenAPI document
 (handlers/openapi.py) is generated. Unknown request fields are kept and forwarded upstream; the answer schemas
 are not used to serialize anything, only to document (and, in tests, check) what the handlers send."""
+from typing import Any
+
 from marshmallow import INCLUDE, Schema, fields, validate
+
+from domain.names import FLUSH_STATES, PROVIDERS, ROLES, SESSION_STATUSES, TURN_SOURCES
 
 ID = validate.Length(min=1, max=256)
 TEXT = validate.Length(min=1, max=20000)
 
 
-def doc(text, **metadata):
+def doc(text: str, **metadata: Any) -> dict[str, Any]:
     """A field's `metadata`: its description in the OpenAPI document (and example, etc.)."""
     return {"description": text, **metadata}
 
@@ -67,7 +71,7 @@ REPORTED_MESSAGE = ReportedMessage()
 # --- answers: the gateway's errors ------------------------------------------------------------------------------------
 
 class GatewayError(Schema):
-    """The gateway's own error envelope (models/errors.py), also for tornado's own errors (405, …)."""
+    """The gateway's own error envelope (domain/errors.py, answered by handlers/errors.py), also for tornado's own errors (405, …)."""
 
     code = fields.Integer(required=True, metadata=doc("The HTTP status again, in HeyGen's {code, message} shape."))
     message = fields.String(required=True)
@@ -142,7 +146,7 @@ class HeyGenSession(Passed):
 
 
 class HeyGenSessionAnswer(HeyGenAnswer):
-    data = fields.Nested(HeyGenSession, required=True)
+    data = fields.Nested(HeyGenSession, required=True)  # type: ignore[assignment]
 
 
 class HeyGenTask(Passed):
@@ -151,7 +155,7 @@ class HeyGenTask(Passed):
 
 
 class HeyGenTaskAnswer(HeyGenAnswer):
-    data = fields.Nested(HeyGenTask, allow_none=True)
+    data = fields.Nested(HeyGenTask, allow_none=True)  # type: ignore[assignment]
 
 
 class Recorded(Schema):
@@ -167,20 +171,20 @@ class RecordedAnswer(Schema):
 
 
 class Turn(Schema):
-    role = fields.String(required=True, validate=validate.OneOf(["user", "avatar"]))
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
     transcript = fields.String(required=True)
     absolute_timestamp = fields.Float(required=True, metadata=doc("Unix seconds."))
     timestamp = fields.Float(required=True, metadata=doc("The same, under the other spec's name."))
-    sources = fields.List(fields.String(validate=validate.OneOf(["task", "socket", "frame", "reported", "upstream"])),
+    sources = fields.List(fields.String(validate=validate.OneOf(TURN_SOURCES)),
                           required=True, metadata=doc("The paths that reported this turn."))
 
 
 class Transcript(Schema):
     session_id = fields.String(required=True)
-    provider = fields.String(required=True, validate=validate.OneOf(["heygen", "liveavatar"]))
-    status = fields.String(required=True, validate=validate.OneOf(["created", "started", "ended"]))
-    flush_state = fields.String(required=True, validate=validate.OneOf(
-        ["none", "pending", "delivering", "delivered", "rejected"]), metadata=doc("The hand-off to Petya."))
+    provider = fields.String(required=True, validate=validate.OneOf(PROVIDERS))
+    status = fields.String(required=True, validate=validate.OneOf(SESSION_STATUSES))
+    flush_state = fields.String(required=True, validate=validate.OneOf(FLUSH_STATES),
+                                metadata=doc("The hand-off to Petya."))
     transcript = fields.List(fields.Nested(Turn), required=True, metadata=doc("Each turn once, in spoken order."))
 
 
@@ -206,7 +210,7 @@ class LiveAvatarToken(Passed):
 
 
 class LiveAvatarTokenAnswer(LiveAvatarAnswer):
-    data = fields.Nested(LiveAvatarToken, required=True)
+    data = fields.Nested(LiveAvatarToken, required=True)  # type: ignore[assignment]
 
 
 class LiveAvatarStart(Passed):
@@ -218,7 +222,7 @@ class LiveAvatarStart(Passed):
 
 
 class LiveAvatarStartAnswer(LiveAvatarAnswer):
-    data = fields.Nested(LiveAvatarStart, required=True)
+    data = fields.Nested(LiveAvatarStart, required=True)  # type: ignore[assignment]
 
 
 class Health(Schema):

@@ -1,20 +1,18 @@
-"""MongoDB documents. All session state lives here (not in process memory), so several gateway processes behind
-one nginx can serve the same session. Times are float unix seconds. Documents are not strict: during a rolling
-deploy, or with sandbox data from an older version, a field one version does not know is ignored, not an error."""
+"""MongoDB documents: the shape of every stored record, its validation and its indexes, declared once with
+MongoEngine. All session state lives here (not in process memory), so several gateway processes behind one nginx can
+serve the same session. Times are float unix seconds. Documents are not strict: during a rolling deploy, or with
+sandbox data from an older version, a field one version does not know is ignored, not an error.
+
+The documents declare; the repositories beside them (one per collection) read and write, in one dialect: pymongo's
+queries and update operators on the collection named here (`COLLECTION`)."""
 from mongoengine import DictField, Document, FloatField, IntField, ListField, StringField
 
-PROVIDERS = ("heygen", "liveavatar")
-ROLES = ("user", "avatar")
-
-# Session lifecycle: created (upstream session exists) -> started -> ended (stopped, reaped or abandoned).
-SESSION_STATUSES = ("created", "started", "ended")
-# Transcript hand-off to Petya: none -> pending -> delivering (leased) -> delivered | rejected (4xx, kept).
-FLUSH_STATES = ("none", "pending", "delivering", "delivered", "rejected")
+from domain.names import CONTRACTS, FLUSH_STATES, PROVIDERS, ROLES, SESSION_STATUSES
 
 
 class TurnReport(Document):
     """One report of an utterance, from one path, as it arrived. A session's reports are merged into its transcript
-    when read (models.transcript), so writing one is a single insert whatever the transcript's length."""
+    when read (domain/transcript.py), so writing one is a single insert whatever the transcript's length."""
     session_id = StringField(required=True)
     role = StringField(required=True, choices=ROLES)
     transcript = StringField(required=True)
@@ -23,7 +21,8 @@ class TurnReport(Document):
     sources = ListField(StringField())
     task_ids = ListField(StringField())
 
-    meta = {"collection": "turn_reports", "strict": False, "indexes": [("session_id", "absolute_timestamp")]}
+    COLLECTION = "turn_reports"
+    meta = {"collection": COLLECTION, "strict": False, "indexes": [("session_id", "absolute_timestamp")]}
 
 
 class ProcessLease(Document):
@@ -35,12 +34,14 @@ class ProcessLease(Document):
     heartbeat_at = FloatField(required=True)
     pending_since = FloatField()  # when its oldest turn not yet in MongoDB was seen; None when it holds none
 
-    meta = {"collection": "gateway_processes", "strict": False}
+    COLLECTION = "gateway_processes"
+    meta = {"collection": COLLECTION, "strict": False}
 
 
 class AvatarSession(Document):
     session_id = StringField(required=True, unique=True)
-    provider = StringField(required=True, choices=PROVIDERS)
+    provider = StringField(required=True, choices=PROVIDERS)  # who serves it upstream
+    contract = StringField(choices=CONTRACTS)  # what its plugin speaks (absent in older records: the provider's)
     conversation_id = StringField(required=True)
     customer = StringField(required=True)  # HMAC of the customer's API key, never the key
     status = StringField(required=True, choices=SESSION_STATUSES, default="created")
@@ -64,8 +65,9 @@ class AvatarSession(Document):
     flushed_at = FloatField()
     transcript_note = StringField()  # why a provider transcript could not be merged, when it could not
 
+    COLLECTION = "avatar_sessions"
     meta = {
-        "collection": "avatar_sessions",
+        "collection": COLLECTION,
         "strict": False,
         "indexes": [
             "customer",
@@ -78,17 +80,19 @@ class AvatarSession(Document):
 
 
 class GatewayToken(Document):
-    """The opaque token the browser holds in place of the provider's session token."""
+    """The record of a gateway token (domain/tokens.py), the token the browser holds in place of the provider's."""
     token_hash = StringField(required=True, unique=True)
     customer = StringField(required=True)
-    provider = StringField(required=True, choices=PROVIDERS)
+    provider = StringField(required=True, choices=PROVIDERS)  # who serves its session
+    contract = StringField(choices=CONTRACTS)  # what it was minted for (absent in older records: the provider's)
     upstream_token = StringField()
     config = DictField()  # the customer's avatar config when the token was minted
     session_id = StringField()  # bound at streaming.new (HeyGen) or at mint (LiveAvatar)
     created_at = FloatField(required=True)
     expires_at = FloatField(required=True)
 
-    meta = {"collection": "gateway_tokens", "strict": False, "indexes": [("customer", "session_id", "created_at")]}
+    COLLECTION = "gateway_tokens"
+    meta = {"collection": COLLECTION, "strict": False, "indexes": [("customer", "session_id", "created_at")]}
 
 
 class SessionClaims(Document):
@@ -98,4 +102,5 @@ class SessionClaims(Document):
     customer = StringField(primary_key=True)
     claims = ListField(DictField())  # {"id", "expires_at"}, oldest first
 
-    meta = {"collection": "session_claims", "strict": False}
+    COLLECTION = "session_claims"
+    meta = {"collection": COLLECTION, "strict": False}

@@ -1,171 +1,45 @@
-"""Turns on their way to MongoDB: a turn the gateway has seen is never dropped while its process lives.
+"""The `turn_reports` collection: one document per report of an utterance, merged into a transcript when read
+(domain/transcript.py), so that storing one is a single insert whatever the transcript's length."""
+from __future__ import annotations
 
-Every turn is written through the process's TurnQueue. A caller first takes a slot — before it checks anything in
-MongoDB, so the slot's time is earlier than any flush cut-off it could race — then submits the turn into it. One
-worker writes queued turns in batches; while MongoDB is away it retries with backoff (and every flush waits, see
-models.lifecycle). Each turn carries its own id, so a batch retried after a lost acknowledgement stores it once.
+from typing import Any
 
-The queue is bounded (TURN_QUEUE_MAX slots, taken or queued). At the bound nothing is dropped: `take_slot()` (a
-REST call) raises ServiceUnavailable, so the task or report is refused with 503 before any upstream call, and
-`wait_for_slot()` (a socket relay) waits for room, so the relay stops reading its upstream until MongoDB catches up.
-A turn whose write MongoDB refuses for good (not an outage) is logged with its session and dropped: retrying could
-never store it. What is still queued when a graceful stop's timeout runs out is logged as lost.
-"""
-import asyncio
-import logging
-import time
+from pymongo.errors import BulkWriteError
 
-from bson import ObjectId
+from domain.records import Turn
+from domain.transcript import merge_all, merge_turn
+from models.documents import TurnReport
+from models.store import Repository, blocking
 
-from models.errors import ServiceUnavailable
-from models.store import RETRY_AFTER
-
-log = logging.getLogger("gateway.turns")
-
-BATCH = 100
-RETRY_INITIAL, RETRY_MAX = 0.05, 2.0
+DUPLICATE_KEY = 11000
 
 
-class Slot:
-    """Room for one turn, taken at `since`. Use as a context manager: leaving it unsubmitted gives the room back."""
+class TurnRepository(Repository):
+    document = TurnReport
 
-    def __init__(self, queue, since):
-        self.queue = queue
-        self.since = since
-        self.stored = None  # a Future once submitted: resolved when the turn is in MongoDB
+    @blocking
+    def insert(self, documents: list[dict[str, Any]]) -> dict[Any, str]:
+        """Store turn reports (services/turns.py builds them, each with its own _id): a single insert whatever their
+        number. One already stored (a retry after a lost acknowledgement) counts as stored. Returns {_id: error} of
+        those MongoDB refused for good."""
+        try:
+            self.collection.insert_many(documents, ordered=False)
+        except BulkWriteError as exc:
+            return {documents[e["index"]]["_id"]: e.get("errmsg", "")
+                    for e in exc.details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY}
+        return {}
 
-    def submit(self, session_id, turn):
-        """Queue the turn for writing; returns a Future resolved once it is stored."""
-        self.stored = asyncio.get_running_loop().create_future()
-        self.queue._enqueue(self, session_id, turn)
-        return self.stored
+    def _transcript(self, session_id: str) -> list[Turn]:
+        reports = self.collection.find({"session_id": session_id}).sort("absolute_timestamp", 1)
+        return merge_all([], [Turn(role=r["role"], transcript=r["transcript"], absolute_timestamp=r["absolute_timestamp"],
+                                   sources=r["sources"], task_ids=r["task_ids"]) for r in reports])
 
-    def __enter__(self):
-        return self
+    @blocking
+    def transcript(self, session_id: str) -> list[Turn]:
+        """The session's transcript: every report, each utterance once."""
+        return self._transcript(session_id)
 
-    def __exit__(self, *exc):
-        if self.stored is None:
-            self.queue._release(self)
-
-
-class TurnQueue:
-    def __init__(self, sessions, capacity, clock=time.time):
-        self.sessions = sessions  # models.sessions.SessionStore
-        self.capacity = capacity
-        self.clock = clock
-        self._slots = set()  # taken and not yet stored (or given back)
-        self._queue = []  # (slot, document) in submission order
-        self._room = asyncio.Event()
-        self._room.set()
-        self._worker = None
-        self._full_logged = False
-
-    def __len__(self):
-        return len(self._slots)
-
-    # --- taking room ----------------------------------------------------------------------------------------------
-
-    def take_slot(self):
-        """A slot now, or ServiceUnavailable (503) when the queue is full."""
-        if len(self._slots) >= self.capacity:
-            self._note_full()
-            raise ServiceUnavailable("too many turns waiting for the session database", retry_after=RETRY_AFTER)
-        return self._new_slot()
-
-    async def wait_for_slot(self):
-        """A slot, waiting for room when the queue is full."""
-        while len(self._slots) >= self.capacity:
-            self._note_full()
-            self._room.clear()
-            await self._room.wait()
-        return self._new_slot()
-
-    def put_nowait(self, session_id, turn):
-        """Queue one turn if there is room now; False when the queue is full."""
-        if len(self._slots) >= self.capacity:
-            self._note_full()
-            return False
-        self._new_slot().submit(session_id, turn)
-        return True
-
-    async def put(self, session_id, turn):
-        """Queue one turn (waiting for room); returns the Future of its storage."""
-        return (await self.wait_for_slot()).submit(session_id, turn)
-
-    def _new_slot(self):
-        slot = Slot(self, self.clock())
-        self._slots.add(slot)
-        return slot
-
-    def _note_full(self):
-        if not self._full_logged:
-            self._full_logged = True
-            log.warning("turn queue full (%d turns waiting for MongoDB): refusing tasks and reports, pausing relays",
-                        self.capacity)
-
-    def _release(self, slot):
-        self._slots.discard(slot)
-        if len(self._slots) < self.capacity:
-            self._room.set()
-            if self._full_logged and not self._slots:
-                self._full_logged = False
-                log.info("turn queue drained")
-
-    # --- what flushes wait for ------------------------------------------------------------------------------------
-
-    def pending_since(self):
-        """When the oldest turn this process still holds was seen (its slot taken); None when it holds none."""
-        return min((slot.since for slot in self._slots), default=None)
-
-    async def settled(self, cutoff, timeout):
-        """Wait until every slot taken at or before `cutoff` is stored or given back; False if that took longer
-        than `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while (since := self.pending_since()) is not None and since <= cutoff:
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.01)
-        return True
-
-    # --- writing --------------------------------------------------------------------------------------------------
-
-    def _enqueue(self, slot, session_id, turn):
-        self._queue.append((slot, {"_id": ObjectId(), "session_id": session_id, **turn}))
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.ensure_future(self._drain())
-
-    async def _drain(self):
-        delay = RETRY_INITIAL
-        while self._queue:
-            batch = self._queue[:BATCH]
-            try:
-                refused = await self.sessions.insert_turns([document for _, document in batch])
-            except ServiceUnavailable:
-                log.warning("MongoDB unavailable: %d turns queued, retrying in %.2fs", len(self._queue), delay)
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, RETRY_MAX)
-                continue
-            except Exception:
-                log.exception("storing %d turns failed; retrying", len(batch))
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, RETRY_MAX)
-                continue
-            delay = RETRY_INITIAL
-            del self._queue[:len(batch)]
-            for slot, document in batch:
-                if document["_id"] in refused:
-                    log.error("MongoDB refused a turn of session %s for good: %s", document["session_id"],
-                              refused[document["_id"]])
-                if not slot.stored.done():
-                    slot.stored.set_result(document["_id"] not in refused)
-                self._release(slot)
-
-    async def close(self, timeout):
-        """Give queued turns up to `timeout` seconds to reach MongoDB; log what could not."""
-        if self._worker is not None and not self._worker.done():
-            done, _ = await asyncio.wait([self._worker], timeout=timeout)
-            if not done:
-                self._worker.cancel()
-        if self._queue:
-            sessions = sorted({document["session_id"] for _, document in self._queue})
-            log.error("stopping with %d turns not stored (sessions %s)", len(self._queue), ", ".join(sessions))
+    @blocking
+    def is_new_utterance(self, session_id: str, turn: Turn) -> bool:
+        """Whether `turn` would add an utterance to the session's transcript (not another path's report of one)."""
+        return merge_turn(self._transcript(session_id), turn)[1]

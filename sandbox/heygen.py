@@ -22,7 +22,7 @@ import tornado.ioloop
 import tornado.web
 import tornado.websocket
 
-from clients.pipecat import Frame as PipecatFrame
+from relay.pipecat import Frame as PipecatFrame
 from sandbox.avatar import Avatar
 from sandbox.common import EmulatorHandler, Recorder, new_id
 

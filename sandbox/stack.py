@@ -8,6 +8,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from conf import load_settings
+from handlers.app import Gateway  # the gateway knows nothing of the sandbox; the sandbox builds it as server.py does
 from sandbox.heygen import HeyGenEmulator
 from sandbox.liveavatar import DEFAULT_AVATAR_ID as LIVEAVATAR_DEMO_AVATAR
 from sandbox.liveavatar import LiveAvatarEmulator
@@ -88,9 +89,8 @@ class Sandbox:
         return env
 
     async def start(self):
-        from server import Gateway  # the gateway knows nothing of the sandbox; the sandbox builds it as main does
         self.start_upstreams()
-        self.gateway = await Gateway(self.settings).start()
+        self.gateway = await Gateway.build(self.settings).start()
         return self
 
     def start_upstreams(self):
@@ -115,10 +115,9 @@ class Sandbox:
 
     async def restart_gateway(self, **changes):
         """Stop the gateway and start a new one on the same port and database (a process restart)."""
-        from server import Gateway
         changes.setdefault("port", self.gateway.port)
         await self.gateway.stop()
-        self.gateway = await Gateway(self.settings.replace(**changes)).start()
+        self.gateway = await Gateway.build(self.settings.replace(**changes)).start()
         return self.gateway
 
     async def stop(self):

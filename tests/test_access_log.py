@@ -1,9 +1,9 @@
-"""handlers.requestlog.BatchedStreamHandler: one write per loop iteration, in order, nothing left behind."""
+"""observability.logs.BatchedStreamHandler: one write per loop iteration, in order, nothing left behind."""
 import asyncio
 import logging
 import threading
 
-from handlers.requestlog import BatchedStreamHandler
+from observability.logs import BatchedStreamHandler
 
 
 class CountingStream:

@@ -22,7 +22,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from handlers.routes import API, PREFIXES
+from handlers.app import CONTRACTS
+from handlers.contracts import PREFIXES
 from sandbox.stack import DEMO_API_KEY
 from threaded import ThreadedSandbox
 
@@ -214,7 +215,8 @@ class Fixtures:
 
 # --- strategies ----------------------------------------------------------------------------------------------------
 
-API_PATHS = [prefix + path.replace("\\", "") for prefix in PREFIXES for path, _ in API]
+API_PATHS = [prefix + route.pattern.replace("\\", "") for prefix in PREFIXES for contract in CONTRACTS
+             for route in contract.routes if route.prefixed]
 OTHER_PATHS = ["/healthz", "/readyz", "/metrics", "/demo", "/demo/", "/demo/x", "/demo/demo.html",
                "/demo/../server.py", "/demo/%2e%2e/x", "/", "/v1", "/v1/streaming.nope", "/api/v1/avatar",
                "/api/v1/avatar/healthz", "/v1/sessions/x"]

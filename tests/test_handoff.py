@@ -8,7 +8,7 @@ from tornado.httpclient import HTTPClientError
 from tornado.websocket import websocket_connect
 
 from conftest import GatewayClient, eventually
-from server import Gateway
+from handlers.app import Gateway
 from test_heygen_flow import open_session, ws_url
 from test_liveavatar_flow import bearer, minted
 
@@ -16,7 +16,7 @@ from test_liveavatar_flow import bearer, minted
 @pytest.mark.gen_test(timeout=120)
 async def test_a_report_racing_the_stop_is_in_the_hand_off_whenever_it_was_recorded(make_sandbox):
     sandbox = await make_sandbox()
-    other = await Gateway(sandbox.settings).start()  # reports reach another process than the stop
+    other = await Gateway.build(sandbox.settings).start()  # reports reach another process than the stop
     try:
         client = GatewayClient(sandbox.gateway_url)
         other_client = GatewayClient(f"http://127.0.0.1:{other.port}")
@@ -135,8 +135,11 @@ async def test_a_full_database_queue_refuses_calls_but_never_the_lease_heartbeat
     try:
         reply = await client.call("/v1/streaming.create_token")
         assert reply.status == 503 and reply.headers["Retry-After"]  # the database's bound holds for calls
-        before = sandbox.gateway.leases.process_id
-        assert await sandbox.gateway.leases.renew() is True  # the heartbeat still gets through
-        assert sandbox.gateway.leases.process_id == before
+        leases = sandbox.gateway.leases
+        before, renewed = leases.process_id, leases.renewed_at
+        await asyncio.sleep(0.01)
+        await leases.beat()
+        assert leases.renewed_at > renewed  # the heartbeat still gets through
+        assert leases.process_id == before
     finally:
         store.in_flight -= store.max_queued

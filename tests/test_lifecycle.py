@@ -6,7 +6,7 @@ from pymongo import monitoring
 from tornado.websocket import websocket_connect
 
 from conftest import GatewayClient, eventually
-from server import Gateway
+from handlers.app import Gateway
 from test_heygen_flow import avatar_done, connected, open_session, ws_url
 
 
@@ -126,7 +126,7 @@ async def test_reconnect_within_grace_keeps_the_session(make_sandbox):
 @pytest.mark.gen_test(timeout=30)
 async def test_racing_stop_and_close_on_two_processes_flush_once(make_sandbox):
     sandbox = await make_sandbox(SOCKET_GRACE_PERIOD="0")
-    other = await Gateway(sandbox.settings).start()  # a second gateway process on the same MongoDB
+    other = await Gateway.build(sandbox.settings).start()  # a second gateway process on the same MongoDB
     try:
         client = GatewayClient(sandbox.gateway_url)
         for round_ in range(3):

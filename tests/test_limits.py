@@ -5,10 +5,11 @@ import time
 
 import pytest
 
-from clients.ratelimit import RateLimiter
+from handlers.errors import status_of
+from services.ratelimit import RateLimiter
 from conftest import GatewayClient, eventually
 from sandbox.liveavatar import DEFAULT_AVATAR_ID
-from server import Gateway
+from handlers.app import Gateway
 from test_heygen_flow import open_session
 
 QUOTAS = {"quota-a": 2, "quota-b": 2, "quota-c": 1, "quota-d": None}  # None: MAX_CONCURRENT_SESSIONS (2)
@@ -32,7 +33,7 @@ async def burst(sandbox, clients_by_key, per_customer=6):
 
 async def two_gateways(make_sandbox, **settings):
     sandbox = await make_sandbox(MAX_CONCURRENT_SESSIONS="2", **settings)
-    other = await Gateway(sandbox.settings).start()
+    other = await Gateway.build(sandbox.settings).start()
     clients = {}
     for key, quota in QUOTAS.items():
         sandbox.petya.create_account(key, liveAvatar={"avatarId": DEFAULT_AVATAR_ID},
@@ -132,7 +133,7 @@ async def test_limiter_keeps_any_one_second_within_its_share_and_refuses_past_it
         await limiter.acquire("sessions/token", max_wait=0)
     with pytest.raises(Exception) as refused:
         await limiter.acquire("sessions/token", max_wait=0.5)
-    assert refused.value.status == 429 and refused.value.retry_after >= 1
+    assert status_of(refused.value) == 429 and refused.value.retry_after >= 1
     await limiter.acquire("sessions/stop", max_wait=0)  # endpoints are counted apart
     clock[0] += 1.01
     await limiter.acquire("sessions/token", max_wait=0)

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import GatewayClient, eventually
 from sandbox.liveavatar import DEFAULT_AVATAR_ID, sandbox_reply
-from server import Gateway
+from handlers.app import Gateway
 from test_gateway_errors import assert_error
 from test_heygen_flow import open_session
 from test_liveavatar_rooms import Client as RoomClient
@@ -248,7 +248,7 @@ async def test_sessions_older_than_the_maximum_are_reaped(make_sandbox):
 async def test_two_reapers_racing_over_one_session_stop_and_flush_once(make_sandbox):
     # Sweeps only when called: the periodic ones are made rare so the race is the two explicit sweeps below.
     sandbox = await make_sandbox(SESSION_IDLE_TIMEOUT="1", SWEEP_INTERVAL="3600")
-    other = await Gateway(sandbox.settings).start()
+    other = await Gateway.build(sandbox.settings).start()
     try:
         client = GatewayClient(sandbox.gateway_url)
         sessions = [await minted(client, f"race-{i}") for i in range(5)]

@@ -114,27 +114,27 @@ async def test_the_reaper_and_its_ends_are_counted(make_sandbox):
 
 @pytest.mark.gen_test(timeout=30)
 async def test_live_sessions_are_counted_at_most_once_per_ttl(sandbox, client):
-    from models import metrics
+    gateway_metrics = sandbox.gateway.metrics
     counted = []
-    real = metrics.count_live_sessions
+    real = gateway_metrics.count_live
 
     def counting():
         counted.append(1)
         return real()
-    metrics.count_live_sessions = counting
+    gateway_metrics.count_live = counting
     try:
-        sandbox.gateway.metrics._counted_at = None
+        gateway_metrics._counted_at = None
         await asyncio.gather(*[scrape(sandbox.gateway_url) for _ in range(10)])
         await open_session(client)
         samples = await scrape(sandbox.gateway_url)
     finally:
-        metrics.count_live_sessions = real
+        gateway_metrics.count_live = real
     assert len(counted) == 1  # ten concurrent scrapes and one more: one aggregate
     assert value(samples, P + "live_sessions", provider="heygen", status="created") == 0  # the cached count
 
 
 def test_call_labels_have_no_ids_and_are_bounded():
-    from models.metrics import MAX_CALLS_PER_UPSTREAM, call_label
+    from observability.metrics import MAX_CALLS_PER_UPSTREAM, call_label
     assert call_label("t1", "GET", "/v1/sessions/0b7c9a2e-5f1d-4c1a-9d7e-2b1f3c4d5e6f/transcript") == \
         "GET /v1/sessions/:id/transcript"
     assert call_label("t1", "POST", "/v1/streaming.new") == "POST /v1/streaming.new"
@@ -287,7 +287,7 @@ async def test_json_log_lines_parse_carry_the_access_fields_and_no_secret(mongod
 
 
 def test_json_formatter_scrubs_and_keeps_tracebacks():
-    from handlers.requestlog import JsonFormatter, TextFormatter
+    from observability.logs import JsonFormatter, TextFormatter
     try:
         raise ValueError("bad url ?session_token=abc.def.ghi")
     except ValueError:

@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
 from handlers import openapi
-from handlers.routes import API, OPERATIONS, PREFIXES, WithBody, routes
+from handlers.app import CONTRACTS
+from handlers.contracts import PREFIXES, WithBody, route_table
 from sandbox.stack import DEMO_API_KEY
 from threaded import ThreadedSandbox
 
@@ -47,11 +48,18 @@ def doc_path(pattern):
     return path[:-2] if path.endswith("/?") else path
 
 
+def document_bytes_of():
+    return openapi.serialize(openapi.build(CONTRACTS))
+
+
+def built_document():
+    return json.loads(document_bytes_of())
+
+
 def served_routes():
     """(prefix, doc path with {} for parameters, handler) of every route the public port serves (ADMIN_ADDRESS unset).
     The handshake-with-a-body twin of the WebSocket route (WithBody) is the WebSocket route's refusal, not a route."""
-    gateway = types.SimpleNamespace(settings=types.SimpleNamespace(admin_address=""))
-    for matcher, handler, _ in routes(gateway):
+    for matcher, handler, _ in route_table(CONTRACTS, {}, admin_apart=False):
         if isinstance(matcher, WithBody):
             continue
         prefix = next((p for p in PREFIXES if p and matcher.startswith(p + "/")), "")
@@ -59,7 +67,7 @@ def served_routes():
 
 
 def test_every_route_and_method_is_documented():
-    document = openapi.document()
+    document = built_document()
     documented = {re.sub(r"\{[^}]*\}", "{}", path): item for path, item in document["paths"].items()}
     top_servers = {server["url"].rstrip("/") for server in document["servers"]}
     seen = collections.defaultdict(set)
@@ -73,15 +81,15 @@ def test_every_route_and_method_is_documented():
     for path, item in documented.items():
         servers = {server["url"].rstrip("/") for server in item.get("servers", [])} or top_servers
         assert seen[path] == servers, (path, seen[path], servers)
-    # The API table itself, both prefixes: every route of it, with every method.
-    for pattern, handler in API + OPERATIONS:
-        assert doc_path(pattern) in documented, pattern
-    assert {doc_path(pattern) for pattern, _ in API} | {doc_path(p) for p, _ in OPERATIONS} | {"/demo", "/demo/{}"} \
-        == set(documented)
+    # What the contracts register: every route, at the path its pattern serves, and nothing else.
+    routes = [route for contract in CONTRACTS for route in contract.routes]
+    for route in routes:
+        assert doc_path(route.pattern) == re.sub(r"\{[^}]*\}", "{}", route.path), route
+    assert {doc_path(route.pattern) for route in routes} == set(documented)
 
 
 def test_every_operation_documents_its_errors_and_headers():
-    document = openapi.document()
+    document = built_document()
     components = document["components"]
     assert set(components["securitySchemes"]) == {"ApiKey", "ApiKeyBearer", "GatewayToken", "SessionTokenQuery"}
     for path, item in document["paths"].items():
@@ -129,7 +137,7 @@ def test_document_is_served_under_both_prefixes(running):
     status, headers, body = fetch(running.url + "/openapi.json", {"Origin": ALLOWED})
     assert status == 200 and headers["Content-Type"].startswith("application/json")
     assert headers["Access-Control-Allow-Origin"] == ALLOWED
-    assert body == openapi.document_bytes()  # built once
+    assert body == document_bytes_of()  # built once
     assert fetch(running.url + "/api/v1/avatar/openapi.json")[2] == body
     loaded = schemathesis.openapi.from_url(running.url + "/openapi.json")
     loaded.validate()  # against the OpenAPI 3.1 meta-schema
@@ -282,7 +290,7 @@ def test_contract_totals(running):
           f"{TALLY.stateful} stateful calls, in {elapsed:.1f} s")
     for label, counts in sorted(TALLY.statuses.items()):
         print(f"  {label}: {dict(sorted(counts.items()))}")
-    assert len(operations) == sum(len(item) - ("servers" in item) for item in openapi.document()["paths"].values())
+    assert len(operations) == sum(len(item) - ("servers" in item) for item in built_document()["paths"].values())
     assert TALLY.cases >= 500 and TALLY.stateful >= 100
 
 
@@ -293,7 +301,7 @@ def test_fault_answers_are_as_documented(running, contract):
     foreign Origin, HeyGen's concurrency limit, LiveAvatar's rate limit, an upstream unreachable or too slow, Petya
     away, the turn queue full, a report after the hand-off, HeyGen's own error), each checked against the document:
     a documented status, its schema, JSON, the CORS headers, Retry-After where documented."""
-    sandbox, document = running.sandbox, openapi.document()
+    sandbox, document = running.sandbox, built_document()
     key = {"X-Api-Key": DEMO_API_KEY, "Origin": ALLOWED}
     seen = []
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from clients.pipecat import TEXT_TAG, text_of
+from relay.pipecat import TEXT_TAG, text_of
 from conftest import eventually
 from test_heygen_flow import connected
 
@@ -142,7 +142,7 @@ def test_a_later_audio_field_wins_the_oneof():
 
 
 def test_only_the_text_tag_is_parsed(monkeypatch):
-    import clients.pipecat as pipecat
+    import relay.pipecat as pipecat
 
     class Unparsable:
         @staticmethod

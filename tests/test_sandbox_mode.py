@@ -8,6 +8,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from sandbox.mongo import free_port
 
 ROOT = Path(__file__).parent.parent
@@ -58,3 +60,14 @@ def test_sandbox_starts_everything_and_stops_cleanly(tmp_path):
     assert process.returncode == 0, output
     assert "Traceback" not in output
     assert subprocess.run(["kill", "-0", mongo_pids[0]], capture_output=True).returncode != 0  # child stopped
+
+
+@pytest.mark.parametrize("hidden", ["aiortc", "PIL"])
+def test_sandbox_without_its_extra_says_how_to_install_it(hidden):
+    """`--sandbox` with one of the sandbox extra's packages missing: one line on how to install it, no traceback."""
+    script = f"import sys; sys.modules[{hidden!r}] = None; import server; sys.exit(server.main(['--sandbox']))"
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"ilianaai-avatar: the sandbox needs its extra ({hidden} is not installed): pip install -e '.[sandbox]' in "
+        "the checkout, or `make run`"]

@@ -91,3 +91,11 @@ def test_public_view_masks_every_secret():
     assert shown["HEYGEN_API_KEY"] == shown["PETYA_AUTH_TOKEN"] == shown["GATEWAY_SECRET"] == "***"
     assert shown["MONGODB_URI"] == "***" and shown["PORT"] == 8000
     assert "0123456789abcdef" not in str(shown)
+
+
+def test_typed_settings_are_current():
+    from pathlib import Path
+
+    from conf.__main__ import typed
+    generated = (Path(__file__).parent.parent / "conf" / "settings.py").read_text()
+    assert generated == typed(), "regenerate it: python -m conf typed > conf/settings.py"

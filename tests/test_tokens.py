@@ -6,7 +6,7 @@ import time
 import pytest
 
 from conftest import eventually
-from models.tokens import KEY_ID, TokenSigner, jwt_claims
+from domain.tokens import KEY_ID, TokenSigner, jwt_claims
 from test_heygen_flow import open_session
 from test_liveavatar_flow import bearer, minted
 
@@ -62,11 +62,21 @@ async def test_a_legacy_opaque_token_keeps_working_until_it_expires(sandbox, cli
     upstream = sandbox.liveavatar.sessions[session_id].token
     customer = (await sandbox.gateway.sessions.get(session_id)).customer
     legacy = "ilgt_" + "L" * 43  # as minted before tokens were JWT-shaped
-    await sandbox.gateway.sessions.save_token(legacy, customer, "liveavatar", upstream, {}, 60, session_id)
+    await save_legacy_record(sandbox, legacy, customer, upstream, 60, session_id)
     assert (await client.call("/v1/sessions/start", api_key=None, headers=bearer(legacy))).status == 201
     stop = await client.call("/v1/sessions/stop", api_key=None, headers=bearer(legacy))
     assert stop.status == 200
     await eventually(lambda: sandbox.petya.deliveries("jwt-legacy"))
     expired = "ilgt_" + "E" * 43
-    await sandbox.gateway.sessions.save_token(expired, customer, "liveavatar", upstream, {}, -1, session_id)
+    await save_legacy_record(sandbox, expired, customer, upstream, -1, session_id)
     assert (await client.call("/v1/sessions/keep-alive", api_key=None, headers=bearer(expired))).status == 401
+
+
+async def save_legacy_record(sandbox, token, customer, upstream, ttl, session_id):
+    """A token's record as the gateway stored it before contracts were recorded (no `contract` field)."""
+    from domain.tokens import token_hash
+    from models.documents import GatewayToken
+    now = time.time()
+    await sandbox.gateway.store.run(sandbox.gateway.store.collection(GatewayToken).insert_one, {
+        "token_hash": token_hash(token), "customer": customer, "provider": "liveavatar", "upstream_token": upstream,
+        "config": {}, "session_id": session_id, "created_at": now, "expires_at": now + ttl})

@@ -1,5 +1,5 @@
 """Transcript merging, pure: each utterance once, in spoken order, from whichever paths reported it."""
-from models.transcript import ChunkJoiner, for_petya, merge_all, merge_turn, new_turn
+from domain.transcript import ChunkJoiner, for_petya, merge_all, merge_turn, new_turn
 
 
 def test_a_repeat_task_and_its_socket_end_message_are_one_turn():

@@ -6,7 +6,7 @@ import pytest
 from tornado.web import Application, RequestHandler
 
 from clients.http import Upstream, UpstreamCurlClient
-from models.errors import UpstreamTimeout, UpstreamUnavailable
+from domain.errors import UpstreamTimeout, UpstreamUnavailable
 
 
 class Echo(RequestHandler):

@@ -209,13 +209,12 @@ async def test_large_and_fragmented_messages_pass_intact_both_ways(sandbox, clie
 async def test_the_gateways_own_frames_wait_for_a_frame_boundary(make_sandbox):
     """While a frame trickles through the relay, a ping the gateway sends into that leg, or its close on shutdown,
     must go in after the frame, never inside it. (Timed pings are off: the test's own peers write raw bytes.)"""
-    from handlers.websocket import StreamingChatRelay
     from test_wsframes import frame
     sandbox = await make_sandbox(WS_PING_INTERVAL="0")
     client = GatewayClient(sandbox.gateway_url)
     session_id, _, ws = await connected(sandbox, client)
     session = sandbox.heygen.sessions[session_id]
-    relay = next(r for r in StreamingChatRelay.open_relays if r.session.session_id == session_id)
+    relay = next(r for r in sandbox.gateway.relays if r.session.session_id == session_id)
 
     async def trickle(stream, raw, midway):
         step = len(raw) // 5 + 1

@@ -1,4 +1,4 @@
-"""clients.wsframes.FrameScanner against frames built here independently, cut into chunks at random places."""
+"""relay.frames.FrameScanner against frames built here independently, cut into chunks at random places."""
 import os
 import random
 import struct
@@ -6,8 +6,8 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from clients.wsframes import PING_MARK, FrameScanner, ProtocolError
-from models.metrics import Tally
+from relay.frames import PING_MARK, FrameScanner, ProtocolError
+from observability.metrics import Tally
 
 
 def frame(opcode, payload, fin=True, mask=None, rsv=0):

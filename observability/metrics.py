@@ -8,7 +8,7 @@ Two kinds, by where their values live:
   created once per process, any number of gateways built in one process (tests do) share them without a
   "duplicated timeseries" error; in production one process holds one gateway, so they are that gateway's.
 - **State** (live sessions, turn-queue depth, relayed frames and bytes, open sockets) is read from one gateway at
-  scrape time by its `GatewayMetrics` collector.
+  scrape time by its `GatewayMetrics` collector, given what it reads when the gateway is built (handlers/app.py).
 
 Each Gateway has a CollectorRegistry of its own (`GatewayMetrics.registry`) holding the shared event metrics and
 its own collector, so two gateways in one process each export their own state.
@@ -21,17 +21,20 @@ deployment's — every process reports the same number — so aggregate it acros
 Relayed frames are counted on the relay's hot path with plain integer additions on a `RelayCounts` (a
 prometheus_client counter increment takes a lock and costs ~10x more); the collector reads them at scrape time.
 """
+from __future__ import annotations
+
 import asyncio
 import logging
 import re
 import time
+from typing import Any, Awaitable, Callable, Iterator, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from models.documents import PROVIDERS, AvatarSession
-from models.errors import ServiceUnavailable
+from domain.errors import ServiceUnavailable
+from domain.names import END_REASONS, LIVE_STATUSES, PROVIDERS
 
 log = logging.getLogger("gateway.metrics")
 
@@ -39,8 +42,6 @@ PREFIX = "ilianaai_avatar_"
 
 # The upstreams, as their `upstream` label spells them (lower case). RATE_LIMITED uses the same values.
 UPSTREAMS = ("heygen", "liveavatar", "petya")
-LIVE_STATUSES = ("created", "started")
-END_REASONS = ("stopped", "socket_closed", "idle", "max_age")
 HANDOFF_OUTCOMES = ("delivered", "retry", "rejected", "deferred")
 REAPER_KINDS = ("lease_expired", "sockets_released", "socket_closed", "idle", "max_age")
 
@@ -113,10 +114,10 @@ _WORD = re.compile(r"[A-Za-z][A-Za-z_.\-]{0,39}|v\d{1,2}")
 # Distinct `call` values one upstream may have (the HeyGen routes forward any `streaming.<name>` a client sends);
 # later ones are counted under "other".
 MAX_CALLS_PER_UPSTREAM = 40
-_calls = {}  # upstream -> set of call labels seen
+_calls: dict[str, set[str]] = {}  # upstream -> set of call labels seen
 
 
-def call_label(upstream, method, path):
+def call_label(upstream: str, method: str, path: str) -> str:
     """`METHOD /path` with ids replaced by `:id`, bounded to MAX_CALLS_PER_UPSTREAM values per upstream."""
     segments = path.split("?", 1)[0].split("/")
     label = method + " " + "/".join(s if not s or _WORD.fullmatch(s) else ":id" for s in segments)
@@ -128,14 +129,14 @@ def call_label(upstream, method, path):
     return label
 
 
-def status_class(status):
+def status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status < 600 else "error"
 
 
-_latency_children = {}  # (upstream, call, status class) -> its histogram: labels() costs microseconds per call
+_latency_children: dict[tuple[str, str, str], Any] = {}  # (upstream, call, status class) -> its histogram: labels() costs microseconds per call
 
 
-def observe_upstream(upstream_name, call, status, seconds):
+def observe_upstream(upstream_name: str, call: str, status: int | None, seconds: float) -> None:
     """One upstream call: `status` is the HTTP status, or None when no answer came. (Label values are bounded:
     upstreams x MAX_CALLS_PER_UPSTREAM calls x 6 status classes, so the memo is too.)"""
     key = (upstream_name, call, "error" if status is None else status_class(status))
@@ -152,7 +153,7 @@ class Tally:
     """Data frames and payload bytes relayed in one direction: plain ints, added to per frame, read at scrape time."""
     __slots__ = ("frames", "bytes")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.frames = self.bytes = 0
 
 
@@ -160,36 +161,41 @@ class RelayCounts:
     """What one gateway's sockets relayed, by direction, and how many are open."""
     __slots__ = ("client", "upstream", "sockets")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.client = Tally()  # browser -> HeyGen
         self.upstream = Tally()  # HeyGen -> browser
         self.sockets = 0  # relays open now
 
 
-def count_live_sessions():
-    """{(provider, status): n} of the sessions not ended: one aggregate over the (status, ...) index."""
-    pipeline = [{"$match": {"status": {"$in": list(LIVE_STATUSES)}}},
-                {"$group": {"_id": {"provider": "$provider", "status": "$status"}, "n": {"$sum": 1}}}]
-    return {(row["_id"]["provider"], row["_id"]["status"]): row["n"]
-            for row in AvatarSession._get_collection().aggregate(pipeline)}
+class QueueDepth(Protocol):
+    """What the collector reads of a turn queue (services/turns.py)."""
+    capacity: int
+
+    def __len__(self) -> int: ...
+
+
+LiveSessions = dict[tuple[str, str], int]  # (provider, status) -> sessions
 
 
 class GatewayMetrics(Collector):
-    """One gateway's registry (the shared event metrics plus this collector of its state)."""
+    """One gateway's registry: the shared event metrics, plus this collector of the gateway's state. `count_live`
+    counts the live sessions in MongoDB (models/sessions.py); `turns` is the gateway's turn queue."""
 
-    def __init__(self, gateway, clock=time.monotonic):
-        self.gateway = gateway
+    def __init__(self, count_live: Callable[[], Awaitable[LiveSessions]], turns: QueueDepth,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.count_live = count_live
+        self.turns = turns
         self.clock = clock
         self.relay = RelayCounts()
-        self.live_sessions = None  # {(provider, status): n} as last counted; None when the last count failed
-        self._counted_at = None
-        self._counting = None  # the Task of the count under way
+        self.live_sessions: LiveSessions | None = None  # as last counted; None when the last count failed
+        self._counted_at: float | None = None
+        self._counting: asyncio.Future[None] | None = None  # the count under way
         self.registry = CollectorRegistry()
         for metric in EVENT_METRICS:
             self.registry.register(metric)
         self.registry.register(self)
 
-    async def refresh(self):
+    async def refresh(self) -> None:
         """Count the live sessions in MongoDB unless counted within LIVE_SESSIONS_TTL; wait for the count at most
         LIVE_SESSIONS_WAIT seconds (it goes on, and a later scrape gets it)."""
         if self._counting is None:
@@ -201,9 +207,9 @@ class GatewayMetrics(Collector):
         except asyncio.TimeoutError:
             pass
 
-    async def _count(self):
+    async def _count(self) -> None:
         try:
-            self.live_sessions = await self.gateway.store.run(count_live_sessions)
+            self.live_sessions = await self.count_live()
         except ServiceUnavailable:
             self.live_sessions = None  # absent from the scrape rather than stale
         except Exception:
@@ -213,7 +219,7 @@ class GatewayMetrics(Collector):
             self._counted_at = self.clock()  # a failure is reused as long: scrapes never hammer MongoDB
             self._counting = None
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         if self.live_sessions is not None:
             live = GaugeMetricFamily(
                 PREFIX + "live_sessions", "Sessions not ended, by provider and status (created, started), counted in "
@@ -223,7 +229,7 @@ class GatewayMetrics(Collector):
                 for status in LIVE_STATUSES:
                     live.add_metric([provider, status], self.live_sessions.get((provider, status), 0))
             yield live
-        turns = self.gateway.turns
+        turns = self.turns
         yield GaugeMetricFamily(PREFIX + "turn_queue_depth", "Turns this process holds that are not yet in MongoDB "
                                 "(taken slots of the turn queue).", value=len(turns))
         yield GaugeMetricFamily(PREFIX + "turn_queue_capacity", "TURN_QUEUE_MAX: at this depth tasks and reports are "
@@ -244,5 +250,5 @@ class GatewayMetrics(Collector):
         yield GaugeMetricFamily(PREFIX + "relayed_sockets", "WebSocket relays this process holds open.",
                                 value=relay.sockets)
 
-    def describe(self):
-        return []  # state metrics vary (live_sessions may be absent): not described up front
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # state metrics vary (live_sessions may be absent): not described up front

@@ -1,10 +1,14 @@
 """One access-log line per request, with keys and tokens scrubbed from whatever is logged; the log formats
-(LOG_FORMAT): text lines, or JSON objects for log pipelines."""
+(LOG_FORMAT): text lines, or JSON objects for log pipelines; lines batched into one write per loop iteration."""
+from __future__ import annotations
+
 import asyncio
 import json
 import logging
 import re
+import sys
 from datetime import datetime, timezone
+from typing import Any
 
 log = logging.getLogger("gateway.access")
 
@@ -15,16 +19,16 @@ SECRET_BEARING_LOGGERS = ("tornado.curl_httpclient", "pymongo.command")
 _SECRET_PARAMS = re.compile(r"((?:session_token|token|api_key|apikey|key|access_token)=)[^&\s]*", re.IGNORECASE)
 
 
-def scrub(text):
+def scrub(text: str) -> str:
     """Mask the values of secret-looking query parameters in a path or URL."""
     return _SECRET_PARAMS.sub(r"\1***", text)
 
 
-def request_summary(handler):
+def request_summary(handler: Any) -> str:
     return f"{handler.request.method} {scrub(handler.request.uri)}"
 
 
-def log_request(handler):
+def log_request(handler: Any) -> None:
     """Application `log_function`: method, path, status, duration, session id. Never headers or bodies. The fields
     also go on the record (`access`) for the JSON format."""
     status = handler.get_status()
@@ -39,7 +43,7 @@ def log_request(handler):
                                                 "duration_ms": round(duration_ms, 1), "session": session_id}})
 
 
-def clamp_secret_loggers():
+def clamp_secret_loggers() -> None:
     for name in SECRET_BEARING_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger(name).level))
 
@@ -130,5 +134,14 @@ class BatchedStreamHandler(logging.StreamHandler):
         super().flush()
 
 
-def log_formatter(log_format):
+def log_formatter(log_format: str) -> logging.Formatter:
     return JsonFormatter() if log_format == "json" else TextFormatter()
+
+
+def configure_logging(level: str = "INFO", log_format: str = "text") -> None:
+    """Every logger to stdout, as text lines or JSON objects (LOG_FORMAT), secrets scrubbed either way."""
+    # No format uses the thread, process or multiprocessing names: not looked up for every record.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    handler = BatchedStreamHandler(sys.stdout)
+    handler.setFormatter(log_formatter(log_format))
+    logging.basicConfig(level=level, handlers=[handler])

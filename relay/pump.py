@@ -4,7 +4,7 @@ Tornado's `WebSocketProtocol13` reads a message as three or four awaited IOStrea
 and a relay then re-frames, masks and writes it: per frame, tens of microseconds of Python in each direction. Once
 the browser's leg (`WebSocketHandler`) and HeyGen's (`websocket_connect`) are both open, `pair()` moves each leg's
 socket from its IOStream to an asyncio transport (`Leg`), whose `data_received` gets whatever the socket had: one
-call per read, not per frame, with no futures or task switches. `clients.wsframes.FrameScanner` reads the chunk's
+call per read, not per frame, with no futures or task switches. `relay.frames.FrameScanner` reads the chunk's
 frame headers and hands over the payloads the transcript needs; the chunk is written, unchanged, to the other leg's
 transport. Backpressure: when a transport's write buffer passes its high-water mark (asyncio's default, 64 KiB),
 the leg feeding it stops reading until it drains; while a turn waits for room in the turn queue, its leg stops
@@ -18,21 +18,31 @@ carry `wsframes.PING_MARK`, so their pongs are told from the far end's, which pa
 pong.
 
 A leg that is never paired (the relay failed before both were open) stays plain tornado.
+
+This is the only module of the relay that reaches below tornado's public API, and it does so only through
+clients/tornado_compat.py. relay/plain.py is the same relay on tornado's public API (RELAY_PUMP=plain): slower, and
+the oracle this one is tested against (tests/gateway/test_relay_pumps.py).
 """
+from __future__ import annotations
+
 import asyncio
+import functools
+from typing import Any, Awaitable, Callable, cast
 
 from tornado.concurrent import Future
-from tornado.httpclient import HTTPRequest, _RequestProxy
-from tornado.httputil import HTTPHeaders
+from tornado.httpclient import HTTPRequest
 from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.iostream import StreamClosedError
-from tornado.websocket import WebSocketClientConnection, WebSocketProtocol13, _WebSocketParams
+from tornado.websocket import WebSocketClientConnection
 
-from clients.wsframes import PING_MARK, FrameScanner, ProtocolError
+from clients.tornado_compat import HookedProtocol, connect_client, protocol_params, release_handshake, take_socket
+from relay.frames import PING_MARK, FrameScanner, ProtocolError
+
+Inspected = list[tuple[int, bytes]]
 
 
-def _done_future():
-    future = Future()
+def _done_future() -> Future[None]:
+    future: Future[None] = Future()
     future.set_result(None)
     return future
 
@@ -42,19 +52,19 @@ class TransportStream:
     the transport exists (while it is being set up) are kept and written first."""
     __slots__ = ("transport", "io_loop", "error", "_early")
 
-    def __init__(self):
-        self.transport = None
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
         self.io_loop = IOLoop.current()
         self.error = None
-        self._early = []
+        self._early: list[bytes] | None = []
 
-    def attach(self, transport):
+    def attach(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         early, self._early = self._early, None
-        for data in early:
+        for data in early or ():
             transport.write(data)
 
-    def write(self, data):
+    def write(self, data: bytes) -> Future[None]:
         if self.transport is None:
             if self._early is None:
                 raise StreamClosedError()
@@ -65,44 +75,46 @@ class TransportStream:
             self.transport.write(data)
         return _done_future()
 
-    def closed(self):
+    def closed(self) -> bool:
         return self.transport is not None and self.transport.is_closing()
 
-    def close(self, exc_info=False):
+    def close(self, exc_info: Any = False) -> None:
         if self.transport is not None:
             self.transport.close()  # asyncio writes what is buffered first
         else:
             self._early = None
 
-    def set_nodelay(self, value):
+    def set_nodelay(self, value: bool) -> None:
         pass  # asyncio sets TCP_NODELAY on every TCP transport
 
 
 class Leg(asyncio.Protocol):
     """One leg's socket on an asyncio transport: its bytes in, through its scanner, out to the other leg."""
 
-    def __init__(self, ws, scanner, on_messages, buffered):
+    def __init__(self, ws: PumpProtocol, stream: TransportStream, scanner: FrameScanner,
+                 on_messages: Callable[[Inspected], Awaitable[None] | None], buffered: bytes) -> None:
         self.ws = ws  # the leg's PumpProtocol
+        self.stream = stream  # what it writes through
         self.scanner = scanner
         self.on_messages = on_messages  # inspected messages -> None, or an awaitable while turns wait for room
-        self.buffered = buffered  # bytes the IOStream had read but not delivered: they come first
-        self.other = None  # the other Leg
-        self.transport = None
+        self.buffered: bytes | None = buffered  # bytes the IOStream had read but not delivered: they come first
+        self.other: Leg = self  # the other Leg, once paired
+        self.transport: Any = None
         self.pauses = 0  # reasons not to read now: the other leg's buffer is full; a turn waits for room
         self.ended = False  # a close frame came: nothing after it is read
 
-    def connection_made(self, transport):
+    def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        self.ws.stream.attach(transport)
+        self.stream.attach(transport)
         self.pause()  # until start(): both legs' transports must exist before bytes flow
 
-    def start(self):
+    def start(self) -> None:
         buffered, self.buffered = self.buffered, None
         if buffered:
             self.data_received(buffered)
         self.resume()
 
-    def data_received(self, data):
+    def data_received(self, data: bytes) -> None:
         if self.ended:
             return
         try:
@@ -110,7 +122,7 @@ class Leg(asyncio.Protocol):
         except ProtocolError as error:
             self.ended = True
             self.ws.close(error.code, error.reason)
-            self.ws._abort()
+            self.ws.abort()
             return
         if messages:
             waiting = self.on_messages(messages)
@@ -120,14 +132,15 @@ class Leg(asyncio.Protocol):
                 return
         self.forward(forward, event)
 
-    async def _forward_when_queued(self, waiting, forward, event):
+    async def _forward_when_queued(self, waiting: Awaitable[None], forward: bytes,
+                                   event: tuple[Any, ...] | None) -> None:
         try:
             await waiting
         finally:
             self.forward(forward, event)
             self.resume()
 
-    def forward(self, data, event):
+    def forward(self, data: bytes, event: tuple[Any, ...] | None) -> None:
         other = self.other
         out = other.transport
         held = other.ws.held
@@ -143,200 +156,185 @@ class Leg(asyncio.Protocol):
         elif held and self.scanner.boundary is not None:
             other.ws.flush_held()
         if event is not None:
-            ws = self.ws
             if event[0] == "pong":
-                ws._received_pong = True
+                self.ws.received_pong = True
             else:  # a close frame: answered as tornado answers it
                 self.ended = True
-                _, ws.close_code, ws.close_reason = event
-                ws.client_terminated = True
-                ws.close(ws.close_code)
+                self.ws.terminated_by_peer(event[1], event[2])
 
-    def pause(self):
+    def pause(self) -> None:
         self.pauses += 1
         if self.pauses == 1 and not self.transport.is_closing():
             self.transport.pause_reading()
 
-    def resume(self):
+    def resume(self) -> None:
         self.pauses -= 1
         if self.pauses == 0 and not self.transport.is_closing():
             self.transport.resume_reading()
 
-    def pause_writing(self):  # this leg's write buffer is full: the leg feeding it waits
+    def pause_writing(self) -> None:  # this leg's write buffer is full: the leg feeding it waits
         self.other.pause()
 
-    def resume_writing(self):
+    def resume_writing(self) -> None:
         self.other.resume()
 
-    def eof_received(self):
+    def eof_received(self) -> bool:
         return False  # a half-closed WebSocket is a closed one
 
-    def connection_lost(self, exc):
+    def connection_lost(self, exc: BaseException | None) -> None:
         ws = self.ws
-        ws._abort()
+        ws.abort()
         other = self.other.ws
         other.feeder = None
         other.flush_held()
-        ws.handler.on_ws_connection_close(ws.close_code, ws.close_reason)
+        ws.tell_handler_closed()
 
 
 class Pinger:
     """Keep-alive pings for every leg of one IOLoop with the same interval, from one periodic callback (tornado
     runs a task per leg, about a kilobyte each, for thousands of mostly idle sockets). Each tick pings every leg;
     a leg whose last ping got no pong by the next tick is closed ("ping timed out"): the timeout is the interval."""
-    _running = {}  # (io_loop, interval) -> Pinger
+    _running: dict[tuple[IOLoop, float], Pinger] = {}  # (io_loop, interval) -> Pinger
 
-    def __init__(self, io_loop, interval):
+    def __init__(self, io_loop: IOLoop, interval: float) -> None:
         self.key = (io_loop, interval)
-        self.legs = set()
+        self.legs: set[PumpProtocol] = set()
         self.callback = PeriodicCallback(self.tick, interval * 1000)
 
     @classmethod
-    def add(cls, leg, interval):
+    def add(cls, leg: PumpProtocol, interval: float) -> None:
         key = (IOLoop.current(), interval)
         pinger = cls._running.get(key)
         if pinger is None:
             pinger = cls._running[key] = cls(*key)
             pinger.callback.start()
         pinger.legs.add(leg)
-        leg._ping_coroutine = pinger  # where tornado keeps a leg's ping task: close() "cancels" it
+        leg.ping_task = pinger  # where tornado keeps a leg's ping task (PumpProtocol.close takes it back)
 
-    def discard(self, leg):
+    def discard(self, leg: PumpProtocol) -> None:
         self.legs.discard(leg)
         if not self.legs:
             self.callback.stop()
             self._running.pop(self.key, None)
 
-    def tick(self):
+    def tick(self) -> None:
         for leg in list(self.legs):
-            if leg._ping_sent and not leg._received_pong:
+            if leg.ping_sent and not leg.received_pong:
                 leg.close(reason="ping timed out")
                 continue
-            leg._ping_sent = True
-            leg._received_pong = False
+            leg.ping_sent = True
+            leg.received_pong = False
             try:
                 leg.write_ping(b"")
             except StreamClosedError:
                 self.discard(leg)
 
 
-class PumpProtocol(WebSocketProtocol13):
+class PumpProtocol(HookedProtocol):
     """One leg. `paired` resolves to the other leg once both are on transports, or to None: plain tornado."""
 
-    def __init__(self, handler, mask_outgoing, params, waits_for_pairing):
+    def __init__(self, handler: Any, mask_outgoing: bool, params: Any, waits_for_pairing: bool) -> None:
         super().__init__(handler, mask_outgoing, params)
-        self.paired = Future()
+        self.paired: Future[PumpProtocol | None] = Future()
         self.waits_for_pairing = waits_for_pairing  # the client leg's loop starts before pairing; the server's after
-        self.feeder = None  # the other leg's scanner, while it forwards into this leg
-        self.held = []  # this leg's own frames waiting for a frame boundary in what the feeder forwards
-        self._ping_sent = False
+        self.feeder: FrameScanner | None = None  # the other leg's scanner, while it forwards into this leg
+        # this leg's own frames waiting for a frame boundary in what the feeder forwards
+        self.held: list[tuple[bool, int, bytes, int, Future[None]]] = []
+        self.ping_sent = False
 
-    def start_pinging(self):
-        if self.ping_interval > 0 and self._ping_coroutine is None:
+    def start_pinging(self) -> None:
+        if self.ping_interval > 0 and self.ping_task is None:
             Pinger.add(self, self.ping_interval)
 
-    async def _receive_frame_loop(self):
+    async def receive_frames(self) -> None:
         if not self.waits_for_pairing and not self.paired.done():
             self.paired.set_result(None)
         if await self.paired is None:
-            await super()._receive_frame_loop()
+            await super().receive_frames()
         # else the leg's Leg reads it
 
-    def _write_frame(self, fin, opcode, data, flags=0):
+    def write_frame(self, fin: bool, opcode: int, data: bytes, flags: int = 0) -> Future[None]:
         feeder = self.feeder
         if feeder is None or feeder.at_boundary:
-            return super()._write_frame(fin, opcode, data, flags)
-        future = Future()
+            return self.write_frame_now(fin, opcode, data, flags)
+        future: Future[None] = Future()
         self.held.append((fin, opcode, data, flags, future))
         return future
 
-    def flush_held(self):
+    def flush_held(self) -> None:
         """Write the frames held for a boundary (dropped if the leg has closed meanwhile)."""
         held, self.held = self.held, []
         for fin, opcode, data, flags, future in held:
             try:
-                if not self.stream.closed():
-                    super()._write_frame(fin, opcode, data, flags)
+                if self.stream is not None and not self.stream.closed():
+                    self.write_frame_now(fin, opcode, data, flags)
             except StreamClosedError:
                 pass
             future.set_result(None)
 
-    def write_ping(self, data):
+    def write_ping(self, data: bytes) -> None:
         super().write_ping(data or PING_MARK)
 
-    def close(self, code=None, reason=None):
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
         if not self.paired.done():
             self.paired.set_result(None)  # a leg closed before pairing reads its close answer as plain tornado
-        pinger = self._ping_coroutine
-        self._ping_coroutine = None
+        pinger = self.ping_task
+        self.ping_task = None
         super().close(code, reason)
         if pinger is not None:
             pinger.discard(self)
 
 
-class PumpClientConnection(WebSocketClientConnection):
-    def get_websocket_protocol(self):
-        return PumpProtocol(self, mask_outgoing=True, params=self.params, waits_for_pairing=True)
-
-
-def server_protocol(handler):
+def server_protocol(handler: Any) -> PumpProtocol:
     """The browser's leg for `WebSocketHandler.get_websocket_protocol` (permessage-deflate never negotiated)."""
-    params = _WebSocketParams(ping_interval=handler.ping_interval, ping_timeout=handler.ping_timeout,
-                              max_message_size=handler.max_message_size, compression_options=None)
+    params = protocol_params(handler.ping_interval, handler.ping_timeout, handler.max_message_size)
     return PumpProtocol(handler, False, params, waits_for_pairing=False)
 
 
-def pump_connect(request, on_close, ping_interval, ping_timeout, max_message_size):
+def pump_connect(request: HTTPRequest, on_close: Callable[[], None], ping_interval: float | None,
+                 ping_timeout: float | None, max_message_size: int) -> Future[Any]:
     """`websocket_connect` for the upstream leg. `on_close()` is called when it has closed (before pairing, any
     message it receives is ignored)."""
-    request.headers = HTTPHeaders(request.headers)
-    request = _RequestProxy(request, HTTPRequest._DEFAULTS)
-    connection = PumpClientConnection(
-        request, on_message_callback=lambda message: on_close() if message is None else None,
+    def protocol(connection: WebSocketClientConnection) -> PumpProtocol:
+        return PumpProtocol(connection, True, connection.params, waits_for_pairing=True)
+
+    return connect_client(
+        request, protocol,
+        on_message=lambda message: on_close() if message is None else None,
         ping_interval=ping_interval, ping_timeout=ping_timeout, max_message_size=max_message_size)
-    return connection.connect_future
 
 
-def _take_socket(ws):
-    """The leg's socket and the bytes its IOStream read but did not deliver. The IOStream is left inert (closed
-    without closing the socket, which now belongs to the transport); the protocol writes through a TransportStream."""
-    stream = ws.stream
-    buffered = bytes(stream._read_buffer[:stream._read_buffer_size])
-    if stream._state is not None:
-        stream.io_loop.remove_handler(stream.socket)
-        stream._state = None
-    stream._closed = True
-    ws.stream = TransportStream()
-    return stream.socket, buffered
-
-
-async def pair(server_leg, client_leg, *, inspect_client, inspect_upstream, on_client_messages, on_upstream_messages,
-               client_tally, upstream_tally):
+async def pair(server_leg: PumpProtocol, client_leg: PumpProtocol, *, inspect_client: Callable[[int, int | None], bool],
+               inspect_upstream: Callable[[int, int | None], bool],
+               on_client_messages: Callable[[Inspected], Awaitable[None] | None],
+               on_upstream_messages: Callable[[Inspected], Awaitable[None] | None],
+               client_tally: Any, upstream_tally: Any) -> None:
     """Move both legs onto asyncio transports and start relaying. Raises StreamClosedError if either is gone."""
     for ws in (server_leg, client_leg):
+        assert ws.stream is not None
         await ws.stream.write(b"")  # what tornado still had to write (the handshake) is out
     max_size = server_leg.params.max_message_size
     loop = asyncio.get_running_loop()
     legs = []
     for ws, inspect, on_messages, tally in ((server_leg, inspect_client, on_client_messages, client_tally),
                                             (client_leg, inspect_upstream, on_upstream_messages, upstream_tally)):
-        sock, buffered = _take_socket(ws)
-        legs.append((ws, sock, Leg(ws, FrameScanner(inspect, max_size, tally), on_messages, buffered)))
+        assert ws.stream is not None
+        sock, buffered = take_socket(ws.stream)
+        stream = TransportStream()
+        ws.stream = stream  # type: ignore[assignment]  # what the protocol writes through from now on
+        legs.append((ws, sock, Leg(ws, stream, FrameScanner(inspect, max_size, tally), on_messages, buffered)))
     (server_ws, _, server), (client_ws, _, client) = legs
     server.other, client.other = client, server
     server_ws.feeder, client_ws.feeder = client.scanner, server.scanner
-    for ws, sock, leg in legs:
-        await loop.connect_accepted_socket(lambda leg=leg: leg, sock)
+    for _, sock, leg in legs:
+        await loop.connect_accepted_socket(functools.partial(_itself, leg), sock)
     server_ws.paired.set_result(client_ws)
     client_ws.paired.set_result(server_ws)
-    _release_handshake(client_ws.handler)
+    # Messages go to on_message_callback; a relay never reads the rest of the handshake again.
+    release_handshake(cast(WebSocketClientConnection, client_ws.handler))
     server.start()
     client.start()
 
 
-def _release_handshake(connection):
-    """Drop what the upstream leg's handshake left on its WebSocketClientConnection (request, response headers,
-    HTTP connection, inert IOStream, message queue): a few kilobytes per socket that a relay never reads again."""
-    connection.request = connection.headers = connection.connection = connection.stream = None
-    connection.read_queue = None  # messages go to on_message_callback
-    connection.tcp_client.close()
+def _itself(leg: Leg) -> Leg:
+    return leg

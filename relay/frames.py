@@ -18,27 +18,31 @@ what is forwarded always ends either at a frame boundary or inside a data payloa
 the relay inserts its own control frames (close, ping) only at a boundary (`boundary` says where the first one in
 a forwarded chunk is).
 """
-from tornado.util import _websocket_mask
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from clients.tornado_compat import websocket_mask
 
 PING_MARK = b"ilianaai-gateway"  # the payload of the gateway's own keep-alive pings
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 
 class ProtocolError(Exception):
-    def __init__(self, code, reason):
+    def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code, self.reason = code, reason
 
 
-def unmask(mask, offset, data):
+def unmask(mask: bytes, offset: int, data: bytes | memoryview) -> bytes:
     """`data` unmasked, where it starts `offset` bytes into its frame's payload."""
     if not mask:
         return bytes(data)
     shift = offset & 3
-    return _websocket_mask(mask[shift:] + mask[:shift], bytes(data))
+    return websocket_mask(mask[shift:] + mask[:shift], bytes(data))
 
 
-def close_payload(payload):
+def close_payload(payload: bytes) -> tuple[int | None, str | None]:
     """(code, reason) of a close frame's payload: (None, None) when it has none; reason None when not UTF-8."""
     if len(payload) < 2:
         return None, None
@@ -52,13 +56,13 @@ class FrameScanner:
     """One direction of a relayed WebSocket, read frame header by frame header.
 
     `inspect(opcode, first_payload_byte) -> bool` chooses the messages whose payload is wanted (unmasked, whole,
-    fragments joined); `feed()` returns them. `tally` (models.metrics.Tally: `frames`, `bytes`) counts the data
-    frames and their payload bytes.
+    fragments joined); `feed()` returns them. `tally` (observability.metrics.Tally: `frames`, `bytes`) counts the data
+    frames and their payload bytes (observability/metrics.py: Tally).
     """
     __slots__ = ("inspect", "max_message_size", "tally", "_held", "_left", "_mask", "_offset", "_fin",
                  "_message_opcode", "_message_size", "_capture", "boundary")
 
-    def __init__(self, inspect, max_message_size, tally):
+    def __init__(self, inspect: Callable[[int, int | None], bool], max_message_size: int, tally: Any) -> None:
         self.inspect = inspect
         self.max_message_size = max_message_size
         self.tally = tally
@@ -66,18 +70,19 @@ class FrameScanner:
         self._left = 0  # payload bytes of the current data frame not yet seen
         self._mask = b""  # that frame's mask ("" when unmasked)
         self._offset = 0  # payload bytes of that frame seen so far
-        self._fin = False  # that frame ends its message
-        self._message_opcode = None  # text/binary of a fragmented message under way
+        self._fin = 0  # that frame ends its message (its FIN bit)
+        self._message_opcode: int | None = None  # text/binary of a fragmented message under way
         self._message_size = 0
-        self._capture = None  # bytearray of the inspected message under way, else None
-        self.boundary = 0  # where in the last chunk forwarded the first frame boundary is; None: there was none
+        self._capture: bytearray | None = None  # the inspected message under way
+        # where in the last chunk forwarded the first frame boundary is; None: there was none
+        self.boundary: int | None = 0
 
     @property
-    def at_boundary(self):
+    def at_boundary(self) -> bool:
         """Whether everything forwarded so far ends at a frame boundary."""
         return self._left == 0
 
-    def feed(self, data):
+    def feed(self, data: bytes) -> tuple[bytes, list[tuple[int, bytes]] | None, tuple[Any, ...] | None]:
         """Scan one chunk. Returns (forward, messages, event): the bytes to forward (all of `data` unless a frame
         was held back, dropped or ended the direction), the inspected messages completed in this chunk as
         [(opcode, payload)], and None, ("pong",) for the gateway's own pong, or ("close", code, reason). Raises
@@ -103,8 +108,8 @@ class FrameScanner:
                 messages = self._end_message(messages)
         tally = self.tally
         kept_from = 0  # start of the bytes not yet cut into `pieces`
-        pieces = None  # only when a frame is dropped from the middle
-        event = None
+        pieces: list[bytes] | None = None  # only when a frame is dropped from the middle
+        event: tuple[Any, ...] | None = None
         while pos < n:
             if n - pos < 2:
                 break
@@ -194,11 +199,11 @@ class FrameScanner:
             forward = b"".join(pieces)
         return forward, messages, event
 
-    def _end_message(self, messages):
+    def _end_message(self, messages: list[tuple[int, bytes]] | None) -> list[tuple[int, bytes]] | None:
         if self._capture is not None:
             if messages is None:
                 messages = []
-            messages.append((self._message_opcode, bytes(self._capture)))
+            messages.append((self._message_opcode or 0, bytes(self._capture)))
             self._capture = None
         self._message_opcode = None
         self._message_size = 0

@@ -1,18 +1,25 @@
 """A bounded in-process cache, for facts that change rarely or never (a customer's config, a session's owner)."""
+from __future__ import annotations
+
 import time
 from collections import OrderedDict
+from typing import Callable, Generic, Hashable, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
-class TTLCache:
-    """A bounded map whose entries expire `ttl` seconds after they were set (oldest evicted first)."""
+class TTLCache(Generic[K, V]):
+    """A bounded map whose entries expire `ttl` seconds after they were set. At `max_entries` the oldest entry is
+    evicted: a miss costs the caller one lookup where it keeps the fact (MongoDB, Petya), nothing else."""
 
-    def __init__(self, ttl, max_entries=10000, clock=time.monotonic):
+    def __init__(self, ttl: float, max_entries: int = 10000, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
         self.clock = clock
-        self._entries = OrderedDict()
+        self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
 
-    def get(self, key):
+    def get(self, key: K) -> V | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -22,7 +29,7 @@ class TTLCache:
             return None
         return value
 
-    def set(self, key, value):
+    def set(self, key: K, value: V) -> None:
         if self.ttl <= 0:
             return
         self._entries.pop(key, None)

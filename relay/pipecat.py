@@ -2,7 +2,7 @@
 
 Why: `@heygen/streaming-avatar` 2.1.0 sends its default `speak()` (task type talk, mode async) not as a REST task
 but as a protobuf `pipecat.Frame` holding a TextFrame, on the same WebSocket as the microphone's audio frames
-(upstream-apis.md §0.2, §2). The relay reads those words so they reach the transcript; everything else it sends on
+(docs/upstream.md#pipecat-frames). The relay reads those words so they reach the transcript; everything else it sends on
 unread.
 
 Schema source: the `pipecat.json` descriptor bundled in the npm package `@heygen/streaming-avatar@2.1.0`
@@ -25,6 +25,10 @@ dozens of frames a second — costs one byte comparison.
 The message classes are built at import from a FileDescriptorProto declared here (no protoc step, no generated
 _pb2 module), in a descriptor pool of their own so they never clash with another `pipecat` schema in the process.
 """
+from __future__ import annotations
+
+from typing import Any
+
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 _FIELD = descriptor_pb2.FieldDescriptorProto
@@ -44,7 +48,7 @@ FRAME_ONEOF = [("text", 1, "TextFrame"), ("audio", 2, "AudioRawFrame"), ("transc
 TEXT_TAG = 1 << 3 | 2  # 0x0a: Frame.text (field 1), length-delimited
 
 
-def _file_descriptor():
+def _file_descriptor() -> Any:
     proto = descriptor_pb2.FileDescriptorProto(name="ilianaai_avatar/pipecat.proto", package="pipecat",
                                                syntax="proto3")
     for name, fields in SCHEMA.items():
@@ -76,4 +80,4 @@ def text_of(frame: bytes) -> str | None:
         parsed = Frame.FromString(frame)
     except Exception:  # DecodeError (truncated, bad varint, invalid UTF-8, ...): not a frame we can read
         return None
-    return parsed.text.text if parsed.WhichOneof("frame") == "text" else None
+    return parsed.text.text if parsed.WhichOneof("frame") == "text" else None  # type: ignore[attr-defined]

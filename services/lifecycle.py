@@ -5,152 +5,93 @@
 - A flush is leased before delivery, retried with backoff while Petya is down or answers 5xx (also after a
   restart: the state is in MongoDB), and kept with its error when Petya rejects it (4xx). Its first lease fixes
   the session's cut-off (reports after it are refused); before reading the transcript it waits until every turn
-  seen before the cut-off is stored — in this process (models.turns) and in every other live one (their leases
-  publish the oldest turn they hold). Every attempt carries the same delivery id, so Petya applies it once.
-- Each process holds a lease (models.leases); the sweep releases the sockets of processes whose lease expired.
-- A periodic sweep (safe in several processes at once: every end is claimed atomically) ends sessions whose
-  sockets closed longer than the grace period ago without a stop, reaps sessions gone quiet for SESSION_IDLE_TIMEOUT
-  or older than SESSION_MAX_AGE (stopping them upstream: a leaked session holds one of our few concurrent slots),
-  and delivers every due flush.
+  seen before the cut-off is stored — in this process (services/turns.py) and in every other live one (their
+  leases publish the oldest turn they hold). Every attempt carries the same delivery id, so Petya applies it once.
+- A periodic sweep (safe in several processes at once: every end is claimed atomically) releases the sockets of
+  processes whose lease expired (services/leases.py), ends sessions whose sockets closed longer than the grace period
+  ago without a stop, reaps sessions gone quiet for SESSION_IDLE_TIMEOUT or older than SESSION_MAX_AGE (stopping
+  them upstream: a leaked session holds one of our few concurrent slots), and delivers every due flush.
+- Socket closes are recorded here too, coalesced (see socket_closed).
 """
+from __future__ import annotations
+
 import asyncio
 import hashlib
 import logging
+from typing import TYPE_CHECKING
 
-from tornado.ioloop import PeriodicCallback
+from clients.petya import PetyaClient
+from clients.provider import Providers
+from domain.errors import GatewayError, ServiceUnavailable
+from domain.names import ProviderName
+from domain.records import Session
+from domain.transcript import for_petya
+from models.sessions import SessionRepository
+from observability import metrics
+from services.background import Background
+from services.leases import Leases
+from services.sessions import Sessions
+from services.turns import TurnQueue
 
-from models import metrics
-from models.errors import GatewayError, ServiceUnavailable
-from models.leases import new_process_id
-from models.transcript import for_petya
+if TYPE_CHECKING:
+    from conf import Settings
 
 log = logging.getLogger("gateway.lifecycle")
 
-
-# Seconds between the bulk writes of the hot calls' coalesced activity touches (at most a tenth of
-# SESSION_IDLE_TIMEOUT: the idle reaper sees activity that much later).
-ACTIVITY_FLUSH = 1.0
 # How long a flush waits in-process for this process's own turns before it gives its lease back and tries later.
 LOCAL_SETTLE_WAIT = 1.0
 # How long a socket close that could not be recorded waits before the next try (doubling).
 RECORD_RETRY_INITIAL, RECORD_RETRY_MAX = 0.1, 5.0
 
 
-def delivery_id(session_id):
+def delivery_id(session_id: str) -> str:
     """The hand-off's idempotency key: the same for every attempt, from every process."""
     return "dlv_" + hashlib.sha256(f"handoff:{session_id}".encode()).hexdigest()[:32]
 
 
 class Lifecycle:
-    def __init__(self, sessions, providers, petya, settings, turns, leases, on_lease_lost=None):
+    def __init__(self, sessions: Sessions, providers: Providers, petya: PetyaClient, settings: Settings,
+                 turns: TurnQueue, leases: Leases, background: Background) -> None:
         self.sessions = sessions
-        self.providers = providers  # provider name -> client with stop_session() and final_turns()
+        self.records: SessionRepository = sessions.repository
+        self.providers = providers
         self.petya = petya
         self.settings = settings
-        self.turns = turns  # models.turns.TurnQueue
-        self.leases = leases  # models.leases.Leases
-        self.on_lease_lost = on_lease_lost  # async f(new_process_id): move this process's sockets to a new lease
+        self.turns = turns
+        self.leases = leases
+        self.background = background
         self.lease_seconds = 2 * settings.upstream_request_timeout + 5
-        self._tasks = set()
-        self._periodic = []
         self._sweeping = False
-        self._beating = False
-        self._closed = False
-        self._closes = {}  # (session id, socket id) -> closed at: socket closes not yet written
-        self._recording_closes = None  # the Task writing them
+        self._closes: dict[tuple[str, str], float] = {}  # (session id, socket id) -> closed at: not yet written
+        self._recording_closes: asyncio.Task[None] | None = None  # the task writing them
 
-    # --- background work ------------------------------------------------------------------------------------------
-
-    def spawn(self, coroutine):
-        if self._closed:  # shutting down: what is left is found in MongoDB by the next sweep (here or elsewhere)
-            coroutine.close()
-            return None
-        task = asyncio.ensure_future(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
-        return task
-
-    def _finished(self, task):
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task failed: %r", task.exception())
-
-    def start(self):
-        self._periodic = [PeriodicCallback(lambda: self.spawn(self.sweep()), self.settings.sweep_interval * 1000),
-                          PeriodicCallback(lambda: self.spawn(self.heartbeat()), self.settings.lease_heartbeat * 1000),
-                          PeriodicCallback(lambda: self.spawn(self.flush_touches()),
-                                           min(ACTIVITY_FLUSH, self.settings.session_idle_timeout / 10) * 1000)]
-        for periodic in self._periodic:
-            periodic.start()
-        self.spawn(self.sweep())  # flushes left pending by a previous run
-
-    async def heartbeat(self):
-        if self._beating:  # MongoDB slower than the heartbeat: one at a time
-            return
-        self._beating = True
-        try:
-            await self._heartbeat()
-        finally:
-            self._beating = False
-
-    async def _heartbeat(self):
-        pending = self.turns.pending_since()
-        try:
-            if await self.leases.renew(pending):
-                self.leases.live_processes = 1 + len(await self.leases.others_alive())
-                return
-            if not self.leases.held:  # the first heartbeat, at start
-                return await self.leases.take(self.leases.process_id, pending)
-            moved_to = new_process_id()
-            await self.leases.take(moved_to, pending)
-        except ServiceUnavailable:
-            log.warning("lease heartbeat failed: MongoDB unavailable")
-            return
-        log.warning("this process's lease had expired: its sockets move to a new lease %s", moved_to)
-        if self.on_lease_lost:
-            await self.on_lease_lost(moved_to)
-        self.leases.process_id = moved_to
-
-    async def flush_touches(self):
-        """The hot calls' activity touches, coalesced: one bulk write (SessionStore.flush_touches)."""
-        try:
-            await self.sessions.flush_touches()
-        except ServiceUnavailable:
-            pass  # kept for the next flush; the idle reaper allows minutes, not seconds
-
-    async def close(self, timeout=None):
-        for periodic in self._periodic:
-            periodic.stop()
-        await self.flush_touches()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
-        self._closed = True
-        for task in list(self._tasks):
-            task.cancel()
+    def start(self) -> None:
+        self.background.every(self.settings.sweep_interval, self.sweep)
+        self.background.spawn(self.sweep())  # flushes left pending by a previous run
 
     # --- sockets ----------------------------------------------------------------------------------------------------
 
-    def socket_closed(self, session_id, socket_id, at):
+    def socket_closed(self, session_id: str, socket_id: str, at: float) -> asyncio.Task[None] | None:
         """Record a socket's close (the sweep then ends the session after the grace period). Closes are coalesced:
         those that come while a write is under way go together in the next one (2,000 sockets closing at once make a
         few bulk writes, not 2,000 round trips), retried until MongoDB takes them. Should this process die first,
         its lease expires and the sockets count as closed all the same. Bounded by the sockets this process holds."""
         self._closes[(session_id, socket_id)] = at
         if self._recording_closes is None:
-            self._recording_closes = self.spawn(self._record_closes())
+            self._recording_closes = self.background.spawn(self._record_closes())
         return self._recording_closes
 
-    async def _record_closes(self):
+    async def _record_closes(self) -> None:
         delay = RECORD_RETRY_INITIAL
         try:
             while self._closes:
                 closes, self._closes = self._closes, {}
                 try:
-                    await self.sessions.sockets_closed(closes)
+                    await self.records.sockets_closed(closes)
                     delay = RECORD_RETRY_INITIAL
                 except ServiceUnavailable:
                     self._closes = {**closes, **self._closes}
-                    if self.sessions.store.closed:
+                    if self.records.store.closed:
                         return  # stopping: the lease's release covers them
                     await asyncio.sleep(delay)
                     delay = min(2 * delay, RECORD_RETRY_MAX)
@@ -159,42 +100,47 @@ class Lifecycle:
 
     # --- ending a session -----------------------------------------------------------------------------------------
 
-    async def end(self, session_id, reason, stop_upstream=True, abandoned_before=None):
+    async def end(self, session_id: str, reason: str, stop_upstream: bool = True,
+                  abandoned_before: float | None = None) -> bool:
         """End a session once: True for the caller that won the claim."""
-        session = await self.sessions.claim_end(session_id, reason, abandoned_before=abandoned_before)
+        session = await self.records.claim_end(session_id, reason, self.sessions.clock(),
+                                               abandoned_before=abandoned_before)
         if session is None:
             return False
         metrics.SESSIONS_ENDED.labels(provider=session.provider, reason=reason).inc()
         log.info("session %s ended (%s)", session_id, reason)
         if stop_upstream:
             await self.stop_upstream(session, reason)
-        self.spawn(self.deliver(session_id))
+        self.background.spawn(self.deliver(session_id))
         return True
 
-    async def stop_upstream(self, session, reason):
+    async def stop_upstream(self, session: Session, reason: str) -> None:
         try:
-            response = await self.providers[session.provider].stop_session(session, reason)
+            response = await self.providers[ProviderName(session.provider)].stop_session(session, reason)
             if not response.ok:
-                await self.sessions.note_stop_error(session.session_id, f"upstream stop answered {response.status}")
+                await self.records.note_stop_error(session.session_id,
+                                                   f"upstream stop answered {response.status}")
         except GatewayError as exc:
             log.warning("could not stop %s session %s upstream: %s", session.provider, session.session_id, exc)
-            await self.sessions.note_stop_error(session.session_id, exc.message)
+            await self.records.note_stop_error(session.session_id, exc.message)
 
-    # --- flush ----------------------------------------------------------------------------------------------------
+    # --- the hand-off ---------------------------------------------------------------------------------------------
 
-    async def deliver(self, session_id=None):
+    async def deliver(self, session_id: str | None = None) -> bool | None:
         """Deliver one due flush (this session's, or any): True when Petya took it, False when it did not or must
         wait for turns, None when no flush was due."""
-        session = await self.sessions.lease_flush(self.lease_seconds, session_id)
+        clock = self.sessions.clock
+        session = await self.records.lease_flush(self.lease_seconds, clock(), session_id)
         if session is None:
             return None
+        assert session.flush_cutoff is not None  # the lease fixed it
         if not await self.wait_for_turns(session.flush_cutoff):
-            await self.sessions.flush_defer(session.session_id, self.settings.lease_heartbeat)
+            await self.records.flush_defer(session.session_id, clock() + self.settings.lease_heartbeat)
             metrics.HANDOFFS.labels(outcome="deferred").inc()
             return False
         recorded = await self.sessions.transcript(session.session_id)
         try:
-            turns, note = await self.providers[session.provider].final_turns(session, recorded)
+            turns, note = await self.providers[ProviderName(session.provider)].final_turns(session, recorded)
         except GatewayError as exc:
             turns, note = recorded, f"provider transcript unavailable: {exc.message}"
         outcome = await self.petya.post_status(session.conversation_id, session.session_id, for_petya(turns),
@@ -202,23 +148,23 @@ class Lifecycle:
         if outcome.delivered:
             metrics.HANDOFFS.labels(outcome="delivered").inc()
             metrics.HANDOFF_ATTEMPTS.labels(outcome="delivered").observe(session.flush_attempts)
-            await self.sessions.flush_done(session.session_id, note)
+            await self.records.flush_done(session.session_id, clock(), note)
             log.info("transcript of %s delivered to Petya (%d turns)", session.session_id, len(turns))
             return True
         if outcome.retry:
             metrics.HANDOFFS.labels(outcome="retry").inc()
             delay = min(self.settings.flush_retry_initial * 2 ** (session.flush_attempts - 1),
                         self.settings.flush_retry_max)
-            await self.sessions.flush_retry(session.session_id, delay, outcome.error)
+            await self.records.flush_retry(session.session_id, clock() + delay, outcome.error)
             log.warning("flush of %s failed (%s); retry in %.1fs", session.session_id, outcome.error, delay)
         else:
             metrics.HANDOFFS.labels(outcome="rejected").inc()
             metrics.HANDOFF_ATTEMPTS.labels(outcome="rejected").observe(session.flush_attempts)
-            await self.sessions.flush_rejected(session.session_id, outcome.error)
+            await self.records.flush_rejected(session.session_id, outcome.error)
             log.error("flush of %s rejected: %s", session.session_id, outcome.error)
         return False
 
-    async def wait_for_turns(self, cutoff):
+    async def wait_for_turns(self, cutoff: float) -> bool:
         """Wait, for up to two heartbeats of the other processes, until turns_settled(cutoff); False if not yet."""
         heartbeat = self.settings.lease_heartbeat
         for _ in range(5):
@@ -227,7 +173,7 @@ class Lifecycle:
             await asyncio.sleep(heartbeat / 2)
         return False
 
-    async def turns_settled(self, cutoff):
+    async def turns_settled(self, cutoff: float) -> bool:
         """Whether every turn seen before `cutoff` is in MongoDB: this process's (waited for briefly), and every
         other live process's, as its lease published after the cut-off. A dead process's lease stops counting
         once it expires, which bounds the wait."""
@@ -239,13 +185,15 @@ class Lifecycle:
                 return False
         return True
 
-    async def sweep(self):
+    # --- the sweep ------------------------------------------------------------------------------------------------
+
+    async def sweep(self) -> None:
         if self._sweeping:
             return
         self._sweeping = True
         try:
             for process_id, last_heartbeat in await self.leases.expired():
-                released = await self.sessions.release_sockets(process_id, last_heartbeat)
+                released = await self.records.release_sockets(process_id, last_heartbeat)
                 await self.leases.remove(process_id, last_heartbeat)
                 metrics.REAPER_ACTIONS.labels(kind="lease_expired").inc()
                 metrics.REAPER_ACTIONS.labels(kind="sockets_released").inc(released)
@@ -253,11 +201,11 @@ class Lifecycle:
                             released)
             now = self.sessions.clock()
             before = now - self.settings.socket_grace_period
-            for session_id in await self.sessions.abandoned(before):
+            for session_id in await self.records.abandoned(before):
                 if await self.end(session_id, "socket_closed", abandoned_before=before):
                     metrics.REAPER_ACTIONS.labels(kind="socket_closed").inc()
-            quiet = await self.sessions.quiet(idle_before=now - self.settings.session_idle_timeout,
-                                              born_before=now - self.settings.session_max_age)
+            quiet = await self.records.quiet(idle_before=now - self.settings.session_idle_timeout,
+                                             born_before=now - self.settings.session_max_age)
             for session_id, reason in quiet:
                 if await self.end(session_id, reason):
                     metrics.REAPER_ACTIONS.labels(kind=reason).inc()

@@ -1,0 +1,105 @@
+"""What the gateway knows of a session, a token and a customer, as the storage layer hands them over: immutable
+records whose fields are the stored fields."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+
+class Turn(TypedDict):
+    """One utterance: who said it, the words, when (unix seconds), the paths that reported it, its task ids."""
+    role: str
+    transcript: str
+    absolute_timestamp: float
+    sources: list[str]
+    task_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A session as stored (models/documents.py: AvatarSession)."""
+    session_id: str
+    provider: str
+    conversation_id: str
+    customer: str  # HMAC of the customer's API key, never the key
+    created_at: float
+    last_activity_at: float
+    status: str = "created"
+    contract: str | None = None  # None: stored before contracts were recorded, then the provider's own
+    upstream_token: str | None = None
+    sockets: tuple[dict[str, Any], ...] = ()
+    socket_closed_at: float | None = None
+    ended_at: float | None = None
+    end_reason: str | None = None
+    stop_error: str | None = None
+    flush_state: str = "none"
+    flush_attempts: int = 0
+    flush_next_at: float | None = None
+    flush_lease_until: float | None = None
+    flush_error: str | None = None
+    flush_cutoff: float | None = None
+    flushed_at: float | None = None
+    transcript_note: str | None = None
+
+    @property
+    def served_contract(self) -> str:
+        return self.contract or self.provider
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFacts:
+    """What never changes about a session once it is recorded: enough for the calls that only forward. (No status:
+    a caller that needs it reads the session.)"""
+    session_id: str
+    provider: str
+    contract: str
+    customer: str
+    conversation_id: str
+    upstream_token: str | None
+
+    @classmethod
+    def of(cls, session: Session) -> SessionFacts:
+        return cls(session.session_id, session.provider, session.served_contract, session.customer,
+                   session.conversation_id, session.upstream_token)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """A gateway token's server-side record (models/documents.py: GatewayToken), found by the token's hash."""
+    id: Any  # its MongoDB _id
+    token_hash: str
+    customer: str
+    provider: str
+    created_at: float
+    expires_at: float
+    contract: str | None = None  # None: stored before contracts were recorded, then the provider's own
+    upstream_token: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # the customer's avatar config when it was minted
+    session_id: str | None = None  # bound at streaming.new (HeyGen) or at mint (LiveAvatar)
+
+    @property
+    def served_contract(self) -> str:
+        return self.contract or self.provider
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    """The caller: its id (HMAC of its API key), its avatar config, and the gateway token it presented, if any."""
+    id: str
+    config: dict[str, Any]
+    token: TokenRecord | None = None
+
+
+def from_document(record_type: type[Any], document: dict[str, Any]) -> Any:
+    """A record from a stored document: its fields that the record declares (unknown ones ignored, as the
+    documents ignore them during a rolling deploy); `_id` as `id`."""
+    values = {}
+    for f in dataclasses.fields(record_type):
+        key = "_id" if f.name == "id" else f.name
+        if key in document and document[key] is not None:
+            value = document[key]
+            values[f.name] = tuple(value) if f.name == "sockets" else value
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            values[f.name] = document.get(key)
+    return record_type(**values)

@@ -1,0 +1,119 @@
+"""The operators' routes — liveness, readiness, metrics — and the API's own description (`/openapi.json`).
+
+- `GET /healthz` (liveness): 200 while the process answers. It does not ask MongoDB: a MongoDB outage is no reason
+  to restart the gateway — a restart would lose the turns it holds for MongoDB (services/turns.py).
+- `GET /readyz` (readiness): 200 when this process can serve — not shutting down, its lease held, its turn queue
+  not full, and MongoDB answering a ping (within DB_TIMEOUT) — else 503 with the reason.
+- `GET /metrics`: this process's metrics (observability/metrics.py), Prometheus text format, or OpenMetrics when the
+  scraper asks for it (Accept).
+The first three are served at the root of PORT, or only on ADMIN_ADDRESS's listener when that is set.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.exposition import choose_encoder
+
+from domain.errors import RETRY_AFTER, ServiceUnavailable
+from handlers.base import BaseHandler
+from handlers.contracts import Contract, Route
+from handlers.openapi import FRAMING, answer, error, operation, statuses
+
+if TYPE_CHECKING:
+    from handlers.app import Gateway
+
+
+class NotReady(ServiceUnavailable):
+    """503 from /readyz: the error envelope plus `status` and a machine-readable `reason`."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"not ready: {message}", retry_after=RETRY_AFTER,
+                         details={"status": "unavailable", "reason": reason})
+        self.reason = reason
+
+
+async def not_ready(gateway: Gateway) -> NotReady | None:
+    """Why `gateway` cannot serve now, or None when it can."""
+    if gateway.stopped:
+        return NotReady("shutting_down", "the process is shutting down")
+    if not gateway.leases.holds():
+        return NotReady("lease_lost", "this process's lease is not held (MongoDB was away longer than LEASE_TTL)")
+    if len(gateway.turns) >= gateway.turns.capacity:
+        return NotReady("turn_queue_full", "the turn queue is full (MongoDB is not taking turns fast enough)")
+    try:
+        await gateway.store.run(gateway.store.ping)
+    except ServiceUnavailable as exc:
+        return NotReady("mongodb_unavailable", f"MongoDB: {exc.message}")
+    return None
+
+
+class HealthHandler(BaseHandler):
+    def get(self) -> None:
+        self.send_json({"status": "ok"})
+
+
+class ReadyHandler(BaseHandler):
+    async def get(self) -> None:
+        problem = await not_ready(self.gateway)
+        if problem is not None:
+            raise problem
+        self.send_json({"status": "ready"})
+
+
+class MetricsHandler(BaseHandler):
+    async def get(self) -> None:
+        metrics = self.gateway.metrics
+        await metrics.refresh()  # live sessions: from MongoDB at most every LIVE_SESSIONS_TTL seconds
+        encoder, content_type = choose_encoder(self.request.headers.get("Accept", ""))
+        self.set_header("Content-Type", content_type)
+        self.finish(encoder(metrics.registry))
+
+
+class OpenAPIHandler(BaseHandler):
+    def get(self) -> None:
+        self.finish(self.gateway.openapi_document())
+
+
+TAGS = ("Operations",)
+ROOT_ONLY_NOTE = " Root only; only on ADMIN_ADDRESS when that is set (then 404 here)."
+
+
+def openapi() -> dict[str, Any]:
+    return {"get": operation(
+        "openapi", "This document", "The gateway's contract (OpenAPI 3.1), under either prefix.",
+        {"200": answer("the OpenAPI document", {"type": "object"}), **statuses("400", "413", body_400=FRAMING)},
+        security=[], tags=TAGS)}
+
+
+def healthz() -> dict[str, Any]:
+    return {"get": operation(
+        "healthz", "Liveness", "200 while the process answers (MongoDB is not asked)." + ROOT_ONLY_NOTE,
+        {"200": answer("alive", "Health"), **statuses("400", "413", body_400=FRAMING)}, security=[], tags=TAGS)}
+
+
+def readyz() -> dict[str, Any]:
+    return {"get": operation(
+        "readyz", "Readiness", "200 when this process can serve, else 503 with the reason." + ROOT_ONLY_NOTE,
+        {"200": answer("ready", "Ready"), **statuses("400", "413", body_400=FRAMING),
+         "503": error("not ready: shutting down, lease lost, turn queue full or MongoDB not answering a ping",
+                      "NotReadyError", retry_after=True)},
+        security=[], tags=TAGS)}
+
+
+def metrics() -> dict[str, Any]:
+    return {"get": operation(
+        "metrics", "Prometheus metrics", "This process's metrics in Prometheus text format, or OpenMetrics when the "
+                                         "scraper's Accept asks for it." + ROOT_ONLY_NOTE,
+        {"200": {**answer("the metrics"),
+                 "content": {"text/plain": {"schema": {"type": "string"}},
+                             "application/openmetrics-text": {"schema": {"type": "string"}}}},
+         **statuses("400", "413", body_400=FRAMING)},
+        security=[], tags=TAGS)}
+
+
+CONTRACT = Contract("operations", (
+    Route(r"/openapi\.json", OpenAPIHandler, "/openapi.json", openapi),  # under both prefixes
+    Route(r"/healthz", HealthHandler, "/healthz", healthz, prefixed=False, admin=True),
+    Route(r"/readyz", ReadyHandler, "/readyz", readyz, prefixed=False, admin=True),
+    Route(r"/metrics", MetricsHandler, "/metrics", metrics, prefixed=False, admin=True),
+), tag={"name": "Operations", "description": "Liveness, readiness, metrics, this document."})
