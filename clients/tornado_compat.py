@@ -57,6 +57,9 @@ ATTRIBUTES: tuple[tuple[str, str], ...] = (
 SIGNATURES: dict[tuple[type, str], tuple[str, ...]] = {
     (WebSocketProtocol13, "_write_frame"): ("self", "fin", "opcode", "data", "flags"),
     (WebSocketProtocol13, "_receive_frame_loop"): ("self",),
+    (WebSocketProtocol13, "_abort"): ("self",),
+    (WebSocketHandler, "on_ws_connection_close"): ("self", "close_code", "close_reason"),
+    (WebSocketClientConnection, "on_ws_connection_close"): ("self", "close_code", "close_reason"),
     (CurlAsyncHTTPClient, "_curl_setup_request"): ("self", "curl", "request", "buffer", "headers"),
     (CurlAsyncHTTPClient, "_curl_header_callback"): ("self", "headers", "header_callback", "header_line_bytes"),
 }
