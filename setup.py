@@ -3,7 +3,7 @@ from setuptools import setup
 
 SANDBOX = [
     "SecantusDB==0.6.0b17",  # MongoDB wire server for local runs and tests (dev only, GPL-2.0)
-    # The sandbox's LiveKit room server and its synthetic avatar (sandbox/livekit.py, sandbox/avatar.py):
+    # The sandbox's LiveKit room server and its synthetic avatar (sandbox/livekit/, sandbox/avatar.py):
     "aiortc==1.16.0",  # WebRTC
     "av==18.1.0",  # video and audio frames (aiortc's codecs)
     "livekit-protocol==1.1.29",  # LiveKit's signalling and data protobuf messages

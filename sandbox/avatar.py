@@ -9,7 +9,7 @@ sends nothing: its 50 packets a second would cost a watched room more than its v
 
 Cheap by construction: a picture is drawn (Pillow) only for a state not seen lately — the mouth's opening (four
 steps), the caption — and kept as a YUV array; each tick only copies one into a new frame. Frames are made only
-while a client receives them (sandbox/livekit.py's TrackRelay), and pacing follows the wall clock: a pause skips
+while a client receives them (sandbox/livekit/tracks.py's TrackRelay), and pacing follows the wall clock: a pause skips
 ahead, it never bursts.
 """
 import asyncio

@@ -2,7 +2,7 @@
 
 Facts come from /work/shared/upstream-apis.md §1, §2, §4, §6; every choice it leaves open is marked UNVERIFIED.
 As upstream v2 does (upstream-apis §0.1, §2), each session has a LiveKit room on the sandbox's room server
-(sandbox/livekit.py): `streaming.new` answers its `url` and a client `access_token`, `streaming.start` seats the
+(sandbox/livekit/): `streaming.new` answers its `url` and a client `access_token`, `streaming.start` seats the
 synthetic avatar (sandbox/avatar.py) there as participant `heygen`, and the avatar and user events
 (avatar_start_talking, avatar_talking_message, avatar_end_message, avatar_stop_talking, user_talking_message,
 user_end_message) travel as LiveKit data from `heygen` (JSON with `type`, no topic). The streaming.chat WebSocket

@@ -1,5 +1,5 @@
 """The official `@heygen/liveavatar-web-sdk` 0.0.18, unchanged (tests/sdk, pinned), in headless Chromium against the
-sandbox through the gateway, all the way into the LiveAvatar emulator's room (FULL mode on sandbox/livekit.py).
+sandbox through the gateway, all the way into the LiveAvatar emulator's room (FULL mode on sandbox/livekit/).
 
 Set-up as tests/test_sdk_browser.py's (imported: the same pinned bundle, nginx with TLS for
 https://avatar.sandbox.test and the customer's page at https://shop.sandbox.test), plus the WebRTC flags of

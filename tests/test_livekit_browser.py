@@ -1,6 +1,6 @@
 """The browser's `livekit-client`, unchanged and pinned (tests/sdk: 2.15.7, as the LiveAvatar web SDK uses it, and
 2.11.3, which HeyGen's SDK 2.1.0 pins for itself), in headless Chromium against the sandbox's room server
-(sandbox/livekit.py) with the synthetic avatar (sandbox/avatar.py) in the room as `heygen`.
+(sandbox/livekit/) with the synthetic avatar (sandbox/avatar.py) in the room as `heygen`.
 
 The page (tests/sdk's bundle, served from loopback) joins, subscribes to the avatar's video and audio, decodes video
 frames, exchanges data with the server participant both ways on topics, and sees a participant join and leave.

@@ -1,4 +1,4 @@
-"""The sandbox's LiveKit room server (sandbox/livekit.py) with the official Python `livekit` rtc SDK (Rust core,
+"""The sandbox's LiveKit room server (sandbox/livekit/) with the official Python `livekit` rtc SDK (Rust core,
 pinned in setup.py): real sockets, real WebRTC on loopback, nothing of ours mocked."""
 import asyncio
 import json
