@@ -1,6 +1,6 @@
 """1. REST, breakdown references: what one gateway call spends outside HeyGen, measured piece by piece.
 
-Every import of the gateway's own modules (conf, models) is in this module, inside the functions that use them, so
+Every import of the gateway's own modules (conf, domain, models) is in this module, inside the functions that use them, so
 that a change in the gateway's layout is adapted here and nowhere else. gateway_setting_names() is used by
 World.gateway_environment, not by the breakdown."""
 import time
@@ -56,26 +56,27 @@ async def breakdown(world, session_id):
                  **latency_summary(lat), "cpu_ms_per_iter": round(1000 * (time.process_time() - cpu0) / n, 3),
                  "cpu_of": "bench"})
 
-    # The gateway's own code for that: SessionStore.owned(touch=True), one findAndModify (mongoengine, on a
-    # thread pool).
-    from models.sessions import SessionStore, customer_id
+    # The gateway's own code for that: SessionRepository.owned(touch=True), one findAndModify (pymongo, on the
+    # store's thread pool).
+    from domain.tokens import customer_id
+    from models.sessions import SessionRepository
     from models.store import Store
     store = Store(with_database(world.mongo.uri, GATEWAY_DB), 8)
     store.connect()
     try:
-        sessions = SessionStore(store)
+        sessions = SessionRepository(store)
         customer = customer_id(world.gateway_secret, CUSTOMER_KEY)
         lat = []
         for i in range(n + 20):
             if i == 20:
                 cpu0 = time.process_time()
             t0 = time.perf_counter()
-            await sessions.owned(session_id, customer, touch=True)
+            await sessions.owned(session_id, customer, time.time(), touch=True)
             if i >= 20:
                 lat.append(time.perf_counter() - t0)
     finally:
         store.close()
         cpu = round(1000 * (time.process_time() - cpu0) / n, 3)
-    rows.append({"what": "gateway's SessionStore.owned(touch=True) (mongoengine on its executor), "
+    rows.append({"what": "gateway's SessionRepository.owned(touch=True) (pymongo on its executor), "
                          "in this process", **latency_summary(lat), "cpu_ms_per_iter": cpu, "cpu_of": "bench"})
     world.results["breakdown"] = rows
