@@ -32,12 +32,12 @@ async def serve(rooms):
     from sandbox.livekit import RoomServer
 
     server = RoomServer(max_rooms=max(rooms, 1)).listen()
-    tokens = []
+    tokens, talking = [], []  # talking: the avatars' speech tasks, held while they run
     for i in range(rooms):
         avatar = Avatar()
         await avatar.join(server.room(f"bench-{i}"))
         if not os.environ.get("BENCH_QUIET_AVATARS"):
-            asyncio.ensure_future(talk(avatar))
+            talking.append(asyncio.ensure_future(talk(avatar)))
         tokens.append(server.token(f"bench-{i}", f"viewer-{i}"))
     print(json.dumps({"url": server.url, "tokens": tokens}), flush=True)
     await asyncio.Event().wait()
@@ -114,14 +114,14 @@ async def measure(rooms, devtools, page_url):
 
 
 async def main(counts):
+    import shutil
+
     import tornado.web
     from cdp import start_chromium, stop_process_group
     from test_livekit_browser import WEBRTC_FLAGS
     from test_sdk_browser import bundle, install_sdks
     from tornado.httpserver import HTTPServer
     from tornado.netutil import bind_sockets
-
-    import shutil
     tools = {"node": shutil.which("node"), "npm": shutil.which("npm")}
     with tempfile.TemporaryDirectory() as tmp:
         site = pathlib.Path(tmp) / "site"

@@ -32,9 +32,8 @@ import sys
 import time
 
 import pycurl
-import tornado
-
 import relays  # bench/relays.py: the anchor relays, pinning, /proc readings
+import tornado
 from suite.client import gateway_pool, gateway_session
 from suite.common import RESULTS_DIR, bounded_gather, log
 from suite.echo import echo

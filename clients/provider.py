@@ -3,7 +3,8 @@ through this one interface; each provider's client implements it (clients/heygen
 application holds one of each, by name (handlers/app.py)."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from clients.http import UpstreamResponse
 from domain.names import ProviderName

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import inspect
 import socket
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tornado import http1connection, httpclient, util, websocket
 from tornado.concurrent import Future

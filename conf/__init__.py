@@ -8,8 +8,9 @@ with `python -m conf typed`, as are the README's table (`markdown`) and conf/.en
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from dotenv import dotenv_values
 
@@ -167,8 +168,8 @@ GROUPS: tuple[Group, ...] = (
                 "by default: nothing the gateway logs or decides uses them, and tornado checks the address on every "
                 "request."),
         Setting("ADMIN_ADDRESS", "", _address,
-                "host:port of a separate listener for /metrics, /readyz and /healthz (then 404 on PORT); empty: they are "
-                "served on PORT."),
+                "host:port of a separate listener for /metrics, /readyz and /healthz (then 404 on PORT); empty: they "
+                "are served on PORT."),
         Setting("EVENT_LOOP", "uvloop", _choice("uvloop", "asyncio"),
                 "The event loop: uvloop (libuv; the socket relay's transports run in C, about a third less CPU per "
                 "frame, see bench/) or asyncio (the standard library's)."),
@@ -183,7 +184,8 @@ GROUPS: tuple[Group, ...] = (
         Setting("HEYGEN_API_KEY", REQUIRED, _secret(), "Our HeyGen API key; never leaves the server.", secret=True),
         Setting("HEYGEN_BASE_URL", "https://api.heygen.com", _url, "HeyGen API base URL (REST and WebSocket)."),
         Setting("LIVEAVATAR_API_KEY", "", _str,
-                "Our LiveAvatar API key; never leaves the server. Empty: the LiveAvatar routes answer 503.", secret=True),
+                "Our LiveAvatar API key; never leaves the server. Empty: the LiveAvatar routes answer 503.",
+                secret=True),
         Setting("LIVEAVATAR_BASE_URL", "https://api.liveavatar.com", _url, "LiveAvatar API base URL."),
         Setting("LIVEAVATAR_RATE_LIMIT", "10", _int(0),
                 "Calls per second per LiveAvatar endpoint made with our key, for all processes together (divided "
@@ -192,7 +194,8 @@ GROUPS: tuple[Group, ...] = (
                 "Seconds a browser's call may wait for the rate limiter before it is answered 429 with Retry-After."),
         Setting("UPSTREAM_CONNECT_TIMEOUT", "5", _float(0.1), "Seconds to connect to HeyGen/LiveAvatar/Petya."),
         Setting("UPSTREAM_REQUEST_TIMEOUT", "30", _float(0.1), "Seconds for a whole upstream HTTP exchange."),
-        Setting("HTTP_MAX_CLIENTS", "200", _int(1, 10000), "Concurrent upstream HTTP requests of the shared curl client."),
+        Setting("HTTP_MAX_CLIENTS", "200", _int(1, 10000),
+                "Concurrent upstream HTTP requests of the shared curl client."),
     )),
     Group("Customers (Petya)", "Who may call, and their quota.", (
         Setting("PETYA_BASE_URL", REQUIRED, _url, "Petya backend base URL (avatar config and conversation status)."),
@@ -224,8 +227,8 @@ GROUPS: tuple[Group, ...] = (
         Setting("MAX_BODY_SIZE", "65536", _int(256),
                 "Largest request body accepted, in bytes (larger: 413, answered before the body is read)."),
         Setting("HTTP_IDLE_TIMEOUT", "60", _float(0.1),
-                "Seconds a client connection may wait before and while sending a request's headers, from its connect or "
-                "the end of its previous answer (tornado's header timeout): ends idle keep-alive connections and "
+                "Seconds a client connection may wait before and while sending a request's headers, from its connect "
+                "or the end of its previous answer (tornado's header timeout): ends idle keep-alive connections and "
                 "slowloris."),
         Setting("HTTP_BODY_TIMEOUT", "15", _float(0.1),
                 "Seconds a client may take to send a request body once its headers are in; slower: connection closed."),
@@ -242,15 +245,19 @@ GROUPS: tuple[Group, ...] = (
     )),
     Group("Sessions", "How long sessions, tokens and hand-offs last.", (
         Setting("SOCKET_GRACE_PERIOD", "30", _float(0),
-                "Seconds a session waits for a reconnect after its socket closes (ended by the next sweep after that)."),
+                "Seconds a session waits for a reconnect after its socket closes (ended by the next sweep after "
+                "that)."),
         Setting("SESSION_IDLE_TIMEOUT", "300", _float(1),
-                "Seconds without a client call, keep-alive or open socket before a session is reaped (stopped upstream)."),
+                "Seconds without a client call, keep-alive or open socket before a session is reaped (stopped "
+                "upstream)."),
         Setting("SESSION_MAX_AGE", "3600", _float(1), "Seconds after which any session is reaped, active or not."),
         Setting("TOKEN_TTL", "3600", _float(1), "Seconds a gateway session token stays valid."),
         Setting("SWEEP_INTERVAL", "5", _float(0.05),
                 "Seconds between sweeps for pending flushes and for abandoned, idle or too-old sessions."),
-        Setting("FLUSH_RETRY_INITIAL", "2", _float(0.01), "First retry delay of a failed transcript flush, in seconds."),
-        Setting("FLUSH_RETRY_MAX", "300", _float(0.01), "Longest retry delay of a failed transcript flush, in seconds."),
+        Setting("FLUSH_RETRY_INITIAL", "2", _float(0.01),
+                "First retry delay of a failed transcript flush, in seconds."),
+        Setting("FLUSH_RETRY_MAX", "300", _float(0.01),
+                "Longest retry delay of a failed transcript flush, in seconds."),
         Setting("SHUTDOWN_TIMEOUT", "8", _float(0), "Seconds a graceful stop waits for in-flight work."),
     )),
 )

@@ -19,7 +19,8 @@ import hmac
 import json
 import secrets
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 LEGACY_PREFIX = "ilgt_"
 ISSUER = "ilianaai-avatar"

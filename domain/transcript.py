@@ -9,7 +9,8 @@ The same path reporting the same words twice (a user saying "yes" twice) stays t
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from domain.records import Turn
 

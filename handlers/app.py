@@ -24,7 +24,7 @@ from conf import Settings
 from domain.errors import ServiceUnavailable
 from domain.names import ProviderName
 from domain.tokens import TokenSigner
-from handlers import demo, heygen, liveavatar, operations, openapi, reports
+from handlers import demo, heygen, liveavatar, openapi, operations, reports
 from handlers.base import NotFoundHandler
 from handlers.contracts import Contract, admin_table, route_table
 from models.claims import ClaimRepository

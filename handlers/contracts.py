@@ -3,8 +3,9 @@ the operators' routes, the demo console — and how the application's route tabl
 (handlers/openapi.py) are assembled from them. A route is declared once, with its handler and its operations."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from tornado.routing import PathMatches
 

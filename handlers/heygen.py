@@ -8,8 +8,7 @@ from typing import Any
 from domain.names import ContractName
 from handlers.base import BaseHandler
 from handlers.contracts import Contract, Route
-from handlers.openapi import (BY_KEY, FRAMING, STATUS_TEXT, answer, error, json_body, links, operation, shared,
-                              statuses)
+from handlers.openapi import BY_KEY, FRAMING, STATUS_TEXT, answer, error, json_body, links, operation, shared, statuses
 from handlers.schemas import NEW_SESSION, SESSION_REF, TASK
 from relay.handler import StreamingChatRelay
 

@@ -214,7 +214,8 @@ def build(contracts: tuple[Contract, ...]) -> dict[str, Any]:
         plugins=[MarshmallowPlugin()],
         info={"description": DESCRIPTION},
         servers=[{"url": "/", "description": "the root"},
-                 {"url": PREFIXES[1], "description": "the same API under the prefix (not the operators' routes, the demo "
+                 {"url": PREFIXES[1], "description": "the same API under the prefix (not the operators' routes, the "
+                                                     "demo "
                                                 "console, nor — for HeyGen's SDK — the WebSocket)"}],
         tags=[contract.tag for contract in contracts if contract.tag],
     )

@@ -71,7 +71,8 @@ REPORTED_MESSAGE = ReportedMessage()
 # --- answers: the gateway's errors ------------------------------------------------------------------------------------
 
 class GatewayError(Schema):
-    """The gateway's own error envelope (domain/errors.py, answered by handlers/errors.py), also for tornado's own errors (405, …)."""
+    """The gateway's own error envelope (domain/errors.py, answered by handlers/errors.py), also for tornado's own
+    errors (405, …)."""
 
     code = fields.Integer(required=True, metadata=doc("The HTTP status again, in HeyGen's {code, message} shape."))
     message = fields.String(required=True)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import mongoengine
 from mongoengine import Document

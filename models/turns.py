@@ -31,8 +31,9 @@ class TurnRepository(Repository):
 
     def _transcript(self, session_id: str) -> list[Turn]:
         reports = self.collection.find({"session_id": session_id}).sort("absolute_timestamp", 1)
-        return merge_all([], [Turn(role=r["role"], transcript=r["transcript"], absolute_timestamp=r["absolute_timestamp"],
-                                   sources=r["sources"], task_ids=r["task_ids"]) for r in reports])
+        return merge_all([], [Turn(role=r["role"], transcript=r["transcript"],
+                                   absolute_timestamp=r["absolute_timestamp"], sources=r["sources"],
+                                   task_ids=r["task_ids"]) for r in reports])
 
     @blocking
     def transcript(self, session_id: str) -> list[Turn]:

@@ -7,7 +7,7 @@ import json
 import logging
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 log = logging.getLogger("gateway.access")
@@ -77,7 +77,7 @@ class JsonFormatter(logging.Formatter):
     into `exception`. Scrubbed as the text lines are."""
 
     def format(self, record):
-        entry = {"time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
+        entry = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
                  .replace("+00:00", "Z"),
                  "level": record.levelname, "logger": record.name, "message": scrub(record.getMessage())}
         access = getattr(record, "access", None)

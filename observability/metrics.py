@@ -27,7 +27,8 @@ import asyncio
 import logging
 import re
 import time
-from typing import Any, Awaitable, Callable, Iterator, Protocol
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -133,7 +134,8 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status < 600 else "error"
 
 
-_latency_children: dict[tuple[str, str, str], Any] = {}  # (upstream, call, status class) -> its histogram: labels() costs microseconds per call
+# (upstream, call, status class) -> its histogram child: labels() costs microseconds per call
+_latency_children: dict[tuple[str, str, str], Any] = {}
 
 
 def observe_upstream(upstream_name: str, call: str, status: int | None, seconds: float) -> None:
@@ -151,7 +153,7 @@ def observe_upstream(upstream_name: str, call: str, status: int | None, seconds:
 
 class Tally:
     """Data frames and payload bytes relayed in one direction: plain ints, added to per frame, read at scrape time."""
-    __slots__ = ("frames", "bytes")
+    __slots__ = ("bytes", "frames")
 
     def __init__(self) -> None:
         self.frames = self.bytes = 0
@@ -159,7 +161,7 @@ class Tally:
 
 class RelayCounts:
     """What one gateway's sockets relayed, by direction, and how many are open."""
-    __slots__ = ("client", "upstream", "sockets")
+    __slots__ = ("client", "sockets", "upstream")
 
     def __init__(self) -> None:
         self.client = Tally()  # browser -> HeyGen
@@ -204,7 +206,7 @@ class GatewayMetrics(Collector):
             self._counting = asyncio.ensure_future(self._count())
         try:
             await asyncio.wait_for(asyncio.shield(self._counting), LIVE_SESSIONS_WAIT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _count(self) -> None:

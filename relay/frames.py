@@ -20,7 +20,8 @@ a forwarded chunk is).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from clients.tornado_compat import websocket_mask
 
@@ -59,8 +60,20 @@ class FrameScanner:
     fragments joined); `feed()` returns them. `tally` (observability.metrics.Tally: `frames`, `bytes`) counts the data
     frames and their payload bytes (observability/metrics.py: Tally).
     """
-    __slots__ = ("inspect", "max_message_size", "tally", "_held", "_left", "_mask", "_offset", "_fin",
-                 "_message_opcode", "_message_size", "_capture", "boundary")
+    __slots__ = (
+        "_capture",
+        "_fin",
+        "_held",
+        "_left",
+        "_mask",
+        "_message_opcode",
+        "_message_size",
+        "_offset",
+        "boundary",
+        "inspect",
+        "max_message_size",
+        "tally",
+    )
 
     def __init__(self, inspect: Callable[[int, int | None], bool], max_message_size: int, tally: Any) -> None:
         self.inspect = inspect

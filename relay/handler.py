@@ -23,8 +23,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClientConnection, WebSocketHandler
 
-from domain.errors import (BadRequest, Forbidden, GatewayError, NotFound, ServiceUnavailable,
-                           UnsupportedWebSocketVersion)
+from domain.errors import BadRequest, Forbidden, GatewayError, NotFound, ServiceUnavailable, UnsupportedWebSocketVersion
 from domain.names import ContractName
 from domain.records import SessionFacts
 from handlers.base import GatewayHandlerMixin, origin_allowed
@@ -162,7 +161,8 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
             plain.relay_upstream(self, self.upstream, self.transcript, self.counts.upstream)
             return
         try:
-            await pump.pair(cast(pump.PumpProtocol, self.ws_connection), cast(pump.PumpProtocol, self.upstream.protocol),
+            await pump.pair(cast(pump.PumpProtocol, self.ws_connection),
+                            cast(pump.PumpProtocol, self.upstream.protocol),
                             inspect_client=wanted_from_client, inspect_upstream=wanted_from_upstream,
                             on_client_messages=self.transcript.from_client,
                             on_upstream_messages=self.transcript.from_upstream,

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any, Awaitable, Callable, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from tornado.concurrent import Future
 from tornado.httpclient import HTTPRequest
@@ -50,7 +51,7 @@ def _done_future() -> Future[None]:
 class TransportStream:
     """What WebSocketProtocol13 uses of its IOStream, over the asyncio transport its leg moved to. Writes made before
     the transport exists (while it is being set up) are kept and written first."""
-    __slots__ = ("transport", "io_loop", "error", "_early")
+    __slots__ = ("_early", "error", "io_loop", "transport")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -102,6 +103,7 @@ class Leg(asyncio.Protocol):
         self.transport: Any = None
         self.pauses = 0  # reasons not to read now: the other leg's buffer is full; a turn waits for room
         self.ended = False  # a close frame came: nothing after it is read
+        self.waiting: asyncio.Future[None] | None = None  # forwarding a chunk once its turns are queued
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -128,7 +130,7 @@ class Leg(asyncio.Protocol):
             waiting = self.on_messages(messages)
             if waiting is not None:  # the turn queue is full: this leg waits with it, its chunk unforwarded
                 self.pause()
-                asyncio.ensure_future(self._forward_when_queued(waiting, forward, event))
+                self.waiting = asyncio.ensure_future(self._forward_when_queued(waiting, forward, event))
                 return
         self.forward(forward, event)
 

@@ -1,7 +1,8 @@
 """The relays a gateway holds open, owned by its application object (handlers/app.py)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from domain.errors import ServiceUnavailable
 from services.sessions import Sessions

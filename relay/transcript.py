@@ -3,7 +3,7 @@ client) and HeyGen's transcript events (v1-style JSON from upstream), whichever 
 from __future__ import annotations
 
 import json
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from domain.records import Turn
 from domain.transcript import ChunkJoiner, new_turn

@@ -41,7 +41,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import tornado.httputil
@@ -143,7 +143,7 @@ def canonical_uuid(value):
 
 
 def iso(timestamp):
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, timezone.utc).isoformat().replace(
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat().replace(
         "+00:00", "Z")
 
 
@@ -414,7 +414,7 @@ class LiveAvatarEmulator:
             session.speech = {"event_id": event_id, "words": [], "started_at": time.time(), "recorded": False}
             self.send(session, "avatar.speak_started", event_id)
 
-            def on_word(index, word, speech=session.speech):
+            def on_word(index, word, speech=session.speech, event_id=event_id):
                 if session.status != "started" or speech["recorded"]:
                     session.avatar.interrupt()  # the session ended between the queue and the first word
                     return
@@ -593,7 +593,7 @@ class LiveAvatarHandler(EmulatorHandler):
             body = json.loads(self.request.body)
         except ValueError as exc:
             raise invalid({"type": "json_invalid", "loc": ["body", getattr(exc, "pos", 0)], "msg": "JSON decode error",
-                           "input": {}, "ctx": {"error": getattr(exc, "msg", str(exc))}})
+                           "input": {}, "ctx": {"error": getattr(exc, "msg", str(exc))}}) from None
         if not isinstance(body, dict):
             raise invalid({"type": "model_attributes_type", "loc": ["body"],
                            "msg": "Input should be a valid dictionary or object to extract fields from",
@@ -660,7 +660,7 @@ class StartHandler(LiveAvatarHandler):
             await self.emulator.open_room(session)
         except Exception as exc:  # RoomFull from the room server: the sandbox's room limits
             self.emulator.end(session, "SERVER_ERROR")
-            raise error(503, 5003, f"No room for the session: {exc}")  # UNVERIFIED status, code and message
+            raise error(503, 5003, f"No room for the session: {exc}") from None  # UNVERIFIED status, code, message
         self.ok({
             "session_id": session.session_id,
             "livekit_url": self.emulator.room_url,

@@ -20,7 +20,8 @@ import os
 import secrets
 import socket
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from domain.errors import ServiceUnavailable
 from models.leases import LeaseRepository

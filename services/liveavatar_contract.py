@@ -8,7 +8,8 @@ session, and a `LiveAvatarServer` per provider the rest; today LiveAvatar serves
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from clients.http import UpstreamResponse
 from clients.liveavatar import MIRRORED_CLAIMS, LiveAvatarClient

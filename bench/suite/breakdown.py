@@ -1,14 +1,13 @@
 """1. REST, breakdown references: what one gateway call spends outside HeyGen, measured piece by piece.
 
-Every import of the gateway's own modules (conf, domain, models) is in this module, inside the functions that use them, so
-that a change in the gateway's layout is adapted here and nowhere else. gateway_setting_names() is used by
+Every import of the gateway's own modules (conf, domain, models) is in this module, inside the functions that use
+them, so that a change in the gateway's layout is adapted here and nowhere else. gateway_setting_names() is used by
 World.gateway_environment, not by the breakdown."""
 import time
 
 import pymongo
 
 from sandbox.stack import with_database
-
 from suite.common import CUSTOMER_KEY, GATEWAY_DB
 from suite.measure import latency_summary, proc_cpu_seconds
 

@@ -10,9 +10,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from sandbox.stack import with_database
-
 from suite.common import CUSTOMER_KEY, GATEWAY_DB, NEW_SESSION_BODY, bounded_gather, log, wait_for
-
 
 # --- HTTP and sessions ------------------------------------------------------------------------------------------
 

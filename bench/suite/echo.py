@@ -56,7 +56,7 @@ async def echo_run(world, target):
     state["sending"] = False
     try:
         await asyncio.wait_for(asyncio.gather(*runners), 15)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log(f"warning: echo {target}: {state['inflight']} frames still in flight after 15s")
         for runner in runners:
             runner.cancel()

@@ -4,6 +4,7 @@ import asyncio
 import time
 
 import relays  # bench/relays.py: the anchor relays, pinning, /proc readings
+
 from suite.client import connect, direct_pool, gateway_closes_recorded, gateway_pool
 from suite.common import bounded_gather, log, wait_for
 from suite.measure import latency_summary, proc_fds, proc_nofile_limit, proc_status

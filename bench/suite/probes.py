@@ -121,5 +121,5 @@ class ClientPeer:
         self.ws.close()
         try:
             await asyncio.wait_for(self.reader, 5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.reader.cancel()

@@ -205,8 +205,8 @@ def report(results):
                  fmt(o.get("frames_per_relay_cpu_s"), 0), cpu_pcts(o, o["target"]), other(o),
                  fmt(o["sender_lateness"]["p99_ms"], 2)] for o in results["openloop"]]
         out.append(table(["target", "delivered/s (min)", "lost", "p50", "p99", "window p99 min/med/max",
-                          "windows >10ms", "+p50", "+window p99 min/med/max", "frames/relay cpu-s", "%cpu relay/db/bench", "other %cpu L/R",
-                          "send lag p99"], rows))
+                          "windows >10ms", "+p50", "+window p99 min/med/max", "frames/relay cpu-s",
+                          "%cpu relay/db/bench", "other %cpu L/R", "send lag p99"], rows))
 
     m = results.get("memory")
     if m:

@@ -56,7 +56,8 @@ async def rest_run(world, call, target, concurrency, session_ids, seconds, label
         elapsed = await run(seconds, lat, errors)
         cpu = CpuMeter.diff(before, meter.snapshot())
     n = len(lat)
-    row = {"call": label or f"streaming.{call}", "target": target, "concurrency": concurrency, "seconds": round(elapsed, 2),
+    row = {"call": label or f"streaming.{call}", "target": target, "concurrency": concurrency,
+           "seconds": round(elapsed, 2),
            "requests": n, "rps": round(n / elapsed, 1), **latency_summary(lat),
            "errors": {str(k): v for k, v in errors.items()},
            "gateway_cpu_ms_per_req": round(1000 * cpu["gateway_cpu_s"] / n, 3) if n else None,

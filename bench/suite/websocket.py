@@ -66,7 +66,7 @@ async def websocket(world):
         session.ws_received = ProbeList(up_sink)
         ws = await connect(world, world.ws_url(path, session_id, token))
         peer = ClientPeer(ws, down_sink)
-        await wait_for(lambda: len(session.sockets) == 1, 10, f"the {path} socket to reach HeyGen")
+        await wait_for(lambda session=session: len(session.sockets) == 1, 10, f"the {path} socket to reach HeyGen")
         legs[path] = dict(session_id=session_id, token=token, session=session, peer=peer, up=up_sink,
                           down=down_sink, utterance={"frames": 0, "start": 0, "ended": 0,
                                                      "task_id": f"bench-{path}-0"})
@@ -152,7 +152,7 @@ async def websocket(world):
                 times.append(arrived - t0)
             ws.close()
         world.results["ws_handshake"].append({"path": path, **latency_summary(times)})
-        await wait_for(lambda: len(leg["session"].sockets) == 1, 10, "set-up sockets to close")
+        await wait_for(lambda leg=leg: len(leg["session"].sockets) == 1, 10, "set-up sockets to close")
 
     for leg in legs.values():
         await leg["peer"].close()

@@ -13,6 +13,7 @@ import time
 from urllib.parse import urlencode
 
 import pymongo
+import relays  # bench/relays.py: the anchor relays, pinning, /proc readings
 from tornado.curl_httpclient import CurlAsyncHTTPClient
 from tornado.httpclient import HTTPClientError
 
@@ -20,8 +21,6 @@ from sandbox.heygen import HeyGenEmulator, StreamingChatSocket
 from sandbox.mongo import MongoServer, free_port
 from sandbox.petya import PetyaReference
 from sandbox.stack import ServedApp, with_database
-
-import relays  # bench/relays.py: the anchor relays, pinning, /proc readings
 from suite import ROOT
 from suite.breakdown import gateway_setting_names
 from suite.common import CUSTOMER_KEY, GATEWAY_DB, PETYA_DB, RESULTS_DIR, WS_PARAMS, log
@@ -210,7 +209,7 @@ class World:
         for anchor in self.anchors.values():
             try:
                 anchor.stop()
-            except Exception as exc:  # noqa: BLE001 - the rest must still stop
+            except Exception as exc:
                 log(f"warning: stopping {anchor.name}: {exc}")
         if self.gateway is not None and self.gateway.poll() is None:
             self.gateway.send_signal(signal.SIGTERM)

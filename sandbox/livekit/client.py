@@ -7,8 +7,17 @@ import time
 import tornado.websocket
 from livekit.protocol import models, rtc
 
-from .limits import (JOIN_TIMEOUT, LEAVE_GRACE, MAX_PENDING_DATA, PING_INTERVAL, PING_TIMEOUT, PROTOCOL,
-                     SERVER_VERSION, log, new_sid)
+from .limits import (
+    JOIN_TIMEOUT,
+    LEAVE_GRACE,
+    MAX_PENDING_DATA,
+    PING_INTERVAL,
+    PING_TIMEOUT,
+    PROTOCOL,
+    SERVER_VERSION,
+    log,
+    new_sid,
+)
 from .peers import PeerConnections
 from .rooms import LOSSY, RELIABLE, Participant
 from .tracks import PublishedTrack
@@ -142,7 +151,7 @@ class ClientParticipant(PeerConnections, Participant):
         """Drop a client whose connection never comes up, or that has gone silent."""
         try:
             await asyncio.wait_for(self.connected.wait(), JOIN_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.info("%s: no peer connection within %ss", self.identity, JOIN_TIMEOUT)
             await self.leave(models.DisconnectReason.CONNECTION_TIMEOUT)
             return

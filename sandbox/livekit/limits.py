@@ -1,5 +1,6 @@
 """What the room server announces and enforces (versions, bounds, timings), and what all its modules share: the
 logger, the sids it hands out, RoomFull."""
+import asyncio
 import logging
 import secrets
 import string
@@ -25,3 +26,14 @@ def new_sid(prefix):
 
 class RoomFull(Exception):
     """Too many rooms, or too many participants in a room."""
+
+
+_running = set()  # tasks spawned and not yet done: held so they are not collected mid-way
+
+
+def spawn(coroutine):
+    """Run `coroutine` in the background, holding the task until it is done."""
+    task = asyncio.ensure_future(coroutine)
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+    return task

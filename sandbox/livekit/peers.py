@@ -10,7 +10,7 @@ from aiortc.contrib.media import MediaBlackhole
 from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import models, rtc
 
-from .limits import JOIN_TIMEOUT, log
+from .limits import JOIN_TIMEOUT, log, spawn
 from .rooms import CHANNEL_KINDS
 
 MSID = re.compile(r"msid:(\S+) (\S+)")
@@ -44,7 +44,7 @@ class PeerConnections:
             blackhole = MediaBlackhole()  # never forwarded; drained so aiortc's queues stay empty
             blackhole.addTrack(track)
             self.blackholes.append(blackhole)
-            asyncio.ensure_future(blackhole.start())
+            spawn(blackhole.start())
 
         return pc
 
@@ -124,7 +124,7 @@ class PeerConnections:
     async def offer_subscriber(self):
         """(Re)offer the subscriber connection with every server participant's tracks not yet on it."""
         async with self._negotiating:
-            if self.subscriber is None or self.left or self._offer_id and not self._unsent_tracks():
+            if self.subscriber is None or self.left or (self._offer_id and not self._unsent_tracks()):
                 return  # (a renegotiation asked for twice: the first one sent everything)
             for participant, track in self._unsent_tracks():
                 transceiver = self.subscriber.addTransceiver(track.source.kind, direction="sendonly")
@@ -140,7 +140,7 @@ class PeerConnections:
                 mid_to_track_id=self._mid_to_track_id(self.subscriber))))
             try:
                 await asyncio.wait_for(asyncio.shield(self._answered), JOIN_TIMEOUT)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.info("%s: no answer to the subscriber offer", self.identity)
 
     def _mid_to_track_id(self, pc):

@@ -5,7 +5,7 @@ import time
 
 from livekit.protocol import models, rtc
 
-from .limits import RoomFull, log, new_sid
+from .limits import RoomFull, log, new_sid, spawn
 from .tracks import PublishedTrack, TrackRelay, track_info
 
 RELIABLE = models.DataPacket.Kind.RELIABLE
@@ -225,7 +225,7 @@ class ServerParticipant(Participant):
     def deliver(self, packet, kind):
         copy = models.DataPacket()
         copy.CopyFrom(packet)
-        asyncio.ensure_future(call_hook(self.on_data, ReceivedData(copy, kind)))
+        spawn(call_hook(self.on_data, ReceivedData(copy, kind)))
 
     async def close(self, reason):
         for track in self.tracks:

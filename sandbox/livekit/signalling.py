@@ -1,6 +1,5 @@
 """The signalling endpoints: the WebSocket on `/rtc` (livekit-client, two peer connections) and `/rtc/v1` (the Python
 SDK, its JoinRequest in the query, one peer connection), and `/rtc/validate`."""
-import asyncio
 import base64
 import gzip
 
@@ -10,7 +9,7 @@ from google.protobuf import json_format
 from livekit.protocol import models, rtc
 
 from .client import ClientParticipant, leave_request, write
-from .limits import RoomFull, log
+from .limits import RoomFull, log, spawn
 from .tokens import TokenArguments, TokenError
 
 
@@ -68,19 +67,19 @@ class SignalHandler(TokenArguments, tornado.websocket.WebSocketHandler):
             if self.single_pc:
                 self.join_request = read_join_request(self.get_query_argument("join_request", ""))
         except TokenError as exc:
-            raise tornado.web.HTTPError(401, reason="Unauthorized", log_message=str(exc))
+            raise tornado.web.HTTPError(401, reason="Unauthorized", log_message=str(exc)) from None
         except Exception:
-            raise tornado.web.HTTPError(400, reason="Bad join_request")
+            raise tornado.web.HTTPError(400, reason="Bad join_request") from None
         room = self.server.room(self.claims.video.room, create=False)
-        if room is None and len(self.server.rooms) >= self.server.max_rooms or \
-                room is not None and len(room.participants) >= self.server.max_participants \
-                and self.claims.identity not in room.participants:
+        if (room is None and len(self.server.rooms) >= self.server.max_rooms) or \
+                (room is not None and len(room.participants) >= self.server.max_participants \
+                and self.claims.identity not in room.participants):
             raise tornado.web.HTTPError(429, reason="Room full")
         await super().get(*args, **kwargs)
 
     async def open(self, *args, **kwargs):
         self.set_nodelay(True)
-        if self.get_query_argument("reconnect", "") == "1" or self.join_request and self.join_request.reconnect:
+        if self.get_query_argument("reconnect", "") == "1" or (self.join_request and self.join_request.reconnect):
             # a resume: its participant left when its socket closed; told to reconnect, it joins anew
             write(self, rtc.SignalResponse(leave=rtc.LeaveRequest(
                 reason=models.DisconnectReason.STATE_MISMATCH, action=rtc.LeaveRequest.Action.RECONNECT)))
@@ -123,4 +122,4 @@ class SignalHandler(TokenArguments, tornado.websocket.WebSocketHandler):
         participant, self.participant = self.participant, None
         if participant is not None and not participant.left:
             participant.handler = None
-            asyncio.ensure_future(participant.leave(models.DisconnectReason.CLIENT_INITIATED))
+            spawn(participant.leave(models.DisconnectReason.CLIENT_INITIATED))
