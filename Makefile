@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench browser demo-assets
+.PHONY: run test test-fast lint typecheck check bench browser demo-assets
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade 'pip>=23'
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 # Debian packages the browser and deployment tests use (needs root, as CI and dev machines have): Chromium (the demo
@@ -43,6 +43,22 @@ run: $(STAMP) $(DEMO_LIVEKIT)
 
 test: $(STAMP) browser $(DEMO_LIVEKIT)
 	$(VENV)/bin/pytest
+
+# The quick loop: the unit tests and the gateway over real sockets (no browsers, no killed processes).
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q tests/unit tests/gateway
+
+# ruff, and the layering written down in pyproject.toml (import-linter contracts).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+# mypy: strict for domain/, services/, clients/ and conf/, gradual elsewhere (pyproject.toml).
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+# What CI runs (.ci/run).
+check: lint typecheck test
 
 # bench/run.py (bench/README.md). Its anchor relays need nginx and Node.js/npm: Debian's, installed here when missing
 # (root only; one apt-get update); the Node relay's packages are pinned in bench/anchors and `npm ci`'d by the bench.

@@ -20,6 +20,11 @@ TEST = SANDBOX + [
     "setuptools<82",  # pytest-tornado imports pkg_resources
     "livekit==1.2.1",  # the Python rtc SDK (Rust core) joining sandbox rooms in tests/test_livekit_rooms.py
 ]
+LINT = [  # make lint, make typecheck (pyproject.toml holds their settings)
+    "ruff==0.17.6",
+    "mypy==2.4.1",
+    "import-linter==2.17",  # the layering contracts
+]
 
 setup(
     name="ilianaai-avatar",
@@ -44,6 +49,6 @@ setup(
         "apispec[marshmallow]==6.10.1",  # GET /openapi.json, from the marshmallow schemas (handlers/openapi.py)
         "uvloop==0.22.1",  # the default EVENT_LOOP: the socket relay's asyncio transports in C (relay/pump.py)
     ],
-    extras_require={"sandbox": SANDBOX, "test": TEST, "dev": TEST},
+    extras_require={"sandbox": SANDBOX, "test": TEST, "lint": LINT, "dev": TEST + LINT},
     entry_points={"console_scripts": ["ilianaai-avatar=server:main"]},
 )

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from domain.answers import Answer
 from domain.errors import Unauthorized
 from domain.names import ContractName
+from domain.records import Customer
 from handlers.base import BaseHandler
 from handlers.contracts import Contract, Route
 from handlers.openapi import BY_KEY, FRAMING, answer, json_body, links, operation, statuses
@@ -36,22 +38,29 @@ class StartHandler(BaseHandler):
         self.answer(await self.gateway.liveavatar_contract.start(customer))
 
 
-class StopHandler(BaseHandler):
+class SessionCallHandler(BaseHandler):
+    """A call on the session the body's session_id names (with the API key), or the caller's gateway token does."""
+
+    async def post(self) -> None:
+        customer = await self.authenticate(contract=CONTRACT_NAME)
+        request = self.load_body(OPTIONAL_SESSION_REF)
+        self.log_session_id = LiveAvatarContract.session_named(customer, request)
+        self.answer(await self.act(self.gateway.liveavatar_contract, customer, request))
+
+    async def act(self, contract: LiveAvatarContract, customer: Customer, request: dict[str, Any]) -> Answer:
+        raise NotImplementedError
+
+
+class StopHandler(SessionCallHandler):
     """Stops the session upstream, then ends it here: LiveAvatar's transcript, merged, goes to Petya once."""
 
-    async def post(self) -> None:
-        customer = await self.authenticate(contract=CONTRACT_NAME)
-        request = self.load_body(OPTIONAL_SESSION_REF)
-        self.log_session_id = LiveAvatarContract.session_named(customer, request)
-        self.answer(await self.gateway.liveavatar_contract.stop(customer, request))
+    async def act(self, contract: LiveAvatarContract, customer: Customer, request: dict[str, Any]) -> Answer:
+        return await contract.stop(customer, request)
 
 
-class KeepAliveHandler(BaseHandler):
-    async def post(self) -> None:
-        customer = await self.authenticate(contract=CONTRACT_NAME)
-        request = self.load_body(OPTIONAL_SESSION_REF)
-        self.log_session_id = LiveAvatarContract.session_named(customer, request)
-        self.answer(await self.gateway.liveavatar_contract.keep_alive(customer, request))
+class KeepAliveHandler(SessionCallHandler):
+    async def act(self, contract: LiveAvatarContract, customer: Customer, request: dict[str, Any]) -> Answer:
+        return await contract.keep_alive(customer, request)
 
 
 # --- the contract's routes and their OpenAPI operations --------------------------------------------------------------
