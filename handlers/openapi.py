@@ -49,15 +49,19 @@ CORS = {name: {"$ref": f"#/components/headers/{name}"} for name in HEADERS}
 RETRY_AFTER = {"Retry-After": {"$ref": "#/components/headers/Retry-After"}}
 
 
-def ref(name):
+def ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def any_of(*names):
+def any_of(*names: str) -> dict[str, Any]:
     return ref(names[0]) if len(names) == 1 else {"anyOf": [ref(name) for name in names]}
 
 
-def answer(description, schema=None, media="application/json", headers=None, links=None):
+Schema = str | dict[str, Any] | None  # a component's name, a schema object, or no body
+
+
+def answer(description: str, schema: Schema = None, media: str = "application/json",
+           headers: dict[str, Any] | None = None, links: dict[str, Any] | None = None) -> dict[str, Any]:
     """A response: its body (a schema name, a schema object, or None for no body) and headers (CORS always)."""
     response = {"description": description, "headers": {**CORS, **(headers or {})}}
     if schema is not None:
@@ -67,7 +71,8 @@ def answer(description, schema=None, media="application/json", headers=None, lin
     return response
 
 
-def error(description, *names, retry_after=False, headers=None):
+def error(description: str, *names: str, retry_after: bool = False,
+          headers: dict[str, Any] | None = None) -> dict[str, Any]:
     """An error answer: the gateway's envelope or, with more schema names, any of them."""
     return answer(description, any_of(*(names or ("GatewayError",))),
                   headers={**(RETRY_AFTER if retry_after else {}), **(headers or {})})
@@ -113,22 +118,22 @@ BY_KEY_OR_TOKEN = BY_KEY + [{"GatewayToken": []}]
 
 # --- operations -------------------------------------------------------------------------------------------------------
 
-def json_body(schema, required, description=None):
+def json_body(schema: str, required: bool, description: str | None = None) -> dict[str, Any]:
     body = {"required": required, "content": {"application/json": {"schema": ref(schema)}}}
     if description:
         body["description"] = description
     return body
 
 
-def shared(name):
+def shared(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/responses/{name}"}
 
 
-def upstream_ranges(provider):
+def upstream_ranges(provider: str) -> dict[str, Any]:
     return {"4XX": shared(f"{provider}Error"), "5XX": shared(f"{provider}ServerError")}
 
 
-def shared_responses():
+def shared_responses() -> dict[str, Any]:
     """The answers that read the same on every operation (components.responses)."""
     table = {
         "Preflight": answer("preflight answered (no body)"),
@@ -149,7 +154,8 @@ def shared_responses():
     return table
 
 
-def statuses(*codes, upstream=None, session=False, auth="401_any", body_400=BODY_400, too_many=None):
+def statuses(*codes: str, upstream: str | None = None, session: bool = False, auth: str = "401_any",
+             body_400: str = BODY_400, too_many: str | None = None) -> dict[str, Any]:
     """The error answers of an operation. `upstream`: the provider whose own answers pass through (its 4xx/5xx bodies
     at every status), `session`: it names a session (404), `too_many`: what its 429 means."""
     passed = ("GatewayError", "UpstreamError") if upstream else ("GatewayError",)
@@ -161,7 +167,7 @@ def statuses(*codes, upstream=None, session=False, auth="401_any", body_400=BODY
         "405": lambda: shared("MethodNotAllowed"),
         "409": lambda: shared("Conflict"),
         "413": lambda: shared("PayloadTooLarge"),
-        "429": lambda: error(too_many + also, "ConcurrencyLimitError", *passed, retry_after=True),
+        "429": lambda: error((too_many or "") + also, "ConcurrencyLimitError", *passed, retry_after=True),
         "502": lambda: shared("UpstreamUnavailable"),
         "503": lambda: shared("ServiceUnavailable"),
         "504": lambda: shared("UpstreamTimeout"),
@@ -172,8 +178,9 @@ def statuses(*codes, upstream=None, session=False, auth="401_any", body_400=BODY
     return responses
 
 
-def operation(op_id, summary, description, responses, security=BY_KEY_OR_TOKEN, body=None, parameters=None,
-              tags=("HeyGen",)):
+def operation(op_id: str, summary: str, description: str, responses: dict[str, Any],
+              security: list[dict[str, list[str]]] = BY_KEY_OR_TOKEN, body: dict[str, Any] | None = None,
+              parameters: list[dict[str, Any]] | None = None, tags: tuple[str, ...] = ("HeyGen",)) -> dict[str, Any]:
     op = {"operationId": op_id, "summary": summary, "description": description, "tags": list(tags),
           "security": security, "responses": responses}
     if body:
@@ -183,18 +190,18 @@ def operation(op_id, summary, description, responses, security=BY_KEY_OR_TOKEN, 
     return op
 
 
-def preflight(sibling):
+def preflight(sibling: dict[str, Any]) -> dict[str, Any]:
     return {"operationId": sibling["operationId"] + "Preflight", "summary": "CORS preflight",
             "tags": sibling["tags"], "security": [],
             "description": "Answered 204 with the CORS headers when the Origin is allowed (CORS_ORIGINS).",
             "responses": {"204": shared("Preflight"), "400": shared("BadFraming"), "413": shared("PayloadTooLarge")}}
 
 
-def links(expression, targets):
+def links(expression: str, targets: list[str]) -> dict[str, Any]:
     """OpenAPI links to the calls `targets` on the session `expression` names."""
     table = {}
     for op_id in targets:
-        link = {"operationId": op_id, "description": "The same session."}
+        link: dict[str, Any] = {"operationId": op_id, "description": "The same session."}
         if op_id in ("streamingTranscript", "streamingChatSocket"):
             link["parameters"] = {"session_id": expression}
         else:

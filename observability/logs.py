@@ -55,18 +55,18 @@ class TextFormatter(logging.Formatter):
     """`LOG_FORMAT=text`: one line per event, scrubbed (a traceback included; an access line's fields were
     scrubbed when it was made). The time is formatted once per second."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
-        self._second = None
+        self._second: int | None = None
         self._second_text = ""
 
-    def formatTime(self, record, datefmt=None):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         second = int(record.created)
         if second != self._second:
             self._second, self._second_text = second, super().formatTime(record, "%Y-%m-%d %H:%M:%S")
         return "%s,%03d" % (self._second_text, record.msecs)
 
-    def format(self, record):
+    def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         return line if getattr(record, "scrubbed", False) and not record.exc_info else scrub(line)
 
@@ -76,7 +76,7 @@ class JsonFormatter(logging.Formatter):
     message; access lines add method, path, status, duration_ms and session, as in their text; a traceback goes
     into `exception`. Scrubbed as the text lines are."""
 
-    def format(self, record):
+    def format(self, record: logging.LogRecord) -> str:
         entry = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
                  .replace("+00:00", "Z"),
                  "level": record.levelname, "logger": record.name, "message": scrub(record.getMessage())}
@@ -96,12 +96,12 @@ class BatchedStreamHandler(logging.StreamHandler):
     Other threads, and records logged with no running loop, are written at once. A line waits at most until the
     loop's current iteration ends; `flush()` (and so logging.shutdown()) writes what is pending."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream: Any = None) -> None:
         super().__init__(stream)
-        self._pending = []
-        self._loop = None  # the loop whose iteration the pending lines wait for
+        self._pending: list[str] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop whose iteration the pending lines wait for
 
-    def emit(self, record):
+    def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record) + self.terminator
         except Exception:
@@ -119,7 +119,7 @@ class BatchedStreamHandler(logging.StreamHandler):
             self._loop = loop
             loop.call_soon(self.flush)
 
-    def flush(self):
+    def flush(self) -> None:
         self.acquire()
         try:
             pending, self._pending, self._loop = self._pending, [], None
@@ -129,7 +129,7 @@ class BatchedStreamHandler(logging.StreamHandler):
         finally:
             self.release()
 
-    def _write(self, line):
+    def _write(self, line: str) -> None:
         self.stream.write(line)
         super().flush()
 
