@@ -10,13 +10,13 @@ order and never splits a run of equal timestamps, so `next_timestamp` (the last 
 passed back as `start_timestamp` without repeating or skipping anything. A page is cut before such a run; only a run
 longer than a whole page is returned in one (oversized) page.
 
-FULL mode in a room (when the emulator is given `rooms`, a sandbox.livekit.RoomServer; ../shared/upstream-apis.md §3,
-§7, §8): `start` makes a room named after the session and answers its `livekit_url` and two LiveKit JWTs,
+FULL mode in a room (when the emulator is given `rooms`, a sandbox.livekit.RoomServer; docs/upstream.md
+#liveavatar-rest-api, #liveavatar-room-events, #livekit-signalling): `start` makes a room named after the session and answers its `livekit_url` and two LiveKit JWTs,
 `livekit_client_token` (identity "client") and `livekit_agent_token` (identity "agent"); the synthetic avatar joins as
 `heygen` (video + audio) and the session's agent as `liveavatar-agent-<session_id>`. The agent obeys JSON commands on
 topic `agent-control` (what @heygen/liveavatar-web-sdk 0.0.18 sends: `{event_id, event_type, text}`) and answers on
 `agent-response`, each event `{event_id (its own), event_type, session_id, source_event_id (the command's event_id,
-or null)}` plus its fields (the shape the SDK reads and upstream-apis.md §3 lists):
+or null)}` plus its fields (the shape the SDK reads and docs/upstream.md#liveavatar-room-events lists):
 - `avatar.speak_text {text}`: the avatar says `text`: `avatar.speak_started`, one `avatar.transcription.chunk` per
   word, then `avatar.transcription {text}` (what was said) and `avatar.speak_ended`.
 - `avatar.speak_response {text}`: the user's turn: `user.transcription {text}`, then the avatar says a reply from the
@@ -55,7 +55,7 @@ try:  # the room server's dependencies are in the sandbox extra; a standalone em
 except ImportError:  # pragma: no cover
     Avatar, SECONDS_PER_WORD = None, 0.35
 
-DEFAULT_AVATAR_ID = "dd73ea75-1218-4ef3-92ce-606d5f7fbc0a"  # the sandbox avatar (S5 secrets.ts, S6)
+DEFAULT_AVATAR_ID = "dd73ea75-1218-4ef3-92ce-606d5f7fbc0a"  # the sandbox avatar (docs/upstream.md#liveavatar-rest-api)
 DEFAULT_AVATARS = frozenset({
     DEFAULT_AVATAR_ID,
     "0930fd59-c8ad-434d-ad53-b391a1768720",
@@ -69,7 +69,7 @@ MODES = ("FULL", "LITE")
 STOP_REASONS = ("UNKNOWN", "USER_DISCONNECTED", "SERVER_ERROR", "IDLE_TIMEOUT", "NO_CREDITS", "USER_CLOSED",
                 "AVATAR_DELETED", "MAX_DURATION_REACHED", "ZOMBIE_SESSION_REAP", "AGENT_HANG_UP")
 LIST_TYPES = ("active", "historic")
-# UNVERIFIED: the real limits are per tier; the sandbox lasts "~1 min" (S5, S6).
+# UNVERIFIED: the real limits are per tier; the sandbox lasts "~1 min" (docs/upstream.md#liveavatar-rest-api).
 SANDBOX_MAX_DURATION = 60
 DEFAULT_MAX_DURATION = 1200
 DEFAULT_PAGE_SIZE = 20  # UNVERIFIED default of GET /v1/sessions; page_size <= 100 is documented
@@ -368,7 +368,7 @@ class LiveAvatarEmulator:
     def send(self, session, event_type, source_event_id=None, **fields):
         """Keep an event and publish it on agent-response from the agent (when there is a room). Every event has its
         own event_id, its event_type, the session_id and the source_event_id of the command it answers (or null):
-        the fields the web SDK 0.0.18 reads and upstream-apis.md §3 lists."""
+        the fields the web SDK 0.0.18 reads and docs/upstream.md#liveavatar-room-events lists."""
         event = {"event_id": str(uuid.uuid4()), "event_type": event_type, "session_id": session.session_id,
                  "source_event_id": source_event_id, **fields}
         session.events.append(event)

@@ -1,5 +1,5 @@
 /* ilianaai-avatar demo console: drives the gateway's public API exactly as the chatbot plugin does
- * (paths, headers and bodies of /work/shared/spec/plugin-contract.md), so it doubles as a living check of it.
+ * (the paths, headers and bodies of the plugin contract: README.md's routes), so it doubles as a living check of it.
  * Plain browser JavaScript, no build step, no external resources. Settings come from the URL fragment:
  *   /demo#key=<customer api key>&petya=<petya base url>&petyaToken=<service token>[&gateway=<url>][&provider=liveavatar]
  */
@@ -18,7 +18,7 @@
     'avatar.speak_started': 'avatar_start_talking', 'avatar.transcription.chunk': 'avatar_talking_message',
     'avatar.transcription': 'avatar_end_message', 'avatar.speak_ended': 'avatar_stop_talking'
   };
-  var AGENT_CONTROL = 'agent-control'; // the topic LiveAvatar's commands go on (liveavatar-proxy spec §3)
+  var AGENT_CONTROL = 'agent-control'; // the topic LiveAvatar's commands go on (docs/upstream.md#liveavatar-room-events)
   var PHASE_LABELS = {
     idle: 'Idle', creating: 'Creating…', created: 'Ready to start', starting: 'Starting…', started: 'Live',
     stopping: 'Stopping…', stopped: 'Stopped'
@@ -503,7 +503,7 @@
     afterCreate: function (session) { openSocket(session); },
     start: function (session) {
       return call('streaming.start', 'POST', gatewayBase(), '/v1/streaming.start', {
-        headers: jsonHeaders({ 'X-api-key': apiKey() }), // the plugin's exact spelling (plugin-contract §3)
+        headers: jsonHeaders({ 'X-api-key': apiKey() }), // the plugin's exact spelling of the header
         body: { session_id: session.sessionId }
       });
     },
@@ -725,7 +725,7 @@
   }
 
   // LiveAvatar's events on agent-response, shown as HeyGen's are (grouped by the command they answer). What was
-  // said is also reported to the gateway, as the plugin may (spec §4): its live record shows it, and the room's
+  // said is also reported to the gateway, as the plugin may (POST /v1/streaming.avatar_message): its live record shows it, and the room's
   // own transcript, which LiveAvatar hands over at the end, holds the same turns once.
   function onLiveAvatarEvent(session, type, event, text) {
     var taskId = event.source_event_id || event.event_id;
