@@ -1,5 +1,5 @@
 /* ilianaai-avatar demo console: drives the gateway's public API exactly as the chatbot plugin does
- * (paths, headers and bodies of /work/shared/spec/plugin-contract.md), so it doubles as a living check of it.
+ * (the paths, headers and bodies of README.md's routes and /openapi.json), so it doubles as a living check of them.
  * Plain browser JavaScript, no build step, no external resources. Settings come from the URL fragment:
  *   /demo#key=<customer api key>&petya=<petya base url>&petyaToken=<service token>[&gateway=<url>][&provider=liveavatar]
  */
@@ -18,7 +18,7 @@
     'avatar.speak_started': 'avatar_start_talking', 'avatar.transcription.chunk': 'avatar_talking_message',
     'avatar.transcription': 'avatar_end_message', 'avatar.speak_ended': 'avatar_stop_talking'
   };
-  var AGENT_CONTROL = 'agent-control'; // the topic LiveAvatar's commands go on (liveavatar-proxy spec §3)
+  var AGENT_CONTROL = 'agent-control'; // the topic LiveAvatar's commands go on (docs/upstream.md#liveavatar-room-events)
   var PHASE_LABELS = {
     idle: 'Idle', creating: 'Creating…', created: 'Ready to start', starting: 'Starting…', started: 'Live',
     stopping: 'Stopping…', stopped: 'Stopped'
