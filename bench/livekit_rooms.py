@@ -1,4 +1,4 @@
-"""What a live sandbox room costs: CPU and RSS of the room server (sandbox/livekit.py) with one synthetic avatar
+"""What a live sandbox room costs: CPU and RSS of the room server (sandbox/livekit/) with one synthetic avatar
 (sandbox/avatar.py) per room, each watched by one headless-Chromium page running livekit-client 2.15.7, and the time
 from `room.connect` to the page's first decoded video frame.
 

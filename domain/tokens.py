@@ -1,7 +1,7 @@
 """Gateway session tokens: what the browser holds in place of a provider's session token.
 
 They are JWT-shaped (HS256, under a key derived from GATEWAY_SECRET) because LiveAvatar's web SDK decodes its
-session token as a JWT and reads `start_session_data` from it (docs/upstream.md#liveavatar-web-sdk-0018); with
+session token as a JWT and reads `start_session_data` from it (docs/upstream.md#liveavatar-token-claims); with
 anything else it logs a warning quoting the token's first characters and falls back to defaults. A token carries only
 non-secret claims: issuer, the contract it was minted for (claim `provider`), times, a random `jti`, and whatever
 claims of the provider's own token its contract mirrors (LiveAvatar's: `start_session_data`, `session_id`). Never the

@@ -14,7 +14,7 @@ Each leg keeps its tornado protocol object, which now writes through `TransportS
 tornado answers them, keep-alive pings go out every `ping_interval` and a missing pong closes the leg,
 `close()` still works, and `on_ws_connection_close` is called once when the socket is gone. The gateway's own frames
 (close, pings) go in only at a frame boundary of what the other leg forwards, held until one comes. Each leg's pings
-carry `wsframes.PING_MARK`, so their pongs are told from the far end's, which pass through like any other ping or
+carry `relay.frames.PING_MARK`, so their pongs are told from the far end's, which pass through like any other ping or
 pong.
 
 A leg that is never paired (the relay failed before both were open) stays plain tornado.

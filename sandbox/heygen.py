@@ -1,9 +1,9 @@
 """HeyGen Streaming API emulator (v1 paths, LiveKit-era sessions) for tests and sandbox mode.
 
-Facts come from docs/upstream.md (#heygen-rest-api, #heygen-realtime-channels, #heygen-concurrency); every choice they
-leave open is marked UNVERIFIED. As upstream v2 does (docs/upstream.md#heygen-room-data), each session has a LiveKit room on the sandbox's room server
-(sandbox/livekit/): `streaming.new` answers its `url` and a client `access_token`, `streaming.start` seats the
-synthetic avatar (sandbox/avatar.py) there as participant `heygen`, and the avatar and user events
+Facts come from docs/upstream.md (HeyGen REST API, realtime channels, web SDK); every choice it leaves open is marked
+UNVERIFIED. As upstream v2 does (docs/upstream.md#heygen-room-data), each session has a LiveKit room on the sandbox's
+room server (sandbox/livekit/): `streaming.new` answers its `url` and a client `access_token`, `streaming.start` seats
+the synthetic avatar (sandbox/avatar.py) there as participant `heygen`, and the avatar and user events
 (avatar_start_talking, avatar_talking_message, avatar_end_message, avatar_stop_talking, user_talking_message,
 user_end_message) travel as LiveKit data from `heygen` (JSON with `type`, no topic). The streaming.chat WebSocket
 carries only user_start / user_stop server->client and the client's binary protobuf frames (a TextFrame is a talk).
@@ -30,7 +30,7 @@ DEFAULT_AVATARS = ("Katya_Chair_Sitting_public", "Wayne_20240711", "Anna_public_
 DEFAULT_ACTIVITY_IDLE_TIMEOUT = 120  # seconds (upstream default of activity_idle_timeout)
 SESSION_DURATION_LIMIT = 600
 LIVEKIT_URL = "wss://heygen-sandbox.livekit.cloud"  # only without a room server (rooms=None): nothing listens there
-AVATAR_IDENTITY = "heygen"  # the avatar's participant identity (docs/upstream.md#heygen-room-data; UNVERIFIED for HeyGen's own rooms)
+AVATAR_IDENTITY = "heygen"  # the avatar's participant identity (UNVERIFIED: docs/upstream.md#heygen-room-data)
 CLIENT_IDENTITY = "client"  # UNVERIFIED: the identity upstream's access_token carries
 AGENT_IDENTITY = "agent"  # UNVERIFIED: the identity (and grants) of upstream's livekit_agent_token
 REALTIME_ENDPOINT = "wss://webrtc-signaling.heygen.io/v2-alpha/interactive-avatar/session/{}"
@@ -465,7 +465,7 @@ class NewSessionHandler(HeyGenHandler):
             "ice_servers": None,
             "ice_servers2": None,
             "realtime_endpoint": REALTIME_ENDPOINT.format(session_id),
-            # UNVERIFIED that upstream always returns it (pipecat requires it: docs/upstream.md#heygen-rest-api).
+            # UNVERIFIED that upstream always returns it (pipecat requires it, docs/upstream.md#heygen-rest-api).
             "livekit_agent_token": agent_token,
         }
 

@@ -1,8 +1,9 @@
 """An emulator of the LiveAvatar API (api.liveavatar.com) for tests and sandbox mode.
 
-Follows the upstream reference (§3): success envelope `{"code": 1000, "data": ..., "message": ...}`, FastAPI-shaped
-422s, `X-API-KEY` or `Authorization: Bearer <session_token>` per endpoint, 201 on /v1/sessions/start, server-side
-transcripts. Sessions live in memory. Choices the reference leaves open are marked UNVERIFIED.
+Follows the upstream reference (docs/upstream.md#liveavatar-rest-api): success envelope `{"code": 1000, "data": ...,
+"message": ...}`, FastAPI-shaped 422s, `X-API-KEY` or `Authorization: Bearer <session_token>` per endpoint, 201 on
+/v1/sessions/start, server-side transcripts. Sessions live in memory. Choices the reference leaves open are marked
+UNVERIFIED.
 
 Transcript paging (an emulator design; the real cursor semantics are UNVERIFIED): `start_timestamp` is exclusive
 (entries strictly after it), `end_timestamp` inclusive. A page holds at most `transcript_page_size` entries in time
@@ -10,13 +11,14 @@ order and never splits a run of equal timestamps, so `next_timestamp` (the last 
 passed back as `start_timestamp` without repeating or skipping anything. A page is cut before such a run; only a run
 longer than a whole page is returned in one (oversized) page.
 
-FULL mode in a room (when the emulator is given `rooms`, a sandbox.livekit.RoomServer; docs/upstream.md
-#liveavatar-rest-api, #liveavatar-room-events, #livekit-signalling): `start` makes a room named after the session and answers its `livekit_url` and two LiveKit JWTs,
-`livekit_client_token` (identity "client") and `livekit_agent_token` (identity "agent"); the synthetic avatar joins as
-`heygen` (video + audio) and the session's agent as `liveavatar-agent-<session_id>`. The agent obeys JSON commands on
-topic `agent-control` (what @heygen/liveavatar-web-sdk 0.0.18 sends: `{event_id, event_type, text}`) and answers on
-`agent-response`, each event `{event_id (its own), event_type, session_id, source_event_id (the command's event_id,
-or null)}` plus its fields (the shape the SDK reads and docs/upstream.md#liveavatar-room-events lists):
+FULL mode in a room (when the emulator is given `rooms`, a sandbox.livekit.RoomServer;
+docs/upstream.md#liveavatar-room-events, #livekit-signalling): `start` makes a room named after the session and answers
+its `livekit_url` and two LiveKit JWTs, `livekit_client_token` (identity "client") and `livekit_agent_token` (identity
+"agent"); the synthetic avatar joins as `heygen` (video + audio) and the session's agent as
+`liveavatar-agent-<session_id>`. The agent obeys JSON commands on topic `agent-control` (what @heygen/liveavatar-web-sdk
+0.0.18 sends: `{event_id, event_type, text}`) and answers on `agent-response`, each event `{event_id (its own),
+event_type, session_id, source_event_id (the command's event_id, or null)}` plus its fields (the shape the SDK reads and
+docs/upstream.md#liveavatar-room-events lists):
 - `avatar.speak_text {text}`: the avatar says `text`: `avatar.speak_started`, one `avatar.transcription.chunk` per
   word, then `avatar.transcription {text}` (what was said) and `avatar.speak_ended`.
 - `avatar.speak_response {text}`: the user's turn: `user.transcription {text}`, then the avatar says a reply from the
@@ -264,8 +266,8 @@ class LiveAvatarEmulator:
         self.livekit_url = livekit_url
         self.rooms = rooms  # sandbox.livekit.RoomServer where the sessions' rooms live, or None
         self.seconds_per_word = seconds_per_word
-        # Requests per credential and endpoint in each fixed 1-second window (§7.4), None for no limit. LiveAvatar's
-        # real numbers are UNVERIFIED.
+        # Requests per credential and endpoint in each fixed 1-second window (docs/upstream.md#liveavatar-rate-limits),
+        # None for no limit. LiveAvatar's real numbers are UNVERIFIED.
         self.rate_limit = None
         self._windows = {}  # (credential, endpoint) -> (window second, count)
         self.rate_limited = 0  # requests answered 429
@@ -290,8 +292,9 @@ class LiveAvatarEmulator:
 
     def mint(self, body):
         session_id = str(uuid.uuid4())
-        # The web SDK decodes the token and reads start_session_data.mode (and agent settings) from it (§7.5). That
-        # it holds the token request's fields is UNVERIFIED; mode is what the SDK needs.
+        # The web SDK decodes the token and reads start_session_data.mode (and agent settings) from it
+        # (docs/upstream.md#liveavatar-token-claims). That it holds the token request's fields is UNVERIFIED; mode is
+        # what the SDK needs.
         token = jwt_like({"session_id": session_id, "iat": int(time.time()), "start_session_data": dict(body)})
         session = EmulatedSession(session_id=session_id, token=token, body=body)
         self.sessions[session_id] = session

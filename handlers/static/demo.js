@@ -1,5 +1,5 @@
 /* ilianaai-avatar demo console: drives the gateway's public API exactly as the chatbot plugin does
- * (the paths, headers and bodies of the plugin contract: README.md's routes), so it doubles as a living check of it.
+ * (the paths, headers and bodies of README.md's routes and /openapi.json), so it doubles as a living check of them.
  * Plain browser JavaScript, no build step, no external resources. Settings come from the URL fragment:
  *   /demo#key=<customer api key>&petya=<petya base url>&petyaToken=<service token>[&gateway=<url>][&provider=liveavatar]
  */
