@@ -12,9 +12,9 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 # Debian packages the browser and deployment tests use (needs root, as CI and dev machines have): Chromium (the demo
-# console's test and the official SDKs' test), nginx and openssl (TLS in front of the gateway in tests/test_sdk_browser.py
-# and tests/test_deployment.py) and, where the machine has none, Node.js and npm (the SDKs pinned in tests/sdk/). One
-# apt-get update, only when something is missing.
+# console's test and the official SDKs' test), nginx and openssl (TLS in front of the gateway in
+# tests/browser/test_sdk_browser.py and tests/faults/test_deployment.py) and, where the machine has none, Node.js and npm
+# (the SDKs pinned in tests/sdk/). One apt-get update, only when something is missing.
 browser:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \

@@ -13,12 +13,12 @@ SANDBOX = [
 ]
 TEST = SANDBOX + [
     "pytest==9.2.0",
-    "supervisor==4.3.0",  # runs conf/supervisor.conf.example in tests/test_deployment.py
-    "hypothesis==6.170.17",  # the bad-input fuzzer (tests/test_bad_input.py)
+    "supervisor==4.3.0",  # runs conf/supervisor.conf.example in tests/faults/test_deployment.py
+    "hypothesis==6.170.17",  # the bad-input fuzzer (tests/gateway/test_bad_input.py)
     "pytest-tornado==0.8.1",
-    "schemathesis==4.32.5",  # the contract test against /openapi.json (tests/test_openapi.py)
+    "schemathesis==4.32.5",  # the contract test against /openapi.json (tests/gateway/test_openapi.py)
     "setuptools<82",  # pytest-tornado imports pkg_resources
-    "livekit==1.2.1",  # the Python rtc SDK (Rust core) joining sandbox rooms in tests/test_livekit_rooms.py
+    "livekit==1.2.1",  # the Python rtc SDK (Rust core) joining sandbox rooms in tests/sandbox/test_livekit_rooms.py
 ]
 LINT = [  # make lint, make typecheck (pyproject.toml holds their settings)
     "ruff==0.17.6",

@@ -20,7 +20,7 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))  # the repository: sandbox, tests.helpers
 
 MEASURE = 15  # seconds
 SENTENCE = "The sandbox avatar keeps talking so that every frame it sends is a new picture to draw and encode."
@@ -71,8 +71,9 @@ async def sample(pid, seconds):
 
 
 async def measure(rooms, devtools, page_url):
-    from test_livekit_browser import JOIN, open_tab
     from tornado.httpclient import AsyncHTTPClient
+
+    from tests.helpers.browser import JOIN, open_livekit_tab
 
     child = subprocess.Popen([sys.executable, __file__, "--serve", str(rooms)], stdout=subprocess.PIPE, text=True)
     try:
@@ -81,7 +82,7 @@ async def measure(rooms, devtools, page_url):
         unwatched = await sample(child.pid, 5)
         tabs, first_frames = [], []
         for token in started["tokens"]:  # one at a time: a background tab does not present frames
-            tab = await open_tab(devtools, page_url)
+            tab = await open_livekit_tab(devtools, page_url)
             await tab.js(f"{JOIN}('2.15.7', {json.dumps(started['url'])}, {json.dumps(token)})")
             tabs.append(tab)
             deadline = time.monotonic() + 20
@@ -117,11 +118,11 @@ async def main(counts):
     import shutil
 
     import tornado.web
-    from cdp import start_chromium, stop_process_group
-    from test_livekit_browser import WEBRTC_FLAGS
-    from test_sdk_browser import bundle, install_sdks
     from tornado.httpserver import HTTPServer
     from tornado.netutil import bind_sockets
+
+    from tests.helpers.browser import WEBRTC_FLAGS, bundle, install_sdks
+    from tests.helpers.cdp import start_chromium, stop_process_group
     tools = {"node": shutil.which("node"), "npm": shutil.which("npm")}
     with tempfile.TemporaryDirectory() as tmp:
         site = pathlib.Path(tmp) / "site"

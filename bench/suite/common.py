@@ -11,7 +11,7 @@ RESULTS_DIR = os.path.join(ROOT, "bench", "results")
 CUSTOMER_KEY = "bench-customer-key"
 GATEWAY_DB = "bench_gateway"
 PETYA_DB = "bench_petya"
-# The query the HeyGen SDK puts on the streaming.chat socket (as in tests/test_heygen_flow.py).
+# The query the HeyGen SDK puts on the streaming.chat socket (as in tests/helpers/flows.py).
 WS_PARAMS = [("silence_response", "false"), ("opening_text", ""), ("stt_language", "en"), ("enable_tts", "true"),
              ("enable_stt", "false")]
 NEW_SESSION_BODY = {"quality": "low", "version": "v2", "activity_idle_timeout": 3600}

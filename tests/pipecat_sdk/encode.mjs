@@ -1,4 +1,4 @@
-// pipecat frames made by @heygen/streaming-avatar 2.1.0's own code (tests/test_pipecat_frames.py runs this):
+// pipecat frames made by @heygen/streaming-avatar 2.1.0's own code (tests/unit/test_pipecat_frames.py runs this):
 // text through the public speak() with its defaults (talk + async: a TextFrame on the WebSocket, no REST call),
 // audio through the WebSocket voice chat's microphone callback. Only the browser APIs they touch are stubbed.
 // stdin: {"texts": [string...], "samples": [[float in -1..1, ...] per microphone chunk]}

@@ -1,4 +1,4 @@
-// The two official SDKs, unchanged, exposed on `window` for tests/test_sdk_browser.py to drive over CDP.
+// The two official SDKs, unchanged, exposed on `window` for tests/browser/test_sdk_browser.py to drive over CDP.
 import StreamingAvatar, * as heygen from "@heygen/streaming-avatar";
 import * as liveavatar from "@heygen/liveavatar-web-sdk";
 
@@ -19,8 +19,8 @@ window.outcome = async (call) => {
   }
 };
 
-// livekit-client itself, for tests/test_livekit_browser.py against the sandbox's room server: 2.15.7 (what the LiveAvatar
-// SDK uses) and 2.11.3 (what HeyGen's SDK 2.1.0 pins for itself), each as the SDK would load it.
+// livekit-client itself, for tests/browser/test_livekit_browser.py against the sandbox's room server: 2.15.7 (what
+// the LiveAvatar SDK uses) and 2.11.3 (what HeyGen's SDK 2.1.0 pins for itself), each as the SDK would load it.
 import * as livekit from "livekit-client";
 import * as livekit211 from "livekit-client-2.11";
 

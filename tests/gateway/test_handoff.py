@@ -1,0 +1,144 @@
+"""The hand-off's promises that need no killed process: a report racing the stop, tokens bound to their provider
+and session, the turn queue's bound, and the idempotency key Petya gets."""
+import asyncio
+import random
+
+import pytest
+from tornado.httpclient import HTTPClientError
+from tornado.websocket import websocket_connect
+
+from handlers.app import Gateway
+from tests.helpers.client import GatewayClient, eventually
+from tests.helpers.flows import bearer, minted, open_session, ws_url
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_report_racing_the_stop_is_in_the_hand_off_whenever_it_was_recorded(make_sandbox):
+    sandbox = await make_sandbox()
+    other = await Gateway.build(sandbox.settings).start()  # reports reach another process than the stop
+    try:
+        client = GatewayClient(sandbox.gateway_url)
+        other_client = GatewayClient(f"http://127.0.0.1:{other.port}")
+        rng = random.Random(7)
+        recorded, refused = 0, 0
+        for round_ in range(40):
+            conversation = f"race-{round_}"
+            session_id, token = await minted(client, conversation)
+            assert (await client.call("/v1/sessions/start", api_key=None, headers=bearer(token))).status == 201
+
+            async def report(n):
+                await asyncio.sleep(rng.uniform(0, 0.012))
+                text = f"Report {n} of round {round_}."
+                reply = await rng.choice([client, other_client]).call(
+                    "/v1/streaming.user_message", {"session_id": session_id, "text": text})
+                return text, reply
+
+            async def stop():
+                await asyncio.sleep(rng.uniform(0, 0.008))
+                return await client.call("/v1/sessions/stop", api_key=None, headers=bearer(token))
+
+            *reports, stopped = await asyncio.gather(*[report(n) for n in range(6)], stop())
+            assert stopped.status == 200
+            await eventually(lambda: sandbox.petya.deliveries(conversation))
+            delivered = [t["transcript"] for t in sandbox.petya.deliveries(conversation)[0]["transcript"]]
+            for text, reply in reports:
+                assert reply.status in (200, 409), reply.json
+                if reply.status == 200:
+                    assert reply.data["recorded"] is True
+                    assert text in delivered, (text, delivered)
+                    recorded += 1
+                else:
+                    assert text not in delivered
+                    refused += 1
+        await asyncio.sleep(0.3)
+        for round_ in range(40):
+            assert len(sandbox.petya.deliveries(f"race-{round_}")) == 1
+        print(f"\nreport/stop race: {recorded} recorded (all in the hand-off), {refused} refused with 409")
+        assert recorded and refused  # both sides of the race were exercised
+    finally:
+        await other.stop()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_tokens_are_bound_to_their_provider_and_a_liveavatar_token_to_its_session(sandbox, client):
+    heygen_token, heygen_session = await open_session(client)
+    la_session, la_token = await minted(client, "bound-1")
+    other_la_session, _ = await minted(client, "bound-2")
+
+    # A LiveAvatar token does not open the same customer's HeyGen socket, nor make HeyGen calls.
+    with pytest.raises(HTTPClientError) as refused:
+        await websocket_connect(ws_url(sandbox, heygen_session["session_id"], la_token))
+    assert refused.value.code == 401
+    keep = await client.call("/v1/streaming.keep_alive", {"session_id": heygen_session["session_id"]},
+                             api_key=None, headers=bearer(la_token))
+    assert keep.status == 401
+    # It reaches its own session only.
+    other = await client.call("/v1/streaming.user_message", {"session_id": other_la_session, "text": "Hi"},
+                              api_key=None, headers=bearer(la_token))
+    assert other.status == 404
+    own = await client.call("/v1/streaming.user_message", {"session_id": la_session, "text": "Hi"},
+                            api_key=None, headers=bearer(la_token))
+    assert own.status == 200
+    stop_other = await client.call("/v1/sessions/stop", {"session_id": other_la_session}, api_key=None,
+                                   headers=bearer(la_token))
+    assert stop_other.status == 404 and sandbox.liveavatar.sessions[other_la_session].status != "stopped"
+    # A HeyGen token makes no LiveAvatar calls.
+    assert (await client.call("/v1/sessions/keep-alive", {"session_id": la_session}, api_key=None,
+                              headers=bearer(heygen_token))).status == 401
+    assert (await client.call("/v1/streaming.transcript?session_id=" + la_session, method="GET", api_key=None,
+                              headers=bearer(heygen_token))).status == 404
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_full_turn_queue_refuses_tasks_before_heygen_is_called(make_sandbox):
+    sandbox = await make_sandbox(TURN_QUEUE_MAX="1")
+    client = GatewayClient(sandbox.gateway_url)
+    _, session = await open_session(client)
+    session_id = session["session_id"]
+    await client.call("/v1/streaming.start", {"session_id": session_id})
+    with sandbox.gateway.turns.take_slot():  # the one slot is taken, as by a turn MongoDB has not taken yet
+        calls = len(sandbox.heygen.recorder.calls("/v1/streaming.task"))
+        reply = await client.call("/v1/streaming.task", {"session_id": session_id, "text": "Hello"})
+        assert reply.status == 503 and reply.headers["Retry-After"]
+        assert len(sandbox.heygen.recorder.calls("/v1/streaming.task")) == calls
+        report = await client.call("/v1/streaming.avatar_message", {"session_id": session_id, "text": "Hello"})
+        assert report.status == 503
+    assert (await client.call("/v1/streaming.task", {"session_id": session_id, "text": "Hello"})).status == 200
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_every_hand_off_attempt_carries_one_idempotency_key_and_petya_applies_it_once(sandbox, client):
+    session_id, token = await minted(client, "idem")
+    await client.call("/v1/streaming.user_message", {"session_id": session_id, "text": "Once."})
+    sandbox.petya.fail_status = 503
+    await client.call("/v1/sessions/stop", api_key=None, headers=bearer(token))
+    await eventually(lambda: len(sandbox.petya.recorder.calls("/conversations/idem/status")) >= 2)
+    sandbox.petya.fail_status = None
+    await eventually(lambda: sandbox.petya.deliveries("idem"))
+    posts = sandbox.petya.recorder.calls("/conversations/idem/status")
+    keys = {post.headers["idempotency-key"] for post in posts}
+    assert len(keys) == 1 and {post.json()["deliveryId"] for post in posts} == keys
+    # The same delivery again (as after a lost acknowledgement): 200, nothing changes.
+    again = await GatewayClient(sandbox.served["petya"].url).call(
+        "/api/v1/avatar/conversations/idem/status", {**posts[-1].json(), "transcript": []}, api_key=None,
+        headers={"Authorization": f"Bearer {sandbox.petya.service_token}", "Idempotency-Key": keys.pop()})
+    assert again.status == 200 and again.json["repeat"] is True
+    deliveries = sandbox.petya.deliveries("idem")
+    assert len(deliveries) == 1 and [t["transcript"] for t in deliveries[0]["transcript"]] == ["Once."]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_full_database_queue_refuses_calls_but_never_the_lease_heartbeat(sandbox, client):
+    store = sandbox.gateway.store
+    store.in_flight += store.max_queued  # as if a burst of socket closes had filled the queue
+    try:
+        reply = await client.call("/v1/streaming.create_token")
+        assert reply.status == 503 and reply.headers["Retry-After"]  # the database's bound holds for calls
+        leases = sandbox.gateway.leases
+        before, renewed = leases.process_id, leases.renewed_at
+        await asyncio.sleep(0.01)
+        await leases.beat()
+        assert leases.renewed_at > renewed  # the heartbeat still gets through
+        assert leases.process_id == before
+    finally:
+        store.in_flight -= store.max_queued
