@@ -251,9 +251,9 @@ class PumpProtocol(HookedProtocol):
     async def receive_frames(self) -> None:
         if not self.waits_for_pairing and not self.paired.done():
             self.paired.set_result(None)
-        if await self.paired is None:
+        if await self.paired is None and not isinstance(self.stream, TransportStream):
             await super().receive_frames()
-        # else the leg's Leg reads it
+        # else the leg's Leg reads it (or its socket, taken, was closed while pairing)
 
     def write_frame(self, fin: bool, opcode: int, data: bytes, flags: int = 0) -> Future[None]:
         feeder = self.feeder
@@ -311,10 +311,13 @@ async def pair(server_leg: PumpProtocol, client_leg: PumpProtocol, *, inspect_cl
                on_client_messages: Callable[[Inspected], Awaitable[None] | None],
                on_upstream_messages: Callable[[Inspected], Awaitable[None] | None],
                client_tally: Any, upstream_tally: Any) -> None:
-    """Move both legs onto asyncio transports and start relaying. Raises StreamClosedError if either is gone."""
+    """Move both legs onto asyncio transports and start relaying. Raises StreamClosedError if either is gone, or
+    closes, before they are paired (the caller closes both)."""
     for ws in (server_leg, client_leg):
         assert ws.stream is not None
         await ws.stream.write(b"")  # what tornado still had to write (the handshake) is out
+    if _either_gone(server_leg, client_leg):
+        raise StreamClosedError()
     max_size = server_leg.params.max_message_size
     loop = asyncio.get_running_loop()
     legs = []
@@ -330,6 +333,11 @@ async def pair(server_leg: PumpProtocol, client_leg: PumpProtocol, *, inspect_cl
     server_ws.feeder, client_ws.feeder = client.scanner, server.scanner
     for _, sock, leg in legs:
         await loop.connect_accepted_socket(functools.partial(_itself, leg), sock)
+    if _either_gone(server_ws, client_ws):  # closed while its transport was being set up: end both
+        for leg in (server, client):
+            if leg.transport is not None:
+                leg.transport.close()
+        raise StreamClosedError()
     server_ws.paired.set_result(client_ws)
     client_ws.paired.set_result(server_ws)
     # Messages go to on_message_callback; a relay never reads the rest of the handshake again.
@@ -340,3 +348,8 @@ async def pair(server_leg: PumpProtocol, client_leg: PumpProtocol, *, inspect_cl
 
 def _itself(leg: Leg) -> Leg:
     return leg
+
+
+def _either_gone(*legs: PumpProtocol) -> bool:
+    """Whether a leg was closed (it resolves `paired` to None when it is) or its stream is."""
+    return any(ws.paired.done() or ws.stream is None or ws.stream.closed() for ws in legs)

@@ -53,8 +53,7 @@ class Sandbox:
     def __init__(self, mongodb_uri, database="ilianaai_sandbox", host="127.0.0.1", gateway_port=0,
                  demo_api_key=DEMO_API_KEY, petya_mongodb_uri=None, rooms=True, **settings):
         """rooms=False: no LiveKit room server (the emulators answer as they do standalone), for tests of the
-        gateway's HTTP surface that run hypothesis in another thread: aiortc draws from `random` as avatars join,
-        which hypothesis takes for its own strategies' doing."""
+        gateway's HTTP surface that need no rooms (the fuzzers' threaded sandbox)."""
         self.mongodb_uri = mongodb_uri
         self.database = database
         self.host = host

@@ -7,7 +7,20 @@ import pytest
 
 from sandbox.mongo import MongoServer
 from sandbox.stack import Sandbox
+from tests.helpers import random_isolation
 from tests.helpers.client import FAST, GatewayClient
+
+# --- the global random: hypothesis's alone ---------------------------------------------------------------------------
+
+# hypothesis fails a test as flaky when Python's global `random` changes while it generates (another thread drawing).
+# The libraries that draw from it in this process (pymongo's operation ids under command monitoring, aiortc's and
+# aioice's jitter, ...) get generators of their own, and every test is checked to leave the global one as it found
+# it, so tests run in any order (tests/helpers/random_isolation.py).
+random_isolation.isolate()
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(random_isolation.GlobalRandomGuard(), "global-random-guard")
 
 
 @pytest.fixture(scope="session")
@@ -55,16 +68,3 @@ def sandbox(io_loop, make_sandbox):
 @pytest.fixture
 def client(sandbox):
     return GatewayClient(sandbox.gateway_url)
-
-
-# --- order ---------------------------------------------------------------------------------------------------------
-
-# The hypothesis-driven modules run first. Tests with LiveKit rooms leave threads behind (the `livekit` SDK's native
-# runtime, aiortc's peer connections) that keep drawing from Python's global `random`; hypothesis takes any change
-# of it while it generates for its own strategies' doing and fails the test as flaky (seen in full runs).
-# Matched by file name, wherever the module lives (tests/gateway/ today).
-HYPOTHESIS_FIRST = ("test_bad_input.py", "test_openapi.py")
-
-
-def pytest_collection_modifyitems(session, config, items):
-    items.sort(key=lambda item: item.path.name not in HYPOTHESIS_FIRST)  # stable: otherwise the usual order

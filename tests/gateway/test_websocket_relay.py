@@ -252,3 +252,41 @@ async def test_pongs_to_the_gateways_pings_keep_both_legs_open(make_sandbox):
     await ws.write_message(b"still here", binary=True)
     await eventually(lambda: (True, b"still here") in session.ws_received)
     ws.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_browsers_leaving_while_their_relay_is_being_set_up_leave_nothing_behind(sandbox, client, caplog):
+    """Sockets closed (cleanly or by a reset) at once after the handshake, while the gateway connects to HeyGen and
+    pairs the legs: no error, no relay left open, every close recorded."""
+    import socket
+    import struct
+
+    sandbox.heygen.max_sessions = 8
+    sessions = []
+    for _ in range(8):
+        token, session = await open_session(client)
+        sessions.append((session["session_id"], token))
+
+    async def leave(session_id, token, i):
+        ws = await websocket_connect(ws_url(sandbox, session_id, token))
+        await asyncio.sleep(0.002 * (i % 4))
+        if i % 2:
+            sock = ws.protocol.stream.socket
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+            ws.protocol.stream.close()
+            ws.close()  # the client object's own bookkeeping: nothing more goes on the wire
+        else:
+            ws.close(1000)
+
+    for _ in range(5):
+        await asyncio.gather(*(leave(session_id, token, i) for i, (session_id, token) in enumerate(sessions)))
+    await eventually(lambda: len(sandbox.gateway.relays) == 0 and sandbox.gateway.metrics.relay.sockets == 0,
+                     timeout=15)
+
+    async def closes_recorded():
+        records = [await sandbox.gateway.sessions.get(session_id) for session_id, _ in sessions]
+        return all(not record.sockets and record.socket_closed_at for record in records)
+
+    await eventually(closes_recorded, timeout=15)
+    await eventually(lambda: not any(sandbox.heygen.sessions[session_id].sockets for session_id, _ in sessions))
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text

@@ -76,10 +76,13 @@ async def open_session(client, prefix="", conversation_id="conv-1"):
 
 
 async def connected(sandbox, client, **kwargs):
-    """A new, started session with the browser's socket open: (session_id, token, socket)."""
+    """A new, started session with the browser's socket open and relayed: (session_id, token, socket). The browser's
+    handshake is answered before the gateway has reached HeyGen's socket; this waits until it has, so a test that then
+    acts on HeyGen's side of the socket finds it there."""
     token, session = await open_session(client)
     ws = await websocket_connect(ws_url(sandbox, session["session_id"], token), **kwargs)
     await client.call("/v1/streaming.start", {"session_id": session["session_id"]})
+    await eventually(lambda: sandbox.heygen.sessions[session["session_id"]].sockets)
     return session["session_id"], token, ws
 
 

@@ -20,8 +20,8 @@ class ThreadedSandbox:
             self.loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self.loop)
             try:
-                # No LiveKit rooms: avatars joining them draw from `random` in this thread while hypothesis
-                # generates in the test's, which it reports as a flaky strategy (see Sandbox).
+                # No LiveKit rooms: the fuzzers join none. (Not for the global random: that is isolated for every
+                # test in tests/helpers/random_isolation.py, and a room server here draws nothing from it.)
                 self.sandbox = self.loop.run_until_complete(Sandbox(
                     self.mongodb_uri, database=f"t_{self.name}_" + uuid.uuid4().hex[:8], rooms=False,
                     **self.settings).start())

@@ -10,7 +10,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from sandbox.avatar import Avatar
 from sandbox.livekit import RoomFull, RoomServer
-from tests.helpers.rooms import until
+from tests.helpers.rooms import SdkRoom, first_video_frames, until
 
 
 @pytest.fixture
@@ -18,23 +18,6 @@ def server(io_loop):
     server = RoomServer().listen()
     yield server
     io_loop.run_sync(server.close)
-
-
-class Client:
-    """A Python SDK room with what it saw."""
-
-    def __init__(self):
-        self.room = rtc.Room()
-        self.data = []  # (sender identity, topic, payload, kind)
-        self.joined, self.left = [], []
-        self.room.on("data_received", lambda p: self.data.append(
-            (p.participant.identity if p.participant else None, p.topic, p.data, p.kind)))
-        self.room.on("participant_connected", lambda p: self.joined.append(p.identity))
-        self.room.on("participant_disconnected", lambda p: self.left.append(p.identity))
-
-    async def connect(self, server, room, identity):
-        await self.room.connect(server.url, server.token(room, identity, name=identity.title()))
-        return self
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -45,7 +28,7 @@ async def test_python_sdk_exchanges_data_with_a_server_participant(server):
     room.on_participant_left = lambda p: left.append(p.identity)
     agent = await room.add_server_participant("liveavatar-agent-s1", name="Agent", on_data=heard.append)
 
-    client = await Client().connect(server, "session-1", "plugin")
+    client = await SdkRoom().connect(server, "session-1", "plugin")
     assert {p.identity for p in client.room.remote_participants.values()} == {"liveavatar-agent-s1"}
     assert client.room.name == "session-1"
     assert "plugin" in room.participants and joined == ["liveavatar-agent-s1", "plugin"]
@@ -83,8 +66,8 @@ async def test_data_between_two_sdk_clients_honours_destination_identities(serve
     room = server.room("session-2")
     heard = []
     agent = await room.add_server_participant("heygen", on_data=heard.append)
-    alice = await Client().connect(server, "session-2", "alice")
-    bob = await Client().connect(server, "session-2", "bob")
+    alice = await SdkRoom().connect(server, "session-2", "alice")
+    bob = await SdkRoom().connect(server, "session-2", "bob")
     await until(lambda: alice.joined == ["bob"], what="alice sees bob join")
     assert {p.identity for p in bob.room.remote_participants.values()} == {"heygen", "alice"}
 
@@ -107,18 +90,6 @@ async def test_data_between_two_sdk_clients_honours_destination_identities(serve
     assert "session-2" not in server.rooms
 
 
-async def first_video_frames(track, count):
-    """The first `count` frames the SDK decodes from a remote video track."""
-    stream, frames = rtc.VideoStream(track), []
-    try:
-        async for event in stream:
-            frames.append(event.frame)
-            if len(frames) == count:
-                return frames
-    finally:
-        await stream.aclose()
-
-
 @pytest.mark.parametrize("avatar_first", [True, False], ids=["avatar-first", "avatar-later"])
 @pytest.mark.gen_test(timeout=60)
 async def test_python_sdk_receives_the_avatars_video_and_audio(server, avatar_first):
@@ -128,7 +99,7 @@ async def test_python_sdk_receives_the_avatars_video_and_audio(server, avatar_fi
     avatar = Avatar()
     if avatar_first:
         await avatar.join(room)
-    client = Client()
+    client = SdkRoom()
     subscribed = []
     client.room.on("track_subscribed", lambda track, publication, participant: subscribed.append(
         (participant.identity, track)))
@@ -177,8 +148,8 @@ async def test_room_limits_and_duplicate_identities(io_loop):
         with pytest.raises(RoomFull):
             server.room("second")  # RoomFull: one room at most
         await room.add_server_participant("heygen")
-        first = await Client().connect(server, "only", "user")
-        second = await Client().connect(server, "only", "user")  # the same identity replaces the first
+        first = await SdkRoom().connect(server, "only", "user")
+        second = await SdkRoom().connect(server, "only", "user")  # the same identity replaces the first
         await until(lambda: first.room.connection_state == rtc.ConnectionState.CONN_DISCONNECTED,
                     what="the older 'user' disconnected")
         assert room.participants["user"].sid == second.room.local_participant.sid
@@ -214,7 +185,7 @@ async def test_python_sdk_rejoins_after_its_signal_socket_drops(server):
     """Resume is refused (told to reconnect): the Rust SDK restarts and joins as a new participant."""
     room = server.room("session-5")
     agent = await room.add_server_participant("heygen")
-    client = await Client().connect(server, "session-5", "plugin")
+    client = await SdkRoom().connect(server, "session-5", "plugin")
     reconnected = []
     client.room.on("reconnected", lambda: reconnected.append(True))
     old_sid = room.participants["plugin"].sid
