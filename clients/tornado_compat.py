@@ -138,19 +138,26 @@ def protocol_params(ping_interval: float | None, ping_timeout: float | None, max
                                       max_message_size=max_message_size, compression_options=None)
 
 
+class _Connection(WebSocketClientConnection):
+    """A client connection whose protocol its creator makes. (One class for all: a class per connection would cost
+    a couple of kilobytes per socket.)"""
+
+    def __init__(self, make_protocol: Callable[[WebSocketClientConnection], Any], *args: Any, **kwargs: Any) -> None:
+        self.make_protocol = make_protocol
+        super().__init__(*args, **kwargs)
+
+    def get_websocket_protocol(self) -> Any:
+        return self.make_protocol(self)
+
+
 def connect_client(request: httpclient.HTTPRequest, protocol: Callable[[WebSocketClientConnection], Any],
                    on_message: Callable[[Any], None], ping_interval: float | None, ping_timeout: float | None,
                    max_message_size: int) -> Future[WebSocketClientConnection]:
     """`websocket_connect`, with the connection's protocol made by `protocol(connection)`."""
-
-    class Connection(WebSocketClientConnection):
-        def get_websocket_protocol(self) -> Any:
-            return protocol(self)
-
     request.headers = HTTPHeaders(request.headers)
     proxied = httpclient._RequestProxy(request, httpclient.HTTPRequest._DEFAULTS)
-    connection = Connection(proxied, on_message_callback=on_message, ping_interval=ping_interval,  # type: ignore
-                            ping_timeout=ping_timeout, max_message_size=max_message_size)
+    connection = _Connection(protocol, proxied, on_message_callback=on_message,
+                             ping_interval=ping_interval, ping_timeout=ping_timeout, max_message_size=max_message_size)
     return connection.connect_future
 
 

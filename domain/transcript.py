@@ -81,6 +81,7 @@ class ChunkJoiner:
     feed(event, now) returns a completed turn (new_turn) when an end message closes one, else None.
     """
 
+    __slots__ = ("_open",)  # one per relayed socket
     TALKING = {"avatar_talking_message": "avatar", "user_talking_message": "user"}
     ENDING = {"avatar_end_message": "avatar", "user_end_message": "user"}
 

@@ -77,13 +77,17 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
 
     def initialize(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.fast = gateway.fast_relay  # which pump moves this socket's frames
         self.session: SessionFacts | None = None
         self.upstream: WebSocketClientConnection | None = None
         self.transcript: SocketTranscript | None = None
         self.socket_id: str | None = None  # set once the socket is recorded on the session
         self.process_id: str | None = None  # the lease it is recorded under
         self.counts = gateway.metrics.relay  # observability.metrics.RelayCounts
+
+    @property
+    def fast(self) -> bool:
+        """Which pump moves this socket's frames: the fast one, or the plain one."""
+        return self.gateway.fast_relay
 
     def check_origin(self, origin: str) -> bool:
         return origin_allowed(self.gateway.settings.cors_origins, origin)

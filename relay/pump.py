@@ -90,12 +90,13 @@ class TransportStream:
 
 
 class Leg(asyncio.Protocol):
-    """One leg's socket on an asyncio transport: its bytes in, through its scanner, out to the other leg."""
+    """One leg's socket on an asyncio transport: its bytes in, through its scanner, out to the other leg. (Slotted:
+    two per relayed socket, thousands of them.)"""
+    __slots__ = ("buffered", "ended", "on_messages", "other", "pauses", "scanner", "transport", "waiting", "ws")
 
-    def __init__(self, ws: PumpProtocol, stream: TransportStream, scanner: FrameScanner,
+    def __init__(self, ws: PumpProtocol, scanner: FrameScanner,
                  on_messages: Callable[[Inspected], Awaitable[None] | None], buffered: bytes) -> None:
-        self.ws = ws  # the leg's PumpProtocol
-        self.stream = stream  # what it writes through
+        self.ws = ws  # the leg's PumpProtocol; it writes through a TransportStream
         self.scanner = scanner
         self.on_messages = on_messages  # inspected messages -> None, or an awaitable while turns wait for room
         self.buffered: bytes | None = buffered  # bytes the IOStream had read but not delivered: they come first
@@ -107,7 +108,7 @@ class Leg(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        self.stream.attach(transport)
+        cast(TransportStream, self.ws.stream).attach(transport)
         self.pause()  # until start(): both legs' transports must exist before bytes flow
 
     def start(self) -> None:
@@ -297,11 +298,8 @@ def pump_connect(request: HTTPRequest, on_close: Callable[[], None], ping_interv
                  ping_timeout: float | None, max_message_size: int) -> Future[Any]:
     """`websocket_connect` for the upstream leg. `on_close()` is called when it has closed (before pairing, any
     message it receives is ignored)."""
-    def protocol(connection: WebSocketClientConnection) -> PumpProtocol:
-        return PumpProtocol(connection, True, connection.params, waits_for_pairing=True)
-
     return connect_client(
-        request, protocol,
+        request, _upstream_protocol,
         on_message=lambda message: on_close() if message is None else None,
         ping_interval=ping_interval, ping_timeout=ping_timeout, max_message_size=max_message_size)
 
@@ -327,7 +325,7 @@ async def pair(server_leg: PumpProtocol, client_leg: PumpProtocol, *, inspect_cl
         sock, buffered = take_socket(ws.stream)
         stream = TransportStream()
         ws.stream = stream  # type: ignore[assignment]  # what the protocol writes through from now on
-        legs.append((ws, sock, Leg(ws, stream, FrameScanner(inspect, max_size, tally), on_messages, buffered)))
+        legs.append((ws, sock, Leg(ws, FrameScanner(inspect, max_size, tally), on_messages, buffered)))
     (server_ws, _, server), (client_ws, _, client) = legs
     server.other, client.other = client, server
     server_ws.feeder, client_ws.feeder = client.scanner, server.scanner
@@ -344,6 +342,10 @@ async def pair(server_leg: PumpProtocol, client_leg: PumpProtocol, *, inspect_cl
     release_handshake(cast(WebSocketClientConnection, client_ws.handler))
     server.start()
     client.start()
+
+
+def _upstream_protocol(connection: WebSocketClientConnection) -> PumpProtocol:
+    return PumpProtocol(connection, True, connection.params, waits_for_pairing=True)
 
 
 def _itself(leg: Leg) -> Leg:

@@ -25,6 +25,8 @@ def wanted_from_upstream(opcode: int, first_byte: int | None) -> bool:
 
 
 class SocketTranscript:
+    __slots__ = ("clock", "joiner", "session_id", "turns")  # one per relayed socket
+
     def __init__(self, session_id: str, turns: TurnQueue, clock: Callable[[], float]) -> None:
         self.session_id = session_id
         self.turns = turns
