@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade 'pip>=23'
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	$(VENV)/bin/pip install --quiet --quiet --upgrade 'pip>=23'
+	$(VENV)/bin/pip install --quiet --quiet -e '.[dev]'
 	touch $(STAMP)
 
 # Debian packages the browser and deployment tests use (needs root, as CI and dev machines have): Chromium (the demo
