@@ -10,7 +10,7 @@ from tornado.httpclient import AsyncHTTPClient
 from clients.http import Upstream, UpstreamResponse
 from clients.provider import says_concurrent
 from domain.names import ProviderName
-from domain.records import Session, SessionFacts, Turn
+from domain.records import Session, Turn
 
 WS_PATH = "/v1/ws/streaming.chat"
 
@@ -56,12 +56,6 @@ class HeyGenClient:
         return await self.upstream.call("POST", f"/v1/streaming.{name}", headers=self._key(), body=body)
 
     # --- the Provider interface (clients/provider.py) -------------------------------------------------------------
-
-    async def start(self, session: SessionFacts, body: dict[str, Any] | None = None) -> UpstreamResponse:
-        return await self.session_call("start", body or {"session_id": session.session_id})
-
-    async def keep_alive(self, session: SessionFacts) -> UpstreamResponse:
-        return await self.session_call("keep_alive", {"session_id": session.session_id})
 
     async def stop_session(self, session: Session, reason: str) -> UpstreamResponse:
         return await self.session_call("stop", {"session_id": session.session_id})

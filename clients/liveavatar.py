@@ -118,8 +118,6 @@ class LiveAvatarClient:
                 return entries
         raise UpstreamUnavailable("LiveAvatar transcript did not end")
 
-    # --- the Provider interface (clients/provider.py) -------------------------------------------------------------
-
     async def start(self, session: SessionFacts, body: dict[str, Any] | None = None) -> UpstreamResponse:
         """Bearer-only upstream (counted per session there, not against our key); no body, as LiveAvatar's SDK."""
         return await self._call("sessions/start", "POST", "/v1/sessions/start", bearer=session.upstream_token)
@@ -127,6 +125,8 @@ class LiveAvatarClient:
     async def keep_alive(self, session: SessionFacts) -> UpstreamResponse:
         return await self._call("sessions/keep-alive", "POST", "/v1/sessions/keep-alive",
                                 body={"session_id": session.session_id})
+
+    # --- the Provider interface (clients/provider.py) -------------------------------------------------------------
 
     async def stop_session(self, session: Session, reason: str) -> UpstreamResponse:
         if reason == "idle" and session.status == "created":

@@ -4,23 +4,19 @@ application holds one of each, by name (handlers/app.py)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 from clients.http import UpstreamResponse
 from domain.names import ProviderName
-from domain.records import Session, SessionFacts, Turn
+from domain.records import Session, Turn
 
 
 class Provider(Protocol):
+    """What the lifecycle needs of any provider, whatever the contract: how its sessions stop, where their transcript
+    comes from, how its errors read. How a session starts and is kept alive is the contract's business (the servers
+    in services/heygen_contract.py and services/liveavatar_contract.py)."""
     name: ProviderName
     label: str  # how messages name it: "HeyGen"
-
-    async def start(self, session: SessionFacts, body: dict[str, Any] | None = None) -> UpstreamResponse:
-        """Start a session the provider created (`body`: the client's, where the contract forwards one)."""
-        ...
-
-    async def keep_alive(self, session: SessionFacts) -> UpstreamResponse:
-        ...
 
     async def stop_session(self, session: Session, reason: str) -> UpstreamResponse:
         """Stop it, for the gateway's `reason` (stopped, socket_closed, idle, max_age)."""

@@ -91,15 +91,28 @@ class Customer:
     token: TokenRecord | None = None
 
 
+_FIELDS: dict[type[Any], tuple[tuple[str, str, bool], ...]] = {}  # record type -> (field, stored key, required)
+
+
+def _stored_fields(record_type: type[Any]) -> tuple[tuple[str, str, bool], ...]:
+    """(field, stored key, required) of a record type, worked out once per type."""
+    fields = _FIELDS.get(record_type)
+    if fields is None:
+        fields = _FIELDS[record_type] = tuple(
+            (f.name, "_id" if f.name == "id" else f.name,
+             f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            for f in dataclasses.fields(record_type))
+    return fields
+
+
 def from_document(record_type: type[Any], document: dict[str, Any]) -> Any:
     """A record from a stored document: its fields that the record declares (unknown ones ignored, as the
     documents ignore them during a rolling deploy); `_id` as `id`."""
     values = {}
-    for f in dataclasses.fields(record_type):
-        key = "_id" if f.name == "id" else f.name
-        if key in document and document[key] is not None:
-            value = document[key]
-            values[f.name] = tuple(value) if f.name == "sockets" else value
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            values[f.name] = document.get(key)
+    for name, key, required in _stored_fields(record_type):
+        value = document.get(key)
+        if value is not None:
+            values[name] = tuple(value) if name == "sockets" else value
+        elif required:
+            values[name] = None
     return record_type(**values)

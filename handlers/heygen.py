@@ -5,12 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from marshmallow import Schema
+
+from domain.answers import Answer
 from domain.names import ContractName
+from domain.records import Customer
 from handlers.base import BaseHandler
 from handlers.contracts import Contract, Route
 from handlers.openapi import BY_KEY, FRAMING, STATUS_TEXT, answer, error, json_body, links, operation, shared, statuses
 from handlers.schemas import NEW_SESSION, SESSION_REF, TASK
 from relay.handler import StreamingChatRelay
+from services.heygen_contract import HeyGenContract
 
 CONTRACT_NAME = ContractName.HEYGEN
 
@@ -33,35 +38,39 @@ class NewSessionHandler(BaseHandler):
 
 
 class SessionCallHandler(BaseHandler):
-    """A per-session call, forwarded once the caller is shown to own the session."""
+    """A per-session call, forwarded once the caller is shown to own the session (`call`: its name, or the URL's)."""
 
     call = ""
+    schema: Schema = SESSION_REF
 
     async def post(self, name: str | None = None) -> None:
         customer = await self.authenticate(contract=CONTRACT_NAME)
-        request = self.load_body(TASK if self.call == "task" else SESSION_REF)
+        request = self.load_body(self.schema)
         self.log_session_id = request["session_id"]
-        contract = self.gateway.heygen_contract
-        if self.call == "task":
-            self.answer(await contract.task(customer, request))
-        elif self.call == "stop":
-            self.answer(await contract.stop(customer, request))
-        else:
-            self.answer(await contract.call(customer, name or self.call, request))
+        self.answer(await self.act(self.gateway.heygen_contract, customer, request, self.call or name or ""))
+
+    async def act(self, contract: HeyGenContract, customer: Customer, request: dict[str, Any], name: str) -> Answer:
+        return await contract.call(customer, name, request)
 
 
 class StartHandler(SessionCallHandler):
-    call = "start"
+    async def act(self, contract: HeyGenContract, customer: Customer, request: dict[str, Any], name: str) -> Answer:
+        return await contract.start(customer, request)
 
 
 class TaskHandler(SessionCallHandler):
     """A talk task is the user speaking; a repeat task is the avatar saying the given words: its turn is recorded."""
-    call = "task"
+    schema = TASK
+
+    async def act(self, contract: HeyGenContract, customer: Customer, request: dict[str, Any], name: str) -> Answer:
+        return await contract.task(customer, request)
 
 
 class StopHandler(SessionCallHandler):
     """Stops the session upstream, then ends it here: the transcript goes to Petya exactly once."""
-    call = "stop"
+
+    async def act(self, contract: HeyGenContract, customer: Customer, request: dict[str, Any], name: str) -> Answer:
+        return await contract.stop(customer, request)
 
 
 class InterruptHandler(SessionCallHandler):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from tornado.ioloop import PeriodicCallback
@@ -54,5 +54,3 @@ class Background:
         for task in list(self._tasks):
             task.cancel()
 
-
-Job = Callable[[], Awaitable[Any]]

@@ -123,11 +123,17 @@ class HeyGenContract:
         return session, self.servers[ProviderName(session.provider)]
 
     async def call(self, customer: Customer, name: str, request: dict[str, Any]) -> Answer:
-        """A per-session call: start, interrupt, keep_alive, start_listening, stop_listening, or one the gateway does
-        not list (a newer SDK's), forwarded once the caller is shown to own the session."""
+        """A per-session call: interrupt, keep_alive, start_listening, stop_listening, or one the gateway does not
+        list (a newer SDK's), forwarded once the caller is shown to own the session."""
         session, server = await self._session(customer, request["session_id"])
         response = await server.call(session, name, request)
-        if name == "start" and response.ok:
+        return response.answer(session_id=session.session_id)
+
+    async def start(self, customer: Customer, request: dict[str, Any]) -> Answer:
+        """streaming.start; once the provider took it, the session counts as started."""
+        session, server = await self._session(customer, request["session_id"])
+        response = await server.call(session, "start", request)
+        if response.ok:
             await self.sessions.mark_started(session.session_id)
         return response.answer(session_id=session.session_id)
 
