@@ -75,18 +75,6 @@ async def test_both_pumps_relay_the_same_traffic_the_same_way(make_sandbox):
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_plain_pump_passes_the_upstreams_close_code(make_sandbox):
-    sandbox = await make_sandbox(RELAY_PUMP="plain")
-    session_id, _, ws = await connected(sandbox, GatewayClient(sandbox.gateway_url))
-    await eventually(lambda: sandbox.heygen.sessions[session_id].sockets)  # HeyGen's leg is connected
-    await sandbox.heygen.drop_sockets(session_id, code=4001, reason="kicked")
-    while await ws.read_message() is not None:
-        pass
-    ws.close()
-    assert (ws.close_code, ws.close_reason) == (4001, "kicked")
-
-
-@pytest.mark.gen_test(timeout=30)
 async def test_a_tornado_without_what_the_fast_pump_needs_falls_back_to_the_plain_one(make_sandbox, monkeypatch,
                                                                                       caplog):
     """As if a tornado release had changed one of the private methods the fast pump calls (same behaviour, another

@@ -28,9 +28,11 @@ async def test_frames_pass_both_ways_unchanged_and_in_order(sandbox, client):
     ws.close()
 
 
+@pytest.mark.parametrize("pump", ["fast", "plain"])
 @pytest.mark.gen_test(timeout=20)
-async def test_upstream_close_code_reaches_the_browser(sandbox, client):
-    session_id, _, ws = await connected(sandbox, client)
+async def test_upstream_close_code_reaches_the_browser(make_sandbox, pump):
+    sandbox = await make_sandbox(RELAY_PUMP=pump)
+    session_id, _, ws = await connected(sandbox, GatewayClient(sandbox.gateway_url))
     await sandbox.heygen.drop_sockets(session_id, code=4001, reason="kicked")
     while await ws.read_message() is not None:
         pass
@@ -38,9 +40,11 @@ async def test_upstream_close_code_reaches_the_browser(sandbox, client):
     assert (ws.close_code, ws.close_reason) == (4001, "kicked")
 
 
+@pytest.mark.parametrize("pump", ["fast", "plain"])
 @pytest.mark.gen_test(timeout=20)
-async def test_browser_close_code_reaches_heygen(sandbox, client):
-    session_id, _, ws = await connected(sandbox, client)
+async def test_browser_close_code_reaches_heygen(make_sandbox, pump):
+    sandbox = await make_sandbox(RELAY_PUMP=pump)
+    session_id, _, ws = await connected(sandbox, GatewayClient(sandbox.gateway_url))
     ws.close(4002, "tab closed")
     closes = sandbox.heygen.sessions[session_id].ws_closes
     await eventually(lambda: closes)
