@@ -161,7 +161,7 @@ class Upstream:
         self.name = name
 
     async def call(self, method: str, path: str, headers: dict[str, str] | None = None, body: Any = None,
-                   query: str = "", call: str | None = None) -> UpstreamResponse:
+                   query: str = "", call: str | None = None, timeout: float | None = None) -> UpstreamResponse:
         url = self.base_url + path + (("?" + query) if query else "")
         headers = dict(headers or {})
         payload: bytes | None = None
@@ -169,7 +169,7 @@ class Upstream:
             payload = b"" if body is None else json.dumps(body).encode()
             headers.setdefault("Content-Type", "application/json")
         headers.setdefault("Accept", "application/json")
-        request = HTTPRequest(url, method=method, headers=headers, body=payload)
+        request = HTTPRequest(url, method=method, headers=headers, body=payload, request_timeout=timeout)
         started, status = time.perf_counter(), None  # type: float, int | None
         try:
             response = await self.http.fetch(request, raise_error=False)

@@ -22,6 +22,7 @@ STOP_REASONS = {
     "idle": "IDLE_TIMEOUT",
     "never_started": "ZOMBIE_SESSION_REAP",
     "max_age": "MAX_DURATION_REACHED",
+    "room_unavailable": "SERVER_ERROR",
 }
 MAX_TRANSCRIPT_PAGES = 500
 # Claims of LiveAvatar's session token that its web SDK reads (docs/upstream.md#liveavatar-token-claims), mirrored
@@ -90,11 +91,14 @@ class LiveAvatarClient:
                                   retry_after=max(1, round(retry_after + 0.49)))
         return response
 
-    async def create_token(self, config: dict[str, Any]) -> UpstreamResponse:
+    async def create_token(self, config: dict[str, Any],
+                           video_settings: dict[str, Any] | None = None) -> UpstreamResponse:
         la = liveavatar_config(config)
-        body = {"mode": "FULL", "avatar_id": la["avatar_id"],
-                "avatar_persona": {"voice_id": la["voice_id"], "context_id": la["context_id"],
-                                   "language": la["language"]}}
+        body: dict[str, Any] = {"mode": "FULL", "avatar_id": la["avatar_id"],
+                                "avatar_persona": {"voice_id": la["voice_id"], "context_id": la["context_id"],
+                                                   "language": la["language"]}}
+        if video_settings:
+            body["video_settings"] = video_settings
         return await self._call("sessions/token", "POST", "/v1/sessions/token", body=body)
 
     async def stop(self, session_id: str, reason: str, wait: float | None = None) -> UpstreamResponse:
@@ -120,7 +124,10 @@ class LiveAvatarClient:
 
     async def start(self, session: SessionFacts, body: dict[str, Any] | None = None) -> UpstreamResponse:
         """Bearer-only upstream (counted per session there, not against our key); no body, as LiveAvatar's SDK."""
-        return await self._call("sessions/start", "POST", "/v1/sessions/start", bearer=session.upstream_token)
+        return await self.start_token(session.upstream_token)
+
+    async def start_token(self, session_token: str | None) -> UpstreamResponse:
+        return await self._call("sessions/start", "POST", "/v1/sessions/start", bearer=session_token)
 
     async def keep_alive(self, session: SessionFacts) -> UpstreamResponse:
         return await self._call("sessions/keep-alive", "POST", "/v1/sessions/keep-alive",

@@ -63,7 +63,7 @@ def rtc_url(url: str, join_request: bytes) -> str:
 class DataParticipant:
     """One room, joined with an access token, publishing and hearing data only."""
 
-    __slots__ = ("_channels", "_closing", "_pinger", "_reader", "_sequence", "identity", "last_heard",
+    __slots__ = ("_channels", "_closing", "_pinger", "_reader", "_sequence", "identity", "last_heard", "leave_reason",
                  "on_data", "on_disconnected", "participants", "pc", "ping_interval", "ping_timeout", "room_name",
                  "signal", "token", "url")
 
@@ -86,6 +86,7 @@ class DataParticipant:
         self._reader: asyncio.Task[None] | None = None
         self._pinger: asyncio.Task[None] | None = None
         self._closing: str | None = None  # why it ended, once it has
+        self.leave_reason: int | None = None  # the server's DisconnectReason, when it asked us to leave
 
     @property
     def connected(self) -> bool:
@@ -187,6 +188,7 @@ class DataParticipant:
                 elif info.identity != self.identity:
                     self.participants[info.identity] = info.sid
         elif which == "leave":
+            self.leave_reason = response.leave.reason
             return f"the room server asked the agent to leave ({response.leave.reason})"
         # offers (none in single-PC mode), media section requirements (no media wanted), trickle (aiortc
         # answers with every candidate in its SDP and needs none of the server's beyond its answer), pongs: nothing

@@ -71,6 +71,11 @@ def _url(raw: str) -> str:
 
 
 @typed("str")
+def _optional_url(raw: str) -> str:
+    return _url(raw) if raw.strip() else ""
+
+
+@typed("str")
 def _mongodb_uri(raw: str) -> str:
     if not raw.startswith(("mongodb://", "mongodb+srv://")):
         raise ValueError("must be a mongodb:// or mongodb+srv:// URI")
@@ -242,6 +247,14 @@ GROUPS: tuple[Group, ...] = (
                 "How the socket relay moves frames: fast (bytes on the sockets taken from tornado, relay/pump.py) or "
                 "plain (message by message on tornado's public API, relay/plain.py; slower). fast falls back to plain, "
                 "with a warning, on a tornado that lacks what it needs."),
+    )),
+    Group("Rooms", "The gateway's room agents in the providers' LiveKit rooms (services/rooms.py).", (
+        Setting("ROOM_JOIN_TIMEOUT", "10", _float(0.5),
+                "Seconds the room agent may take to join a session's room; longer: streaming.start of a session served "
+                "by LiveAvatar answers 502 and the session is stopped upstream."),
+        Setting("INTERNAL_URL", "", _optional_url,
+                "This process's URL as the other gateway processes reach it (they forward a room's commands to the "
+                "process holding it); empty: http://127.0.0.1:<PORT>, enough for processes on one host."),
     )),
     Group("Sessions", "How long sessions, tokens and hand-offs last.", (
         Setting("SOCKET_GRACE_PERIOD", "30", _float(0),

@@ -53,6 +53,9 @@ class Settings:
     ws_ping_interval: float
     ws_max_message_size: int
     relay_pump: Literal['fast', 'plain']
+    # --- Rooms
+    room_join_timeout: float
+    internal_url: str
     # --- Sessions
     socket_grace_period: float
     session_idle_timeout: float

@@ -74,6 +74,11 @@ class UpstreamUnavailable(GatewayError):
     default_message = "upstream unavailable"
 
 
+class RoomUnavailable(UpstreamUnavailable):
+    """The gateway's room agent could not join the session's LiveKit room (services/rooms.py)."""
+    default_message = "the gateway could not join the session's room"
+
+
 class ServiceUnavailable(GatewayError):
     """Something the gateway needs (MongoDB, Petya, room in the turn queue) is not there now."""
     default_message = "service unavailable"

@@ -28,6 +28,10 @@ class Session:
     status: str = "created"
     contract: str | None = None  # None: stored before contracts were recorded, then the provider's own
     upstream_token: str | None = None
+    room_url: str | None = None
+    agent_token: str | None = None
+    room_holder: str | None = None
+    room_note: str | None = None
     sockets: tuple[dict[str, Any], ...] = ()
     socket_closed_at: float | None = None
     ended_at: float | None = None
@@ -57,11 +61,18 @@ class SessionFacts:
     customer: str
     conversation_id: str
     upstream_token: str | None
+    room_url: str | None = None  # the provider's LiveKit room, when the gateway's room agent joins it
+    agent_token: str | None = None
 
     @classmethod
     def of(cls, session: Session) -> SessionFacts:
         return cls(session.session_id, session.provider, session.served_contract, session.customer,
-                   session.conversation_id, session.upstream_token)
+                   session.conversation_id, session.upstream_token, session.room_url, session.agent_token)
+
+    @property
+    def bridged(self) -> bool:
+        """HeyGen's contract served by LiveAvatar: the gateway speaks HeyGen to the plugin and LiveAvatar upstream."""
+        return self.contract == "heygen" and self.provider == "liveavatar"
 
 
 @dataclass(frozen=True, slots=True)

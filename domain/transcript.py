@@ -81,12 +81,13 @@ class ChunkJoiner:
     feed(event, now) returns a completed turn (new_turn) when an end message closes one, else None.
     """
 
-    __slots__ = ("_open",)  # one per relayed socket
+    __slots__ = ("_open", "source")  # one per relayed socket
     TALKING = {"avatar_talking_message": "avatar", "user_talking_message": "user"}
     ENDING = {"avatar_end_message": "avatar", "user_end_message": "user"}
 
-    def __init__(self) -> None:
+    def __init__(self, source: str = "socket") -> None:
         self._open: dict[tuple[str, str], dict[str, Any]] = {}  # (role, task_id) -> {"parts": [...], "at": float}
+        self.source = source  # the path its turns are reported by
 
     def feed(self, event: dict[str, Any], now: float) -> Turn | None:
         kind = event.get("type") or event.get("event_type")
@@ -102,12 +103,12 @@ class ChunkJoiner:
             entry = self._open.pop((role, task_id), {"parts": [], "at": now})
             spoken = text if isinstance(text, str) and text.strip() else "".join(entry["parts"])
             if spoken.strip():
-                return new_turn(role, spoken, entry["at"], "socket", task_id or None)
+                return new_turn(role, spoken, entry["at"], self.source, task_id or None)
         return None
 
     def drain(self) -> list[Turn]:
         """Utterances cut off mid-way (the socket closed): kept, not lost."""
-        turns = [new_turn(role, "".join(e["parts"]), e["at"], "socket", task_id or None)
+        turns = [new_turn(role, "".join(e["parts"]), e["at"], self.source, task_id or None)
                  for (role, task_id), e in self._open.items() if "".join(e["parts"]).strip()]
         self._open.clear()
         return turns

@@ -24,7 +24,7 @@ from conf import Settings
 from domain.errors import ServiceUnavailable
 from domain.names import ProviderName
 from domain.tokens import TokenSigner
-from handlers import demo, heygen, liveavatar, openapi, operations, reports
+from handlers import demo, heygen, internal, liveavatar, openapi, operations, reports
 from handlers.base import NotFoundHandler
 from handlers.contracts import Contract, admin_table, route_table
 from models.claims import ClaimRepository
@@ -40,10 +40,12 @@ from relay.registry import OpenRelays
 from services.background import Background
 from services.customers import Customers
 from services.heygen_contract import HeyGenContract, HeyGenOnHeyGen
+from services.heygen_on_liveavatar import HeyGenOnLiveAvatar
 from services.leases import Leases
 from services.lifecycle import Lifecycle
 from services.liveavatar_contract import LiveAvatarContract, LiveAvatarOnLiveAvatar
 from services.ratelimit import RateLimiter
+from services.rooms import RoomAgents
 from services.sessions import ACTIVITY_FLUSH, Sessions
 from services.transcripts import Transcripts
 from services.turns import TurnQueue
@@ -52,7 +54,7 @@ log = logging.getLogger("gateway")
 
 # What the gateway serves, in matching order (handlers/contracts.py).
 CONTRACTS: tuple[Contract, ...] = (heygen.CONTRACT, reports.CONTRACT, liveavatar.CONTRACT, operations.CONTRACT,
-                                   demo.CONTRACT)
+                                   internal.CONTRACT, demo.CONTRACT)
 
 
 @dataclass(eq=False)
@@ -73,6 +75,7 @@ class Gateway:
     heygen_contract: HeyGenContract
     liveavatar_contract: LiveAvatarContract
     transcripts: Transcripts
+    rooms: RoomAgents
     relays: OpenRelays
     metrics: GatewayMetrics
     fast_relay: bool  # the relay's fast pump (relay/pump.py), else the plain one (relay/plain.py)
@@ -110,9 +113,11 @@ class Gateway:
         providers: dict[ProviderName, Provider] = {ProviderName.HEYGEN: heygen_client,
                                                    ProviderName.LIVEAVATAR: liveavatar_client}
         background = Background()
-        lifecycle = Lifecycle(sessions, providers, petya, settings, turns, leases, background)
+        rooms = RoomAgents(records, leases, turns, background, http, settings.gateway_secret,
+                           join_timeout=settings.room_join_timeout, call_timeout=settings.upstream_request_timeout)
+        lifecycle = Lifecycle(sessions, providers, petya, settings, turns, leases, background, rooms)
         relays = OpenRelays(sessions)
-        leases.followers.append(relays)
+        leases.followers += [relays, rooms]
         missing = tornado_compat.missing()
         if settings.relay_pump == "fast" and missing:
             log.warning("RELAY_PUMP=fast, but this tornado lacks %s: the relay uses its plain pump",
@@ -122,11 +127,14 @@ class Gateway:
             customers=Customers(settings.gateway_secret, signer, sessions, petya), turns=turns, leases=leases,
             petya=petya, heygen=heygen_client, liveavatar=liveavatar_client, providers=providers,
             lifecycle=lifecycle,
-            heygen_contract=HeyGenContract({ProviderName.HEYGEN: HeyGenOnHeyGen(heygen_client, sessions)},
-                                           sessions, turns, lifecycle),
+            heygen_contract=HeyGenContract(
+                {ProviderName.HEYGEN: HeyGenOnHeyGen(heygen_client, sessions, rooms),
+                 ProviderName.LIVEAVATAR: HeyGenOnLiveAvatar(liveavatar_client, sessions, rooms, lifecycle)},
+                sessions, turns, lifecycle,
+                default_provider=ProviderName(getattr(settings, "heygen_contract_provider", "heygen"))),
             liveavatar_contract=LiveAvatarContract(
                 {ProviderName.LIVEAVATAR: LiveAvatarOnLiveAvatar(liveavatar_client, sessions)}, sessions, lifecycle),
-            transcripts=Transcripts(sessions, turns), relays=relays,
+            transcripts=Transcripts(sessions, turns), rooms=rooms, relays=relays,
             metrics=GatewayMetrics(records.count_live, turns),
             fast_relay=settings.relay_pump == "fast" and not missing)
         gateway.app = gateway.application(route_table(gateway.contracts, gateway.deps(),
@@ -167,15 +175,16 @@ class Gateway:
         HOST:PORT)."""
         self.store.connect()
         await self.store.ensure_indexes()
+        sockets = sockets or bind_sockets(self.settings.port, self.settings.host)
+        self.port = sockets[0].getsockname()[1]
+        self.leases.address = self.settings.internal_url or f"http://127.0.0.1:{self.port}"
         await self.leases.take()
         self.background.every(self.settings.lease_heartbeat, self.leases.beat)
         self.background.every(min(ACTIVITY_FLUSH, self.settings.session_idle_timeout / 10), self.flush_touches)
         self.lifecycle.start()
         self.background.start()
         self.server = self.http_server(self.app)
-        sockets = sockets or bind_sockets(self.settings.port, self.settings.host)
         self.server.add_sockets(sockets)
-        self.port = sockets[0].getsockname()[1]
         if self.settings.admin_address:
             self.start_admin(*self.settings.admin_address)
         return self
@@ -206,6 +215,7 @@ class Gateway:
         if self.server:
             self.server.stop()
         self.relays.close_all("server shutting down")
+        await self.rooms.close()  # another process takes their rooms over at once (their holder is released)
         if self.server:
             await self.server.close_all_connections()
         self.background.stop_periodic()

@@ -27,6 +27,7 @@ class Route:
     preflight: bool = True  # answers OPTIONS (CORS preflight), documented as such
     no_body: bool = False  # its handler buffers the request (the WebSocket): one with a body is refused unread
     catch_all: bool = False  # matched after every other route
+    documented: bool = True  # in the OpenAPI document (False: the gateway processes' internal calls)
 
 
 @dataclass(frozen=True)

@@ -241,6 +241,8 @@ def build(contracts: tuple[Contract, ...]) -> dict[str, Any]:
     root_only = []
     for contract in contracts:
         for route in contract.routes:
+            if not route.documented:
+                continue
             operations = route.operations()
             if route.preflight:
                 operations["options"] = preflight(next(iter(operations.values())))

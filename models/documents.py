@@ -33,6 +33,7 @@ class ProcessLease(Document):
     started_at = FloatField(required=True)
     heartbeat_at = FloatField(required=True)
     pending_since = FloatField()  # when its oldest turn not yet in MongoDB was seen; None when it holds none
+    address = StringField()  # its internal URL (INTERNAL_URL): where other processes forward a room's commands
 
     COLLECTION = "gateway_processes"
     meta = {"collection": COLLECTION, "strict": False}
@@ -46,6 +47,13 @@ class AvatarSession(Document):
     customer = StringField(required=True)  # HMAC of the customer's API key, never the key
     status = StringField(required=True, choices=SESSION_STATUSES, default="created")
     upstream_token = StringField()  # the provider's session token; server-side only
+    # The provider's LiveKit room and the token the gateway's room agent joins it with (server-side only), and the
+    # gateway process whose room agent is in it (services/rooms.py): one holder per room, taken over when its
+    # process's lease expires.
+    room_url = StringField()
+    agent_token = StringField()
+    room_holder = StringField()  # "" while nobody holds it; absent for a session without a room
+    room_note = StringField()  # what the room agent missed (a take-over's gap), said in the hand-off
     created_at = FloatField(required=True)
     last_activity_at = FloatField(required=True)
     # One entry per open socket: {"id", "process" (the ProcessLease holding it), "opened_at"}. A socket whose
@@ -75,6 +83,7 @@ class AvatarSession(Document):
             ("status", "last_activity_at"),
             "sockets.process",
             ("customer", "status"),
+            "room_holder",
         ],
     }
 

@@ -21,10 +21,10 @@ class LeaseRepository(Repository):
             {"$set": {"heartbeat_at": now, "pending_since": pending_since}}).matched_count)
 
     @essential
-    def take(self, process_id: str, now: float, pending_since: float | None) -> None:
+    def take(self, process_id: str, now: float, pending_since: float | None, address: str | None = None) -> None:
         self.collection.update_one(
             {"process_id": process_id},
-            {"$set": {"heartbeat_at": now, "pending_since": pending_since},
+            {"$set": {"heartbeat_at": now, "pending_since": pending_since, "address": address},
              "$setOnInsert": {"host": socket.gethostname(), "pid": os.getpid(), "started_at": now}}, upsert=True)
 
     @blocking
@@ -40,6 +40,13 @@ class LeaseRepository(Repository):
         return list(self.collection.find(
             {"heartbeat_at": {"$gte": since}, "process_id": {"$ne": own_id}},
             {"_id": 0, "process_id": 1, "heartbeat_at": 1, "pending_since": 1}))
+
+    @blocking
+    def address(self, process_id: str, since: float) -> str | None:
+        """The internal URL of a process whose lease is live (beat since `since`); None otherwise."""
+        found = self.collection.find_one({"process_id": process_id, "heartbeat_at": {"$gte": since}},
+                                         {"_id": 0, "address": 1})
+        return found.get("address") if found else None
 
     @blocking
     def remove(self, process_id: str, heartbeat_at: float) -> None:

@@ -27,11 +27,13 @@ class SessionRepository(Repository):
 
     @blocking
     def create(self, session_id: str, provider: str, contract: str, conversation_id: str | None, customer: str,
-               upstream_token: str | None, now: float) -> Session:
+               upstream_token: str | None, now: float, room_url: str | None = None,
+               agent_token: str | None = None) -> Session:
         session = AvatarSession(
             session_id=session_id, provider=str(provider), contract=str(contract),
             conversation_id=conversation_id or session_id, customer=customer, status="created",
-            upstream_token=upstream_token, created_at=now, last_activity_at=now)
+            upstream_token=upstream_token, room_url=room_url, agent_token=agent_token,
+            room_holder="" if agent_token else None, created_at=now, last_activity_at=now)
         session.validate()
         document = session.to_mongo().to_dict()
         self.collection.insert_one(document)
@@ -118,6 +120,48 @@ class SessionRepository(Repository):
             {"sockets.process": process_id},
             {"$pull": {"sockets": {"process": process_id}},
              "$max": {"socket_closed_at": last_heartbeat, "last_activity_at": last_heartbeat}}).modified_count
+
+    # --- the room agent's holder (services/rooms.py) -----------------------------------------------------------
+
+    @blocking
+    def hold_room(self, session_id: str, process_id: str, dead: tuple[str, ...] = ()) -> Session | None:
+        """Make `process_id` the holder of a live session's room: when nobody holds it (""), it holds it already, or
+        its holder is one of `dead` (processes whose lease expired). The session as it is after; None when another
+        live process holds it, the session has ended, or it has no room."""
+        return _session(self.collection.find_one_and_update(
+            {"session_id": session_id, "status": {"$ne": "ended"},
+             "room_holder": {"$in": ["", process_id, *dead]}},
+            {"$set": {"room_holder": process_id}}, return_document=ReturnDocument.AFTER))
+
+    @blocking
+    def release_room(self, session_id: str, process_id: str) -> None:
+        self.collection.update_one({"session_id": session_id, "room_holder": process_id},
+                                   {"$set": {"room_holder": ""}})
+
+    @blocking
+    def rooms_held_by(self, process_id: str, limit: int = 1000) -> list[str]:
+        """The live sessions whose room agent `process_id` holds (a dead process's, to take over); with "", the
+        started sessions whose room nobody holds (given back by a process that stopped, or could not rejoin)."""
+        status = {"$ne": "ended"} if process_id else "started"
+        found = self.collection.find({"room_holder": process_id, "status": status}, {"session_id": 1}).limit(limit)
+        return [s["session_id"] for s in found]
+
+    @blocking
+    def rooms_moved(self, session_ids: list[str], old: str, new: str) -> None:
+        """This process's rooms follow its lease to its new id."""
+        self.collection.update_many({"session_id": {"$in": session_ids}, "room_holder": old},
+                                    {"$set": {"room_holder": new}})
+
+    @blocking
+    def ended_among(self, session_ids: list[str]) -> list[str]:
+        """Which of these sessions have ended (or are gone)."""
+        live = {s["session_id"] for s in self.collection.find(
+            {"session_id": {"$in": session_ids}, "status": {"$ne": "ended"}}, {"session_id": 1})}
+        return [sid for sid in session_ids if sid not in live]
+
+    @blocking
+    def note_room(self, session_id: str, note: str) -> None:
+        self.collection.update_one({"session_id": session_id}, {"$set": {"room_note": note[:500]}})
 
     # --- ending ---------------------------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from domain.names import ContractName
 from domain.records import SessionFacts
 from handlers.base import GatewayHandlerMixin, origin_allowed
 from relay import plain, pump
-from relay.transcript import SocketTranscript, wanted_from_client, wanted_from_upstream
+from relay.transcript import SocketTranscript, never, wanted_from_client, wanted_from_upstream
 
 if TYPE_CHECKING:
     from handlers.app import Gateway
@@ -119,7 +119,9 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
         if session.status == "ended":
             raise NotFound("session not found")
         self.session = app.sessions.remember(session)  # its facts: the document is not kept per socket
-        self.transcript = SocketTranscript(session_id, app.turns, app.sessions.clock)
+        # A bridged session's events are the room agent's translation: their words are recorded where it hears them.
+        self.transcript = SocketTranscript(session_id, app.turns, app.sessions.clock,
+                                           hears_upstream=not self.session.bridged)
         await super().get(*args, **kwargs)
 
     def get_websocket_protocol(self) -> Any:
@@ -142,9 +144,15 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
         if process_id != app.leases.process_id:  # recorded under a lease lost meanwhile
             return self.close(1001, "reconnect: gateway lease renewed")
         settings = app.settings
-        query = [(k, v.decode()) for k, values in self.request.query_arguments.items() for v in values]
-        request = HTTPRequest(app.heygen.websocket_url(session.session_id, session.upstream_token, query),
-                              connect_timeout=settings.upstream_connect_timeout,
+        if session.bridged:  # HeyGen's events come from the gateway's room agent, wherever it is
+            address = await app.rooms.socket_address(session.session_id)
+            if address is None:
+                return self.close(1013, "the session's room is not ready; try again")
+            url, headers = app.rooms.socket_url(address, session.session_id)
+        else:
+            query = [(k, v.decode()) for k, values in self.request.query_arguments.items() for v in values]
+            url, headers = app.heygen.websocket_url(session.session_id, session.upstream_token, query), {}
+        request = HTTPRequest(url, headers=headers, connect_timeout=settings.upstream_connect_timeout,
                               request_timeout=settings.upstream_request_timeout)
         ping, size = settings.ws_ping_interval or None, settings.ws_max_message_size
         try:
@@ -167,7 +175,8 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
         try:
             await pump.pair(cast(pump.PumpProtocol, self.ws_connection),
                             cast(pump.PumpProtocol, self.upstream.protocol),
-                            inspect_client=wanted_from_client, inspect_upstream=wanted_from_upstream,
+                            inspect_client=wanted_from_client,
+                            inspect_upstream=never if session.bridged else wanted_from_upstream,
                             on_client_messages=self.transcript.from_client,
                             on_upstream_messages=self.transcript.from_upstream,
                             client_tally=self.counts.client, upstream_tally=self.counts.upstream)

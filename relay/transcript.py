@@ -24,11 +24,18 @@ def wanted_from_upstream(opcode: int, first_byte: int | None) -> bool:
     return opcode == OP_TEXT
 
 
-class SocketTranscript:
-    __slots__ = ("clock", "joiner", "session_id", "turns")  # one per relayed socket
+def never(opcode: int, first_byte: int | None) -> bool:
+    """No message is worth opening (a leg whose words are recorded elsewhere)."""
+    return False
 
-    def __init__(self, session_id: str, turns: TurnQueue, clock: Callable[[], float]) -> None:
+
+class SocketTranscript:
+    __slots__ = ("clock", "hears_upstream", "joiner", "session_id", "turns")  # one per relayed socket
+
+    def __init__(self, session_id: str, turns: TurnQueue, clock: Callable[[], float],
+                 hears_upstream: bool = True) -> None:
         self.session_id = session_id
+        self.hears_upstream = hears_upstream  # False: the upstream's words are recorded elsewhere
         self.turns = turns
         self.clock = clock
         self.joiner = ChunkJoiner()
@@ -41,6 +48,8 @@ class SocketTranscript:
 
     def from_upstream(self, messages: Inspected) -> Awaitable[None] | None:
         """The turns HeyGen's transcript events complete, queued (see queue)."""
+        if not self.hears_upstream:
+            return None
         turns = []
         for _, payload in messages:
             try:

@@ -2,13 +2,18 @@
 
 `HeyGenContract` holds what is the same whoever serves a session — who owns it, the customer's quota, the turn a task
 records, ending the session and its hand-off — and hands the rest to the server paired with the session's provider: a
-`HeyGenServer`. Today HeyGen serves its own contract (`HeyGenOnHeyGen`: the calls are forwarded, with the customer's
-config injected and our key). Serving the contract with another provider is one more `HeyGenServer`, registered in
-`servers` under that provider's name.
+`HeyGenServer`: HeyGen itself (`HeyGenOnHeyGen`: the calls are forwarded, with the customer's config injected and our
+key), or LiveAvatar (`HeyGenOnLiveAvatar`, services/heygen_on_liveavatar.py). Which one serves a customer's new sessions
+is the customer's Petya config `provider`, else HEYGEN_CONTRACT_PROVIDER; a session keeps the provider it was opened
+with.
+
+With HeyGen's v2 rooms, when `streaming.new` answers an agent token the gateway keeps it (the browser never sees it)
+and its room agent joins the room at `streaming.start` to hear the avatar's words (services/rooms.py).
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -16,15 +21,20 @@ from typing import Any, Protocol
 from clients.heygen import HeyGenClient
 from clients.http import UpstreamResponse
 from domain.answers import Answer
-from domain.errors import ConcurrencyLimitExceeded, Unauthorized, UpstreamUnavailable
+from domain.errors import ConcurrencyLimitExceeded, RoomUnavailable, Unauthorized, UpstreamUnavailable
 from domain.names import ContractName, ProviderName
 from domain.records import Customer, SessionFacts, Turn
 from domain.transcript import new_turn
 from services.lifecycle import Lifecycle
+from services.rooms import RoomAgents
 from services.sessions import Sessions
 from services.turns import TurnQueue
 
+log = logging.getLogger("gateway")
+
 CONTRACT = ContractName.HEYGEN
+# Tokens the browser has no use for: HeyGen's agent token lets its holder join the room as an agent.
+SERVER_SIDE_FIELDS = ("livekit_agent_token",)
 TURN_WRITE_WAIT = 0.5  # seconds a task's answer waits for its turn to be stored before answering anyway
 
 
@@ -49,9 +59,10 @@ class HeyGenOnHeyGen:
     """HeyGen's contract served by HeyGen: the calls are forwarded, with our key and the customer's config."""
     provider = ProviderName.HEYGEN
 
-    def __init__(self, heygen: HeyGenClient, sessions: Sessions) -> None:
+    def __init__(self, heygen: HeyGenClient, sessions: Sessions, rooms: RoomAgents | None = None) -> None:
         self.heygen = heygen
         self.sessions = sessions
+        self.rooms = rooms  # None: the gateway never joins HeyGen's rooms
 
     async def create_token(self, customer: Customer) -> Answer:
         response = await self.heygen.create_token()
@@ -88,14 +99,25 @@ class HeyGenOnHeyGen:
             if heygen.is_concurrency_error(response):
                 raise ConcurrencyLimitExceeded("all of the gateway's HeyGen sessions are in use: try again shortly")
             return response.answer()
-        await sessions.record(heygen, session_id, CONTRACT, customer, conversation_id, upstream_token)
+        data = body["data"]
+        agent_token = data.pop("livekit_agent_token", None) if self.rooms is not None else None
+        for field in SERVER_SIDE_FIELDS:
+            data.pop(field, None)
+        await sessions.record(heygen, session_id, CONTRACT, customer, conversation_id, upstream_token,
+                              room_url=data.get("url") if agent_token else None, agent_token=agent_token)
         if token:
             await sessions.bind_token(token, session_id)
-        body["data"]["intro"] = customer.config.get("intro")
+        data["intro"] = customer.config.get("intro")
         return Answer(response.status, body=body, session_id=session_id)
 
     async def call(self, session: SessionFacts, name: str, request: dict[str, Any]) -> UpstreamResponse:
-        return await self.heygen.session_call(name, request)
+        response = await self.heygen.session_call(name, request)
+        if name == "start" and response.ok and session.agent_token and self.rooms is not None:
+            try:
+                await self.rooms.hold(session)
+            except RoomUnavailable as exc:  # the transcript then has what the client reports, as before v2 rooms
+                log.warning("session %s runs without the room agent: %s", session.session_id, exc)
+        return response
 
 
 class HeyGenContract:
@@ -108,7 +130,13 @@ class HeyGenContract:
         self.default_provider = default_provider
 
     def server_for(self, customer: Customer) -> HeyGenServer:
-        """Who serves the customer's new sessions."""
+        """Who serves the customer's new sessions: the provider its gateway token was minted for, else the one its
+        Petya config names, else HEYGEN_CONTRACT_PROVIDER."""
+        if customer.token is not None and customer.token.provider in self.servers:
+            return self.servers[ProviderName(customer.token.provider)]
+        named = customer.config.get("provider")
+        if named in self.servers:
+            return self.servers[ProviderName(str(named))]
         return self.servers[self.default_provider]
 
     async def create_token(self, customer: Customer) -> Answer:

@@ -53,12 +53,13 @@ class Leases:
         self.renewed_at: float | None = None  # when this process's lease was last taken or renewed (its clock)
         self.live_processes = 1  # gateway processes with a live lease, this one included (as of the last heartbeat)
         self.followers: list[LeaseFollower] = []
+        self.address: str | None = None  # this process's internal URL, published with its lease
         self._beating = False
 
     async def take(self, process_id: str | None = None) -> None:
         """Hold a lease under `process_id` (this process's own, or the new id it moves to once it lost one)."""
         now = self.clock()
-        await self.repository.take(process_id or self.process_id, now, self.pending_since())
+        await self.repository.take(process_id or self.process_id, now, self.pending_since(), self.address)
         self.held = True
         self.renewed_at = now
 
@@ -103,6 +104,10 @@ class Leases:
     async def others_alive(self) -> list[dict[str, Any]]:
         """The leases of the other live processes: dicts with heartbeat_at and pending_since."""
         return await self.repository.others_alive(self.process_id, self.clock() - self.ttl)
+
+    async def address_of(self, process_id: str) -> str | None:
+        """The internal URL of a live process (None when its lease has expired)."""
+        return await self.repository.address(process_id, self.clock() - self.ttl)
 
     async def remove(self, process_id: str, heartbeat_at: float) -> None:
         await self.repository.remove(process_id, heartbeat_at)

@@ -30,6 +30,7 @@ from models.sessions import SessionRepository
 from observability import metrics
 from services.background import Background
 from services.leases import Leases
+from services.rooms import RoomAgents
 from services.sessions import Sessions
 from services.turns import TurnQueue
 
@@ -51,7 +52,7 @@ def delivery_id(session_id: str) -> str:
 
 class Lifecycle:
     def __init__(self, sessions: Sessions, providers: Providers, petya: PetyaClient, settings: Settings,
-                 turns: TurnQueue, leases: Leases, background: Background) -> None:
+                 turns: TurnQueue, leases: Leases, background: Background, rooms: RoomAgents | None = None) -> None:
         self.sessions = sessions
         self.records: SessionRepository = sessions.repository
         self.providers = providers
@@ -60,6 +61,9 @@ class Lifecycle:
         self.turns = turns
         self.leases = leases
         self.background = background
+        self.rooms = rooms  # the room agents (services/rooms.py): they leave when a session ends, and are taken over
+        if rooms is not None:  # LiveAvatar said the session stopped: it is over upstream already
+            rooms.end_session = lambda session_id, reason: self.end(session_id, reason, stop_upstream=False)
         self.lease_seconds = 2 * settings.upstream_request_timeout + 5
         self._sweeping = False
         self._closes: dict[tuple[str, str], float] = {}  # (session id, socket id) -> closed at: not yet written
@@ -111,6 +115,8 @@ class Lifecycle:
         log.info("session %s ended (%s)", session_id, reason)
         if stop_upstream:
             await self.stop_upstream(session, reason)
+        if self.rooms is not None:
+            await self.rooms.leave(session_id)  # held here; a holder elsewhere leaves at its next check
         self.background.spawn(self.deliver(session_id))
         return True
 
@@ -194,11 +200,16 @@ class Lifecycle:
         try:
             for process_id, last_heartbeat in await self.leases.expired():
                 released = await self.records.release_sockets(process_id, last_heartbeat)
+                if self.rooms is not None:
+                    taken = await self.rooms.take_over(process_id)
+                    metrics.REAPER_ACTIONS.labels(kind="rooms_taken_over").inc(taken)
                 await self.leases.remove(process_id, last_heartbeat)
                 metrics.REAPER_ACTIONS.labels(kind="lease_expired").inc()
                 metrics.REAPER_ACTIONS.labels(kind="sockets_released").inc(released)
                 log.warning("process %s stopped heartbeating: %d sessions' sockets count as closed", process_id,
                             released)
+            if self.rooms is not None:
+                await self.rooms.check()
             now = self.sessions.clock()
             before = now - self.settings.socket_grace_period
             for session_id in await self.records.abandoned(before):

@@ -127,6 +127,10 @@ class Sessions:
         self._touched[session_id] = self.clock()
         return facts
 
+    def remember_session(self, session: Session) -> Session:
+        self.remember(session)
+        return session
+
     def remember(self, session: Session) -> SessionFacts:
         facts = SessionFacts.of(session)
         self.facts.set(session.session_id, facts)
@@ -165,12 +169,14 @@ class Sessions:
                 pass  # it expires by itself
 
     async def record(self, provider: Provider, session_id: str, contract: str, customer: Customer,
-                     conversation_id: str | None, upstream_token: str | None) -> Session:
+                     conversation_id: str | None, upstream_token: str | None, room_url: str | None = None,
+                     agent_token: str | None = None) -> Session:
         """Record a session the provider just opened; if that fails, stop it upstream rather than leak it
         (ServiceUnavailable then)."""
         try:
-            return await self.repository.create(session_id, provider.name, contract, conversation_id, customer.id,
-                                                upstream_token, self.clock())
+            return self.remember_session(await self.repository.create(
+                session_id, provider.name, contract, conversation_id, customer.id, upstream_token, self.clock(),
+                room_url, agent_token))
         except Exception as exc:
             log.error("could not record %s session %s (%s); stopping it", provider.name, session_id,
                       exc.message if isinstance(exc, ServiceUnavailable) else repr(exc))

@@ -1,0 +1,152 @@
+"""HeyGen's contract served by LiveAvatar (services/heygen_on_liveavatar.py, services/rooms.py): the plugin's flow as
+plugin-contract.md describes it — raw REST and the streaming.chat socket — for a customer whose Petya config says
+`provider: "liveavatar"`, against the LiveAvatar emulator in a room of the sandbox's room server. Real HTTP, real
+sockets, real WebRTC between the gateway's room agent and the room server."""
+import asyncio
+import json
+
+import pytest
+from tornado.websocket import websocket_connect
+
+from sandbox.liveavatar import sandbox_reply
+from sandbox.stack import DEMO_API_KEY
+from tests.helpers.client import eventually
+from tests.helpers.flows import assert_error, read_events, ws_url
+
+WORD = 0.02  # seconds per word of the LiveAvatar avatar
+
+
+@pytest.fixture
+def bridged(sandbox):
+    sandbox.liveavatar.seconds_per_word = WORD
+    sandbox.petya.update_account_config(DEMO_API_KEY, provider="liveavatar")
+    return sandbox
+
+
+async def new_session(client, prefix="", conversation_id="bridge-conv"):
+    token = await client.call(prefix + "/v1/streaming.create_token")
+    assert token.status == 200, token.json
+    new = await client.call(prefix + "/v1/streaming.new", {"quality": "low", "version": "v2",
+                                                            "conversation_id": conversation_id},
+                            headers={"Authorization": f"Bearer {token.data['token']}"}, api_key=None)
+    assert new.status == 200, new.json
+    return token.data["token"], new.data
+
+
+async def socket(sandbox, session_id, token, prefix=""):
+    """The browser's socket, once the gateway relays it to the room agent's events (the handshake is answered before
+    the gateway's own leg is connected: issue 18)."""
+    ws = await websocket_connect(ws_url(sandbox, session_id, token, prefix))
+    await eventually(lambda: sandbox.gateway.rooms.agents[session_id].listeners)
+    return ws
+
+
+def la_session(sandbox, session_id):
+    return sandbox.liveavatar.sessions[session_id]
+
+
+async def petya_transcript(sandbox, conversation_id):
+    conversation = await eventually(lambda: sandbox.petya.get_conversation(conversation_id), timeout=10)
+    return [(t["role"], t["transcript"]) for t in conversation["transcript"]]
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("prefix", ["", "/api/v1/avatar"])
+async def test_heygen_flow_on_liveavatar(bridged, client, prefix):
+    sandbox = bridged
+    token, session = await new_session(client, prefix)
+    session_id = session["session_id"]
+    assert session_id in sandbox.liveavatar.sessions  # LiveAvatar serves it
+    assert session["url"] == sandbox.rooms.url and session["access_token"]
+    assert "livekit_agent_token" not in session and session["intro"]
+    assert la_session(sandbox, session_id).status == "started"
+    auth = {"Authorization": f"Bearer {token}"}
+
+    started = await client.call(prefix + "/v1/streaming.start", {"session_id": session_id}, headers=auth,
+                                api_key=None)
+    assert started.status == 200, started.json
+    room = sandbox.rooms.rooms[session_id]
+    assert "agent" in room.participants  # the gateway's room agent, with LiveAvatar's agent token
+
+    ws = await socket(sandbox, session_id, token, prefix)
+    repeat = await client.call(prefix + "/v1/streaming.task", {"session_id": session_id, "text": "Good morning to you",
+                                                               "task_type": "repeat"}, headers=auth, api_key=None)
+    assert repeat.status == 200, repeat.json
+    assert repeat.json["code"] == 100 and repeat.data["task_id"] and repeat.data["duration_ms"] > 0
+    events = await read_events(ws, "avatar_stop_talking")
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "avatar_start_talking" and "avatar_talking_message" in kinds
+    end = next(e for e in events if e["type"] == "avatar_end_message")
+    assert end["message"] == "Good morning to you" and end["task_id"] == repeat.data["task_id"]
+    assert "".join(e["message"] for e in events if e["type"] == "avatar_talking_message") == "Good morning to you"
+    commands = la_session(sandbox, session_id).commands
+    assert [(c["event_type"], c["text"]) for c in commands] == [("avatar.speak_text", "Good morning to you")]
+
+    talk = await client.call(prefix + "/v1/streaming.task", {"session_id": session_id, "text": "Where is the shop",
+                                                             "task_type": "talk", "task_mode": "sync"},
+                             headers=auth, api_key=None)
+    assert talk.status == 200, talk.json
+    events = await read_events(ws, "avatar_end_message")
+    assert {"type": "user_end_message", "task_id": talk.data["task_id"], "message": "Where is the shop"} in events
+    reply = next(e for e in events if e["type"] == "avatar_end_message")
+    assert reply["message"] == sandbox_reply("Where is the shop")
+
+    interrupt = await client.call(prefix + "/v1/streaming.interrupt", {"session_id": session_id}, headers=auth,
+                                  api_key=None)
+    assert interrupt.status == 200, interrupt.json
+    keep = await client.call(prefix + "/v1/streaming.keep_alive", {"session_id": session_id}, headers=auth,
+                             api_key=None)
+    assert keep.status == 200, keep.json
+    await eventually(lambda: la_session(sandbox, session_id).commands[-1]["event_type"] == "avatar.interrupt")
+
+    stop = await client.call(prefix + "/v1/streaming.stop", {"session_id": session_id}, headers=auth, api_key=None)
+    assert stop.status == 200, stop.json
+    assert la_session(sandbox, session_id).status == "stopped"
+    said = await petya_transcript(sandbox, "bridge-conv")
+    assert said == [("avatar", "Good morning to you"), ("user", "Where is the shop"),
+                    ("avatar", sandbox_reply("Where is the shop"))]
+    await eventually(lambda: session_id not in sandbox.gateway.rooms.agents)
+    assert len(sandbox.petya.deliveries("bridge-conv")) == 1
+    ws.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_talk_over_the_socket_is_spoken(bridged, client):
+    """HeyGen's SDK sends its default speak() as a binary pipecat TextFrame on the socket."""
+    from relay.pipecat import Frame
+
+    sandbox = bridged
+    token, session = await new_session(client, conversation_id="socket-talk")
+    session_id = session["session_id"]
+    auth = {"Authorization": f"Bearer {token}"}
+    assert (await client.call("/v1/streaming.start", {"session_id": session_id}, headers=auth,
+                              api_key=None)).status == 200
+    ws = await socket(sandbox, session_id, token)
+    frame = Frame()
+    frame.text.text = "Tell me a joke"
+    await ws.write_message(frame.SerializeToString(), binary=True)
+    events = await read_events(ws, "avatar_end_message")
+    assert next(e for e in events if e["type"] == "avatar_end_message")["message"] == sandbox_reply("Tell me a joke")
+    assert la_session(sandbox, session_id).commands[0]["event_type"] == "avatar.speak_response"
+    ws.close()
+    assert (await client.call("/v1/streaming.stop", {"session_id": session_id}, headers=auth,
+                              api_key=None)).status == 200
+    said = await petya_transcript(sandbox, "socket-talk")
+    assert said == [("user", "Tell me a joke"), ("avatar", sandbox_reply("Tell me a joke"))]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_room_the_agent_cannot_join_ends_the_start_and_the_session(bridged, client):
+    sandbox = bridged
+    token, session = await new_session(client, conversation_id="no-room")
+    session_id = session["session_id"]
+    sandbox.rooms.max_participants = 2  # the avatar and LiveAvatar's agent are in: the room refuses the gateway's
+    started = await client.call("/v1/streaming.start", {"session_id": session_id},
+                                headers={"Authorization": f"Bearer {token}"}, api_key=None)
+    assert_error(started, 502, "room")
+    assert la_session(sandbox, session_id).status == "stopped"  # no leaked billing
+    stored = await sandbox.gateway.sessions.get(session_id)
+    assert stored.status == "ended" and stored.end_reason == "room_unavailable"
+    assert "agent" not in sandbox.rooms.rooms.get(session_id, type("R", (), {"participants": {}})).participants
+    await asyncio.sleep(0)
+    assert json.dumps(started.json).find(session["access_token"]) == -1
