@@ -97,8 +97,8 @@ def no_operations() -> dict[str, Any]:
 
 
 CONTRACT = Contract("internal", (
-    Route(r"/internal/rooms/([^/]+)/command", CommandHandler, "", no_operations, prefixed=False, preflight=False,
-          documented=False),
-    Route(r"/internal/rooms/([^/]+)/socket", RoomSocketHandler, "", no_operations, prefixed=False, preflight=False,
-          documented=False, no_body=True),
+    Route(r"/internal/rooms/([^/]+)/command", CommandHandler, "/internal/rooms/{session_id}/command",
+          no_operations, prefixed=False, preflight=False, documented=False),
+    Route(r"/internal/rooms/([^/]+)/socket", RoomSocketHandler, "/internal/rooms/{session_id}/socket",
+          no_operations, prefixed=False, preflight=False, documented=False, no_body=True),
 ))

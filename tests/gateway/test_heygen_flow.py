@@ -95,8 +95,9 @@ async def test_transcript_route_shows_the_owner_the_merged_record(sandbox, clien
     path = f"/v1/streaming.transcript?session_id={session_id}"
     reply = await eventually(lambda: _two_sources(client, path))
     assert reply.data["status"] == "started" and reply.data["flush_state"] == "none"
+    # the gateway's room agent heard it in HeyGen's room too: one utterance, three paths
     assert [(t["role"], t["transcript"], t["sources"]) for t in reply.data["transcript"]] == [
-        ("avatar", "Hi there.", ["reported", "task"])]
+        ("avatar", "Hi there.", ["reported", "room", "task"])]
     sandbox.petya.create_account("other-key")
     other = GatewayClient(sandbox.gateway_url, "other-key")
     assert (await other.call(path, method="GET")).status == 404
@@ -108,4 +109,4 @@ async def test_transcript_route_shows_the_owner_the_merged_record(sandbox, clien
 async def _two_sources(client, path):
     reply = await client.call(path, method="GET")
     turns = (reply.data or {}).get("transcript") or []
-    return reply if turns and len(turns[0]["sources"]) == 2 else None
+    return reply if turns and len(turns[0]["sources"]) == 3 else None

@@ -58,8 +58,9 @@ def built_document():
 def served_routes():
     """(prefix, doc path with {} for parameters, handler) of every route the public port serves (ADMIN_ADDRESS unset).
     The handshake-with-a-body twin of the WebSocket route (WithBody) is the WebSocket route's refusal, not a route."""
+    internal = {route.pattern for contract in CONTRACTS for route in contract.routes if not route.documented}
     for matcher, handler, _ in route_table(CONTRACTS, {}, admin_apart=False):
-        if isinstance(matcher, WithBody):
+        if isinstance(matcher, WithBody) or matcher in internal:  # the processes' own calls (handlers/internal.py)
             continue
         prefix = next((p for p in PREFIXES if p and matcher.startswith(p + "/")), "")
         yield prefix, doc_path(matcher[len(prefix):]), handler
@@ -81,7 +82,7 @@ def test_every_route_and_method_is_documented():
         servers = {server["url"].rstrip("/") for server in item.get("servers", [])} or top_servers
         assert seen[path] == servers, (path, seen[path], servers)
     # What the contracts register: every route, at the path its pattern serves, and nothing else.
-    routes = [route for contract in CONTRACTS for route in contract.routes]
+    routes = [route for contract in CONTRACTS for route in contract.routes if route.documented]
     for route in routes:
         assert doc_path(route.pattern) == re.sub(r"\{[^}]*\}", "{}", route.path), route
     assert {doc_path(route.pattern) for route in routes} == set(documented)
