@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                              "and the demo console (no accounts needed)")
     args = parser.parse_args(argv)
     if args.sandbox:
-        return run_in_sandbox()
+        return run_in_sandbox(args.env_file)
     try:
         settings = load_settings(dotenv_path=args.env_file)
     except ConfigError as exc:
@@ -65,10 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     return asyncio.run(serve(settings))
 
 
-def run_in_sandbox() -> int:
-    """The sandbox (sandbox/run.py), from a checkout with the `sandbox` extra installed."""
+def run_in_sandbox(env_file: str) -> int:
+    """The sandbox (sandbox/run.py), from a checkout with the `sandbox` extra installed. Its settings are read as
+    production's are (the environment, then `env_file`), on top of the sandbox's own defaults, less the ones that name
+    its own parts (sandbox/run.py)."""
     try:
-        from sandbox.run import run_sandbox
+        from sandbox.run import main as sandbox_main
     except ImportError as exc:
         if (exc.name or "").split(".")[0] == "sandbox":
             print("ilianaai-avatar: the sandbox runs from a checkout of the repository: `make run` there",
@@ -77,14 +78,7 @@ def run_in_sandbox() -> int:
             print(f"ilianaai-avatar: the sandbox needs its extra ({(exc.name or '').split('.')[0]} is not installed): "
                   "pip install -e '.[sandbox]' in the checkout, or `make run`", file=sys.stderr)
         return 2
-    configure_logging(os.environ.get("LOG_LEVEL", "INFO"), os.environ.get("LOG_FORMAT", "text").strip().lower())
-    try:
-        port = int(os.environ.get("PORT", "8000"))
-    except ValueError:
-        print("ilianaai-avatar: PORT must be a number", file=sys.stderr)
-        return 2
-    asyncio.run(run_sandbox(host=os.environ.get("HOST", "127.0.0.1"), port=port))
-    return 0
+    return int(sandbox_main(env_file))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Every setting of the gateway, declared once, in groups, with its default, its type and a one-line doc.
 
 Values come from the environment, then from a `.env` file (the environment wins, as python-dotenv does), then from
-the defaults below. `load_settings()` validates them all and raises ConfigError naming the first bad one, so a bad
-start stops with one clear line. It returns a typed `Settings` (conf/settings.py), generated from these declarations
-with `python -m conf typed`, as are the README's table (`markdown`) and conf/.env.example (`env`).
+the defaults below. `configured()` reads what the environment and the file set; `load_settings()` validates every
+setting and raises ConfigError naming the first bad one, so a bad start stops with one clear line. It returns a typed
+`Settings` (conf/settings.py), generated from these declarations with `python -m conf typed`, as are the README's
+table (`markdown`) and conf/.env.example (`env`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from dotenv import dotenv_values
 
 from conf.settings import Settings
 
-__all__ = ["GROUPS", "REQUIRED", "SETTINGS", "ConfigError", "Group", "Setting", "Settings", "load_settings"]
+__all__ = ["GROUPS", "REQUIRED", "SETTINGS", "ConfigError", "Group", "Setting", "Settings", "configured",
+           "load_settings", "parse_setting"]
 
 
 class ConfigError(ValueError):
@@ -202,12 +204,15 @@ GROUPS: tuple[Group, ...] = (
         Setting("HTTP_MAX_CLIENTS", "200", _int(1, 10000),
                 "Concurrent upstream HTTP requests of the shared curl client."),
     )),
-    Group("Customers (Petya)", "Who may call, and their quota.", (
+    Group("Customers (Petya)", "Who may call, their quota, and who serves them.", (
         Setting("PETYA_BASE_URL", REQUIRED, _url, "Petya backend base URL (avatar config and conversation status)."),
         Setting("PETYA_AUTH_TOKEN", REQUIRED, _secret(), "Service token the gateway presents to Petya.", secret=True),
         Setting("PETYA_CONFIG_TTL", "60", _float(0), "Seconds a customer's avatar config from Petya stays cached."),
         Setting("MAX_CONCURRENT_SESSIONS", "3", _int(1),
                 "Live sessions a customer may hold at once, unless its Petya config sets maxConcurrentSessions."),
+        Setting("HEYGEN_CONTRACT_PROVIDER", "heygen", _choice("heygen", "liveavatar"),
+                "Who serves HeyGen's contract (/v1/streaming.*) for a customer whose Petya config names no provider: "
+                "heygen or liveavatar."),
     )),
     Group("MongoDB", "Where session state lives, and the process leases kept there.", (
         Setting("MONGODB_URI", REQUIRED, _mongodb_uri,
@@ -275,26 +280,43 @@ GROUPS: tuple[Group, ...] = (
     )),
 )
 SETTINGS: tuple[Setting, ...] = tuple(setting for group in GROUPS for setting in group.settings)
+_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 
 
+def configured(environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> dict[str, str]:
+    """Setting name -> raw value, for every declared setting the environment or the dotenv file sets (the environment
+    wins; an empty value counts as unset). Not parsed: `parse_setting` or `load_settings` do that."""
+    environ = os.environ if environ is None else environ
+    file_values = dotenv_values(dotenv_path) if dotenv_path and os.path.exists(dotenv_path) else {}
+    values: dict[str, str] = {}
+    for setting in SETTINGS:
+        raw = environ.get(setting.name) or file_values.get(setting.name)
+        if raw:
+            values[setting.name] = raw
+    return values
+
+
+def parse_setting(name: str, raw: str) -> Any:
+    """The value of setting `name` given as `raw`; ConfigError naming it when invalid (or not a setting)."""
+    setting = _BY_NAME.get(name)
+    if setting is None:
+        raise ConfigError(f"{name} is not a setting")
+    try:
+        return setting.parse(raw)
+    except ValueError as exc:
+        shown = "***" if setting.secret else repr(raw)
+        raise ConfigError(f"{setting.name}={shown} is invalid: {exc}") from None
 
 
 def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
     """Read, parse and validate every setting; raise ConfigError naming the first bad one."""
-    environ = os.environ if environ is None else environ
-    file_values = dotenv_values(dotenv_path) if dotenv_path and os.path.exists(dotenv_path) else {}
+    given = configured(environ, dotenv_path)
     values: dict[str, Any] = {}
     for setting in SETTINGS:
-        raw = environ.get(setting.name)
-        if raw is None or raw == "":
-            raw = file_values.get(setting.name) or None
+        raw = given.get(setting.name)
         if raw is None:
             if setting.default is REQUIRED:
                 raise ConfigError(f"{setting.name} is required: {setting.doc}")
             raw = setting.default
-        try:
-            values[setting.name] = setting.parse(raw)
-        except ValueError as exc:
-            shown = "***" if setting.secret else repr(raw)
-            raise ConfigError(f"{setting.name}={shown} is invalid: {exc}") from None
+        values[setting.name] = parse_setting(setting.name, raw)
     return Settings(**{name.lower(): value for name, value in values.items()})

@@ -35,6 +35,7 @@ class Settings:
     petya_auth_token: str
     petya_config_ttl: float
     max_concurrent_sessions: int
+    heygen_contract_provider: Literal['heygen', 'liveavatar']
     # --- MongoDB
     mongodb_uri: str
     db_workers: int

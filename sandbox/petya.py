@@ -5,9 +5,17 @@
 - `POST /api/v1/avatar/conversations/<conversationId>/status` — the gateway (service token as Bearer) stores a
   session's status and transcript on the conversation; every accepted change is also kept as a delivery record.
 
+The config holds CONFIG_FIELDS over DEFAULT_CONFIG, and whatever else an account was created or updated with. One
+optional field says who serves the customer's sessions: `provider`, "heygen" or "liveavatar" (PROVIDERS) or null —
+for a plugin speaking HeyGen's contract (`/v1/streaming.*`), the gateway serves it with that provider; absent or
+null, the gateway's HEYGEN_CONTRACT_PROVIDER decides. It is absent from the config until it is set (null once set to
+null). Any other value is refused, wherever it comes in: 400 naming the field on the admin route,
+ConfigValidationError from `create_account` and `update_account_config`.
+
 For the demo console (browser, another origin, so with CORS), protected by the service token as Bearer:
 - `GET` / `PUT /api/v1/admin/accounts/config` — read / update the avatar config of the account whose API key is
-  in `X-Api-Key` (PUT takes a JSON object of CONFIG_FIELDS; only the fields given change).
+  in `X-Api-Key` (PUT takes a JSON object of CONFIG_FIELDS; only the fields given change; a bad one: 400
+  `{"message": "<field> …"}`, nothing changed).
 - `GET /api/v1/avatar/conversations/<conversationId>` — the stored conversation (404 when there is none).
 
 State lives in MongoDB through pymongo (not mongoengine, whose default connection belongs to the gateway). Times are
@@ -35,8 +43,9 @@ DEFAULT_CONFIG = {
 }
 STATUSES = ("active", "completed", "failed")
 ROLES = ("user", "avatar")
-CONFIG_FIELDS = ("avatarId", "intro", "knowledgeBaseId", "voiceId", "language")
+CONFIG_FIELDS = ("avatarId", "intro", "knowledgeBaseId", "voiceId", "language", "provider")
 REQUIRED_CONFIG_FIELDS = ("avatarId", "language")  # non-empty strings; the others may be null
+PROVIDERS = ("heygen", "liveavatar")  # `provider`: who serves the customer's sessions (null: the gateway's default)
 TIMESTAMP_FIELDS = ("absolute_timestamp", "timestamp")
 
 
@@ -93,12 +102,20 @@ def validate_config_changes(body):
     if unknown:
         raise ConfigValidationError(f"{unknown[0]} is not a config field ({', '.join(CONFIG_FIELDS)})")
     for name, value in body.items():
-        if name in REQUIRED_CONFIG_FIELDS:
+        if name == "provider":
+            validate_provider(value)
+        elif name in REQUIRED_CONFIG_FIELDS:
             if not isinstance(value, str) or not value.strip():
                 raise ConfigValidationError(f"{name} must be a non-empty string")
         elif value is not None and not isinstance(value, str):
             raise ConfigValidationError(f"{name} must be a string or null")
     return dict(body)
+
+
+def validate_provider(value):
+    """`provider` must be one of PROVIDERS, or null; else ConfigValidationError naming it."""
+    if value is not None and (not isinstance(value, str) or value not in PROVIDERS):
+        raise ConfigValidationError(f"provider must be one of {', '.join(PROVIDERS)}, or null")
 
 
 def is_number(value):
@@ -142,7 +159,10 @@ class PetyaReference:
     # Accounts
 
     def create_account(self, api_key, name="Demo customer", **config):
-        """Stores an account keyed by sha256(api_key); returns it (without _id) with its full config."""
+        """Stores an account keyed by sha256(api_key); returns it (without _id) with its full config.
+        ConfigValidationError for a bad `provider`."""
+        if "provider" in config:
+            validate_provider(config["provider"])
         now = time.time()
         account = {"api_key_sha256": key_hash(api_key), "name": name, "config": DEFAULT_CONFIG | config,
                    "createdAt": now, "updatedAt": now}
@@ -151,7 +171,10 @@ class PetyaReference:
         return account
 
     def update_account_config(self, api_key, **config):
-        """Sets the given config fields on the account; returns it (without _id). KeyError for an unknown key."""
+        """Sets the given config fields on the account; returns it (without _id). KeyError for an unknown key,
+        ConfigValidationError for a bad `provider` (nothing is changed)."""
+        if "provider" in config:
+            validate_provider(config["provider"])
         changes = {f"config.{name}": value for name, value in config.items()}
         account = self.accounts.find_one_and_update(
             {"api_key_sha256": key_hash(api_key)}, {"$set": {**changes, "updatedAt": time.time()}},

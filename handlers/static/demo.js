@@ -37,6 +37,7 @@
     banner: $('banner'), bannerTitle: $('bannerTitle'), bannerText: $('bannerText'), bannerClose: $('bannerClose'),
     petyaUrl: $('petyaUrl'), petyaToken: $('petyaToken'), configStatus: $('configStatus'),
     btnLoadConfig: $('btnLoadConfig'), btnSaveConfig: $('btnSaveConfig'),
+    cfgProvider: $('cfgProvider'), cfgProviderStatus: $('cfgProviderStatus'),
     cfg: {
       avatarId: $('cfgAvatarId'), intro: $('cfgIntro'), knowledgeBaseId: $('cfgKnowledgeBaseId'),
       voiceId: $('cfgVoiceId'), language: $('cfgLanguage')
@@ -57,7 +58,8 @@
     refreshTimer: null,
     petyaRun: 0,
     timelineCount: 0,
-    stickTimeline: true
+    stickTimeline: true,
+    storedProvider: undefined // the customer's `provider` as Petya last answered it (null: not set); undefined: not loaded
   };
 
   // --- settings -----------------------------------------------------------------------------------------------
@@ -851,6 +853,44 @@
       var value = config && config[name];
       el.cfg[name].value = value === undefined || value === null ? '' : String(value);
     });
+    showStoredProvider(config ? config.provider || null : undefined);
+  }
+
+  // Who serves HeyGen's contract for this customer: the config's `provider`, switched with a PUT of that field alone.
+  var PROVIDER_NAMES = { heygen: 'HeyGen', liveavatar: 'LiveAvatar' };
+
+  function showStoredProvider(value) {
+    state.storedProvider = value;
+    el.cfgProvider.querySelectorAll('input').forEach(function (input) {
+      input.checked = value !== undefined && input.value === (value || '');
+    });
+    el.cfgProvider.dataset.stored = value === undefined ? '' : (value || 'default');
+    el.cfgProviderStatus.textContent = value === undefined ? ''
+      : value ? 'Petya says: provider “' + value + '” — ' + PROVIDER_NAMES[value] + ' serves new sessions.'
+        : 'Petya says: no provider — the gateway\'s HEYGEN_CONTRACT_PROVIDER decides.';
+  }
+
+  function onProviderSwitch() {
+    var checked = el.cfgProvider.querySelector('input:checked');
+    var value = checked && checked.value ? checked.value : null;
+    if (!petyaReady() || !apiKey()) {
+      showStoredProvider(state.storedProvider);
+      el.cfgProviderStatus.textContent = 'Set the customer API key, the Petya URL and service token first.';
+      return Promise.resolve();
+    }
+    el.cfgProviderStatus.textContent = 'Saving…';
+    el.cfgProvider.querySelectorAll('input').forEach(function (input) { input.disabled = true; });
+    return call('Switching the provider', 'PUT', petyaBase(), '/api/v1/admin/accounts/config', {
+      headers: petyaHeaders({ 'X-Api-Key': apiKey(), 'Content-Type': 'application/json' }), target: 'petya',
+      body: { provider: value }
+    }).then(function (config) {
+      showStoredProvider(config && config.provider || null);
+    }, function (error) {
+      showStoredProvider(state.storedProvider);
+      report(error);
+    }).then(function () {
+      el.cfgProvider.querySelectorAll('input').forEach(function (input) { input.disabled = false; });
+    });
   }
 
   function configCall(method) {
@@ -949,6 +989,7 @@
   });
   el.btnLoadConfig.addEventListener('click', function () { configCall('GET'); });
   el.btnSaveConfig.addEventListener('click', function () { configCall('PUT'); });
+  el.cfgProvider.addEventListener('change', onProviderSwitch);
   el.provider.addEventListener('change', render);
   window.addEventListener('hashchange', function () {
     if (state.phase !== 'created' && state.phase !== 'started') { applyFragment(); render(); }

@@ -495,3 +495,50 @@ async def test_persona_edited_in_the_page_reaches_the_next_session(uncached_sand
         assert page.errors() == []
     upstream = sandbox.heygen.recorder.calls("/v1/streaming.new")[-1].json()
     assert upstream["avatar_id"] == persona["avatarId"] and upstream["voice"] == {"voice_id": "voice-42"}
+
+
+PROVIDER_SHOWN_JS = """[(document.querySelector('#cfgProvider input:checked') || {}).value,
+    document.getElementById('cfgProviderStatus').textContent]"""
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_provider_switch_stores_it_in_petya(demo_sandbox, chromium):
+    """The switch PUTs `provider` alone through the Petya reference's admin route; the page shows what Petya stored,
+    and a page opened later shows it too."""
+    sandbox = demo_sandbox
+    admin = "/api/v1/admin/accounts/config"
+    async with open_page(chromium) as page:
+        await page.goto(demo_url(sandbox))
+        await page.until("document.getElementById('cfgProvider').dataset.stored === 'default'")
+        checked, status = await page.js(PROVIDER_SHOWN_JS)
+        assert (checked, "HEYGEN_CONTRACT_PROVIDER decides" in status) == ("", True)
+        assert "provider" not in sandbox.petya.config_for_key(DEMO_API_KEY)
+
+        await page.click("#cfgProviderLiveavatar")
+        await page.until("document.getElementById('cfgProvider').dataset.stored === 'liveavatar'")
+        assert sandbox.petya.config_for_key(DEMO_API_KEY)["provider"] == "liveavatar"
+        checked, status = await page.js(PROVIDER_SHOWN_JS)
+        assert checked == "liveavatar" and "LiveAvatar serves new sessions" in status
+
+        await page.click("#cfgProviderHeygen")
+        await page.until("document.getElementById('cfgProvider').dataset.stored === 'heygen'")
+        assert sandbox.petya.config_for_key(DEMO_API_KEY)["provider"] == "heygen"
+
+        await page.js("1")
+        puts = [r for r in page.requests(sandbox.served["petya"].url) if r[0] == "PUT"]
+        assert [(path, json.loads(body)) for _, path, _, body in puts] == [
+            (admin, {"provider": "liveavatar"}), (admin, {"provider": "heygen"})]
+        assert header(puts[0][2], "X-Api-Key")[1] == DEMO_API_KEY
+        assert header(puts[0][2], "Authorization")[1] == "Bearer " + sandbox.petya.service_token
+        assert page.errors() == []
+
+    sandbox.petya.update_account_config(DEMO_API_KEY, provider="liveavatar")  # changed elsewhere meanwhile
+    async with open_page(chromium) as page:
+        await page.goto(demo_url(sandbox))
+        await page.until("document.getElementById('cfgProvider').dataset.stored === 'liveavatar'")
+        assert (await page.js(PROVIDER_SHOWN_JS))[0] == "liveavatar"
+        await page.click("#cfgProviderDefault")
+        await page.until("document.getElementById('cfgProvider').dataset.stored === 'default'")
+        assert sandbox.petya.config_for_key(DEMO_API_KEY)["provider"] is None
+        await page.screenshot(ARTIFACTS / "demo-provider-switch.png")
+        assert page.errors() == []

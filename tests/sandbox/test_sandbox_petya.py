@@ -4,7 +4,7 @@ import json
 import pytest
 from pymongo.errors import DuplicateKeyError
 
-from sandbox.petya import DEFAULT_CONFIG, PetyaReference
+from sandbox.petya import DEFAULT_CONFIG, ConfigValidationError, PetyaReference
 
 SERVICE_TOKEN = "test-service-token"
 STATUS_PATH = "/api/v1/avatar/conversations/{}/status"
@@ -263,6 +263,12 @@ async def test_admin_config_unknown_or_missing_key(petya, http_client, base_url,
     ({"intro": 5}, "intro"),
     ({"voiceId": ["v"]}, "voiceId"),
     ({"intro": "ok", "apiKey": "x"}, "apiKey"),
+    ({"provider": "openai"}, "provider"),
+    ({"provider": "HeyGen"}, "provider"),
+    ({"provider": ""}, "provider"),
+    ({"provider": 1}, "provider"),
+    ({"provider": ["heygen"]}, "provider"),
+    ({"intro": "changed", "provider": "liveavatar "}, "provider"),
 ])
 async def test_admin_config_put_validation_names_field(petya, http_client, base_url, body, field):
     petya.create_account("key-d")
@@ -270,6 +276,46 @@ async def test_admin_config_put_validation_names_field(petya, http_client, base_
     assert code == 400
     assert reply["message"].startswith(field + " ")
     assert petya.config_for_key("key-d") == DEFAULT_CONFIG
+
+
+@pytest.mark.gen_test
+async def test_provider_set_by_the_admin_is_what_the_gateway_reads(petya, http_client, base_url):
+    """`provider` is absent until set; the admin's PUT stores it, and the gateway's config route answers it."""
+    petya.create_account("key-p")
+    petya.create_account("key-q")
+    code, body = await get_config(http_client, base_url, {"X-Api-Key": "key-p"})
+    assert code == 200 and "provider" not in body
+    for value in ("liveavatar", "heygen", None, "liveavatar"):
+        code, reply, _ = await call(http_client, base_url, ADMIN_CONFIG_PATH, "PUT", admin_headers("key-p"),
+                                    {"provider": value})
+        assert (code, reply) == (200, DEFAULT_CONFIG | {"provider": value})
+        code, body = await get_config(http_client, base_url, {"X-Api-Key": "key-p"})
+        assert (code, body) == (200, DEFAULT_CONFIG | {"provider": value})
+        code, body, _ = await call(http_client, base_url, ADMIN_CONFIG_PATH, headers=admin_headers("key-p"))
+        assert (code, body["provider"]) == (200, value)
+    # A later change of other fields keeps it; the other account never had one.
+    code, reply, _ = await call(http_client, base_url, ADMIN_CONFIG_PATH, "PUT", admin_headers("key-p"),
+                                {"intro": "Hi"})
+    assert (code, reply["provider"], reply["intro"]) == (200, "liveavatar", "Hi")
+    code, body = await get_config(http_client, base_url, {"Authorization": "Bearer key-q"})
+    assert (code, body) == (200, DEFAULT_CONFIG)
+
+
+@pytest.mark.gen_test
+async def test_provider_from_create_and_update_is_validated(petya, http_client, base_url):
+    petya.create_account("key-r", provider="liveavatar")
+    code, body = await get_config(http_client, base_url, {"X-Api-Key": "key-r"})
+    assert (code, body["provider"]) == (200, "liveavatar")
+    for bad in ("LiveAvatar", "", "openai", 0, True):
+        with pytest.raises(ConfigValidationError, match=r"^provider "):
+            petya.update_account_config("key-r", provider=bad, intro="changed")
+        with pytest.raises(ConfigValidationError, match=r"^provider "):
+            petya.create_account("key-s", provider=bad)
+    assert petya.config_for_key("key-r") == DEFAULT_CONFIG | {"provider": "liveavatar"}  # nothing changed
+    assert petya.config_for_key("key-s") is None  # nothing stored
+    petya.update_account_config("key-r", provider=None)
+    code, body = await get_config(http_client, base_url, {"X-Api-Key": "key-r"})
+    assert (code, body) == (200, DEFAULT_CONFIG | {"provider": None})
 
 
 @pytest.mark.gen_test

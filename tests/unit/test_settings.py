@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conf import SETTINGS, ConfigError, load_settings
+from conf import SETTINGS, ConfigError, configured, load_settings, parse_setting
 
 ROOT = Path(__file__).parent.parent.parent  # the repository
 
@@ -28,6 +28,8 @@ def test_defaults_and_parsing():
     ("MONGODB_URI", "postgres://x", "MONGODB_URI=*** is invalid"),
     ("CORS_ORIGINS", "*,https://a.example", "CORS_ORIGINS"),
     ("GATEWAY_SECRET", "short", "GATEWAY_SECRET=*** is invalid"),
+    ("HEYGEN_CONTRACT_PROVIDER", "openai", "HEYGEN_CONTRACT_PROVIDER='openai' is invalid: must be one of heygen, "
+                                           "liveavatar"),
 ])
 def test_bad_values_name_the_setting(name, value, words):
     env = dict(VALID)
@@ -47,6 +49,28 @@ def test_dotenv_file_fills_what_the_environment_does_not(tmp_path):
     env = {k: v for k, v in VALID.items() if k != "HEYGEN_API_KEY"}
     settings = load_settings(environ={**env, "PORT": "7100"}, dotenv_path=str(env_file))
     assert settings.heygen_api_key == "from-file" and settings.port == 7100
+
+
+def test_heygen_contract_provider_defaults_to_heygen():
+    assert load_settings(environ=VALID, dotenv_path=None).heygen_contract_provider == "heygen"
+    settings = load_settings(environ={**VALID, "HEYGEN_CONTRACT_PROVIDER": " LiveAvatar "}, dotenv_path=None)
+    assert settings.heygen_contract_provider == "liveavatar"
+
+
+def test_configured_is_what_the_environment_and_the_file_set(tmp_path):
+    """Only declared settings, unparsed; the environment wins, an empty value is unset (the file's then applies)."""
+    env_file = tmp_path / ".env"
+    env_file.write_text("PORT=7000\nLOG_LEVEL=debug\nSWEEP_INTERVAL=1\nNOT_A_SETTING=x\n")
+    environ = {"PORT": "7100", "SWEEP_INTERVAL": "", "PATH": "/bin", "PETYA_CONFIG_TTL": "1"}
+    assert configured(environ=environ, dotenv_path=str(env_file)) == {
+        "PORT": "7100", "LOG_LEVEL": "debug", "SWEEP_INTERVAL": "1", "PETYA_CONFIG_TTL": "1"}
+    assert configured(environ=environ, dotenv_path=str(tmp_path / "missing.env")) == {
+        "PORT": "7100", "PETYA_CONFIG_TTL": "1"}
+    assert parse_setting("LOG_LEVEL", "debug") == "DEBUG"
+    with pytest.raises(ConfigError, match=r"^PETYA_AUTH_TOKEN=\*\*\* is invalid"):
+        parse_setting("PETYA_AUTH_TOKEN", "")
+    with pytest.raises(ConfigError, match=r"^NOT_A_SETTING is not a setting$"):
+        parse_setting("NOT_A_SETTING", "x")
 
 
 def test_env_example_lists_every_setting():
