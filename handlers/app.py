@@ -131,7 +131,7 @@ class Gateway:
                 {ProviderName.HEYGEN: HeyGenOnHeyGen(heygen_client, sessions, rooms),
                  ProviderName.LIVEAVATAR: HeyGenOnLiveAvatar(liveavatar_client, sessions, rooms, lifecycle)},
                 sessions, turns, lifecycle,
-                default_provider=ProviderName(getattr(settings, "heygen_contract_provider", "heygen"))),
+                default_provider=ProviderName(settings.heygen_contract_provider)),
             liveavatar_contract=LiveAvatarContract(
                 {ProviderName.LIVEAVATAR: LiveAvatarOnLiveAvatar(liveavatar_client, sessions)}, sessions, lifecycle),
             transcripts=Transcripts(sessions, turns), rooms=rooms, relays=relays,
