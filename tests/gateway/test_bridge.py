@@ -150,3 +150,76 @@ async def test_a_room_the_agent_cannot_join_ends_the_start_and_the_session(bridg
     assert "agent" not in sandbox.rooms.rooms.get(session_id, type("R", (), {"participants": {}})).participants
     await asyncio.sleep(0)
     assert json.dumps(started.json).find(session["access_token"]) == -1
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_room_server_gone_ends_the_start_and_the_session(bridged, client):
+    sandbox = bridged
+    token, session = await new_session(client, conversation_id="room-gone")
+    session_id = session["session_id"]
+    await sandbox.rooms.close()  # the room server stops listening (LiveAvatar still thinks the room is there)
+    started = await client.call("/v1/streaming.start", {"session_id": session_id},
+                                headers={"Authorization": f"Bearer {token}"}, api_key=None)
+    assert_error(started, 502, "room")
+    assert la_session(sandbox, session_id).status == "stopped"
+    assert la_session(sandbox, session_id).stop_reason == "SERVER_ERROR"
+    assert session_id not in sandbox.gateway.rooms.agents
+    said = await petya_transcript(sandbox, "room-gone")  # the hand-off still happens, once
+    assert said == [] and len(sandbox.petya.deliveries("room-gone")) == 1
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_customer_switched_between_providers_between_two_sessions(make_sandbox):
+    """PETYA_CONFIG_TTL short: the switch applies to the customer's next session; a session keeps its provider."""
+    from tests.helpers.client import GatewayClient
+
+    sandbox = await make_sandbox(PETYA_CONFIG_TTL="0.05")
+    sandbox.liveavatar.seconds_per_word = WORD
+    client = GatewayClient(sandbox.gateway_url)
+    token1, first = await new_session(client, conversation_id="switch-1")
+    assert first["session_id"] in sandbox.heygen.sessions  # the default: HeyGen
+    sandbox.petya.update_account_config(DEMO_API_KEY, provider="liveavatar")
+    await asyncio.sleep(0.1)
+    token2, second = await new_session(client, conversation_id="switch-2")
+    assert second["session_id"] in sandbox.liveavatar.sessions
+    sandbox.petya.update_account_config(DEMO_API_KEY, provider="heygen")
+    await asyncio.sleep(0.1)
+    for token, session, conversation in ((token1, first, "switch-1"), (token2, second, "switch-2")):
+        auth = {"Authorization": f"Bearer {token}"}
+        sid = session["session_id"]
+        assert (await client.call("/v1/streaming.start", {"session_id": sid}, headers=auth, api_key=None)).status \
+            == 200
+        task = await client.call("/v1/streaming.task", {"session_id": sid, "text": f"Said in {conversation}",
+                                                        "task_type": "repeat", "task_mode": "sync"},
+                                 headers=auth, api_key=None)
+        assert task.status == 200, task.json
+        assert (await client.call("/v1/streaming.stop", {"session_id": sid}, headers=auth, api_key=None)).status \
+            == 200
+        assert await petya_transcript(sandbox, conversation) == [("avatar", f"Said in {conversation}")]
+    assert sandbox.liveavatar.sessions[second["session_id"]].commands[0]["text"] == "Said in switch-2"
+    assert [t["text"] for t in sandbox.heygen.sessions[first["session_id"]].tasks] == ["Said in switch-1"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_heygen_v2_rooms_the_avatars_reply_reaches_petya_without_a_report(sandbox, client):
+    """A customer on HeyGen: the gateway's agent joins HeyGen's room with the agent token streaming.new answered
+    (never passed to the browser) and hears the avatar's reply to a talk; nobody reports it."""
+    from sandbox.heygen import reply_for
+
+    token, session = await new_session(client, conversation_id="v2-room")
+    session_id = session["session_id"]
+    assert "livekit_agent_token" not in session
+    auth = {"Authorization": f"Bearer {token}"}
+    assert (await client.call("/v1/streaming.start", {"session_id": session_id}, headers=auth,
+                              api_key=None)).status == 200
+    assert "agent" in sandbox.rooms.rooms[session_id].participants
+    talk = await client.call("/v1/streaming.task", {"session_id": session_id, "text": "Do you ship abroad",
+                                                    "task_type": "talk"}, headers=auth, api_key=None)
+    assert talk.status == 200, talk.json
+    await sandbox.heygen.wait_for_event(session_id, "avatar_stop_talking", timeout=10)
+    await asyncio.sleep(0.2)  # the agent hears the room's last packets
+    assert (await client.call("/v1/streaming.stop", {"session_id": session_id}, headers=auth,
+                              api_key=None)).status == 200
+    said = await petya_transcript(sandbox, "v2-room")
+    assert said == [("user", "Do you ship abroad"), ("avatar", reply_for("talk", "Do you ship abroad"))]
+    await eventually(lambda: session_id not in sandbox.gateway.rooms.agents)
