@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from domain import bridge
-from domain.errors import BadRequest, NotFound, Unauthorized
+from domain.errors import BadRequest, NotFound
 from handlers.base import BaseHandler, GatewayHandlerMixin
 from handlers.contracts import Contract, Route
 from relay.pipecat import text_of
@@ -62,12 +62,12 @@ class RoomSocketHandler(GatewayHandlerMixin, WebSocketHandler):
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         if not authorized(self.gateway, self.request.headers.get("Authorization")):
-            raise Unauthorized("not found")
+            raise NotFound("not found")  # the internal routes do not exist for anyone else
         await super().get(*args, **kwargs)
 
     def open(self, session_id: str) -> None:
         self.session_id = self.log_session_id = session_id
-        if not self.gateway.rooms.listen(session_id, self.send_event):
+        if not self.gateway.rooms.listen(session_id, self):
             self.close(1013, "the session's room is being handed over; try again")
 
     def send_event(self, text: str) -> None:
@@ -75,6 +75,9 @@ class RoomSocketHandler(GatewayHandlerMixin, WebSocketHandler):
             self.write_message(text)
         except WebSocketClosedError:
             self.on_close()
+
+    def end(self, code: int, reason: str) -> None:
+        self.close(code, reason)
 
     def on_message(self, message: str | bytes) -> None:
         """The HeyGen SDK's speak() over the socket (a pipecat TextFrame) is a talk; audio frames have nowhere to go
@@ -89,7 +92,7 @@ class RoomSocketHandler(GatewayHandlerMixin, WebSocketHandler):
             log.warning("talk from the socket of %s not published: %s", self.session_id, exc)
 
     def on_close(self) -> None:
-        self.gateway.rooms.unlisten(self.session_id, self.send_event)
+        self.gateway.rooms.unlisten(self.session_id, self)
 
 
 def no_operations() -> dict[str, Any]:

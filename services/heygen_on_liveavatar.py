@@ -128,6 +128,7 @@ class HeyGenOnLiveAvatar:
             response = await self.liveavatar.keep_alive(session)
             return heygen_answer() if response.ok else response
         if name == "stop":
+            self.rooms.stopping(session.session_id)
             response = await self.liveavatar.stop(session.session_id, "USER_CLOSED")
             await self.rooms.leave(session.session_id)
             return heygen_answer() if response.ok else response

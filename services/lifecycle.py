@@ -149,8 +149,9 @@ class Lifecycle:
             turns, note = await self.providers[ProviderName(session.provider)].final_turns(session, recorded)
         except GatewayError as exc:
             turns, note = recorded, f"provider transcript unavailable: {exc.message}"
+        note = "; ".join(n for n in (note, session.room_note) if n) or None  # what the transcript may lack
         outcome = await self.petya.post_status(session.conversation_id, session.session_id, for_petya(turns),
-                                               delivery_id(session.session_id))
+                                               delivery_id(session.session_id), note=note)
         if outcome.delivered:
             metrics.HANDOFFS.labels(outcome="delivered").inc()
             metrics.HANDOFF_ATTEMPTS.labels(outcome="delivered").observe(session.flush_attempts)

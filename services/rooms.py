@@ -32,7 +32,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from livekit.protocol import models
@@ -61,7 +61,16 @@ FINAL_LEAVES = (models.DisconnectReason.DUPLICATE_IDENTITY, models.DisconnectRea
                 models.DisconnectReason.PARTICIPANT_REMOVED)
 INTERNAL_PREFIX = "/internal/rooms"
 
-Listener = Callable[[str], None]  # gets each HeyGen event (JSON text) of a bridged session
+
+
+class Listener(Protocol):
+    """What hears a bridged session's HeyGen events: its streaming.chat socket (handlers/internal.py)."""
+
+    def send_event(self, text: str) -> None:
+        """One HeyGen event, as JSON text."""
+
+    def end(self, code: int, reason: str) -> None:
+        """The room is left: no more events."""
 
 
 def internal_key(secret: str) -> str:
@@ -72,7 +81,7 @@ def internal_key(secret: str) -> str:
 class RoomAgent:
     """This process's agent in one session's room."""
 
-    __slots__ = ("bridged", "listeners", "participant", "session", "translator", "waiting", "words")
+    __slots__ = ("bridged", "listeners", "participant", "session", "stopping", "translator", "waiting", "words")
 
     def __init__(self, session: SessionFacts, participant: DataParticipant) -> None:
         self.session = session
@@ -82,6 +91,12 @@ class RoomAgent:
         self.words = None if self.bridged else bridge.HeyGenRoomWords()
         self.listeners: set[Listener] = set()
         self.waiting: dict[str, asyncio.Future[float]] = {}  # command event id -> when its speech ended
+        self.stopping = False  # the gateway is stopping the session: LiveAvatar's session.stopped is its echo
+
+    def end_listeners(self, code: int, reason: str) -> None:
+        listeners, self.listeners = self.listeners, set()
+        for listener in listeners:
+            listener.end(code, reason)
 
 
 class RoomAgents:
@@ -174,6 +189,7 @@ class RoomAgents:
         for future in agent.waiting.values():
             if not future.done():
                 future.cancel()
+        agent.end_listeners(1000, "session ended")
         await agent.participant.leave()
         try:
             await self.repository.release_room(session_id, self.process_id)
@@ -239,6 +255,7 @@ class RoomAgents:
         for future in agent.waiting.values():
             if not future.done():
                 future.set_exception(ServiceUnavailable("the room agent lost the room", retry_after=HAND_OVER_RETRY))
+        agent.end_listeners(1001, "the room agent lost the room")
         log.warning("room agent of %s disconnected: %s", session_id, reason)
         if agent.participant.leave_reason in FINAL_LEAVES:
             self.background.spawn(self._let_go(session_id))
@@ -287,14 +304,14 @@ class RoomAgents:
             text = json.dumps(message)
             agent.participant.publish(text.encode())  # for HeyGen's SDK in the room
             for listener in list(agent.listeners):
-                listener(text)
+                listener.send_event(text)
         if translation.turn is not None:
             self._queue(session_id, translation.turn)
         if translation.speech_ended is not None:
             waiting = agent.waiting.pop(translation.speech_ended, None)
             if waiting is not None and not waiting.done():
                 waiting.set_result(now)
-        if translation.stopped is not None and self.end_session is not None:
+        if translation.stopped is not None and self.end_session is not None and not agent.stopping:
             self.background.spawn(self.end_session(session_id, f"upstream_{translation.stopped}"))
 
     @staticmethod
@@ -311,6 +328,12 @@ class RoomAgents:
     def _queue(self, session_id: str, turn: Turn) -> None:
         if not self.turns.put_nowait(session_id, turn):
             self.background.spawn(self.turns.put(session_id, turn))
+
+    def stopping(self, session_id: str) -> None:
+        """The gateway is about to stop the session upstream (its own end follows)."""
+        agent = self.agents.get(session_id)
+        if agent is not None:
+            agent.stopping = True
 
     async def socket_address(self, session_id: str) -> str | None:
         """The internal URL of the process holding the session's room (this one's too); None while nobody live

@@ -107,7 +107,11 @@ async def test_heygen_flow_on_liveavatar(bridged, client, prefix):
                     ("avatar", sandbox_reply("Where is the shop"))]
     await eventually(lambda: session_id not in sandbox.gateway.rooms.agents)
     assert len(sandbox.petya.deliveries("bridge-conv")) == 1
-    ws.close()
+    while await asyncio.wait_for(ws.read_message(), 5) is not None:  # the socket ends with the session
+        pass
+    assert ws.close_code == 1000
+    stored = await sandbox.gateway.sessions.get(session_id)
+    assert stored.end_reason == "stopped" and stored.room_holder == ""
 
 
 @pytest.mark.gen_test(timeout=60)
