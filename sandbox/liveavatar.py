@@ -275,6 +275,7 @@ class LiveAvatarEmulator:
         self.sessions = {}
         self.transcript_fail_status = None
         self._reaper = None
+        self._closing = set()  # rooms closing after their session's end (cancelled by stop())
 
     def make_app(self):
         args = {"emulator": self}
@@ -356,7 +357,9 @@ class LiveAvatarEmulator:
         # What the room's clients are told on agent-response (the session's events without a room).
         self.send(session, "session.stopped", None, stop_reason=end_reason)
         if session.room is not None:
-            asyncio.get_event_loop().create_task(self._close_room(session))
+            closing = asyncio.get_event_loop().create_task(self._close_room(session))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     async def _close_room(self, session, grace=ROOM_CLOSE_GRACE):
         await asyncio.sleep(grace)
@@ -474,6 +477,8 @@ class LiveAvatarEmulator:
         for session in self.sessions.values():
             if session.speaker is not None:
                 session.speaker.cancel()
+        for closing in list(self._closing):
+            closing.cancel()
 
     # --- transcripts --------------------------------------------------------------------------------------------
 

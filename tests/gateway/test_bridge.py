@@ -110,6 +110,7 @@ async def test_heygen_flow_on_liveavatar(bridged, client, prefix):
     while await asyncio.wait_for(ws.read_message(), 5) is not None:  # the socket ends with the session
         pass
     assert ws.close_code == 1000
+    ws.close()
     stored = await sandbox.gateway.sessions.get(session_id)
     assert stored.end_reason == "stopped" and stored.room_holder == ""
 
