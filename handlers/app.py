@@ -135,7 +135,7 @@ class Gateway:
             liveavatar_contract=LiveAvatarContract(
                 {ProviderName.LIVEAVATAR: LiveAvatarOnLiveAvatar(liveavatar_client, sessions)}, sessions, lifecycle),
             transcripts=Transcripts(sessions, turns), rooms=rooms, relays=relays,
-            metrics=GatewayMetrics(records.count_live, turns),
+            metrics=GatewayMetrics(records.count_live, turns, room_agents=lambda: len(rooms)),
             fast_relay=settings.relay_pump == "fast" and not missing)
         gateway.app = gateway.application(route_table(gateway.contracts, gateway.deps(),
                                                       admin_apart=bool(settings.admin_address)))

@@ -16,6 +16,8 @@ from models.documents import AvatarSession
 from models.store import Repository, blocking
 
 NO_SOCKET: dict[str, Any] = {"sockets.0": {"$exists": False}}  # a session none of whose sockets is open
+BY_SESSION = [("session_id", 1)]  # the unique index
+BY_HOLDER = [("room_holder", 1)]
 
 
 def _session(document: dict[str, Any] | None) -> Session | None:
@@ -122,6 +124,9 @@ class SessionRepository(Repository):
              "$max": {"socket_closed_at": last_heartbeat, "last_activity_at": last_heartbeat}}).modified_count
 
     # --- the room agent's holder (services/rooms.py) -----------------------------------------------------------
+    # Each query names its index (hint): SecantusDB's planner scans the collection for a query with predicates beside
+    # the indexed one, and a hinted plan is the right one on MongoDB too. tests/gateway/test_room_queries.py explains
+    # every query these send.
 
     @blocking
     def hold_room(self, session_id: str, process_id: str, dead: tuple[str, ...] = ()) -> Session | None:
@@ -131,37 +136,40 @@ class SessionRepository(Repository):
         return _session(self.collection.find_one_and_update(
             {"session_id": session_id, "status": {"$ne": "ended"},
              "room_holder": {"$in": ["", process_id, *dead]}},
-            {"$set": {"room_holder": process_id}}, return_document=ReturnDocument.AFTER))
+            {"$set": {"room_holder": process_id}}, return_document=ReturnDocument.AFTER, hint=BY_SESSION))
 
     @blocking
     def release_room(self, session_id: str, process_id: str) -> None:
-        self.collection.update_one({"session_id": session_id, "room_holder": process_id},
-                                   {"$set": {"room_holder": ""}})
+        self.collection.find_one_and_update({"session_id": session_id, "room_holder": process_id},
+                                            {"$set": {"room_holder": ""}}, {"_id": 1}, hint=BY_SESSION)
 
     @blocking
     def rooms_held_by(self, process_id: str, limit: int = 1000) -> list[str]:
         """The live sessions whose room agent `process_id` holds (a dead process's, to take over); with "", the
         started sessions whose room nobody holds (given back by a process that stopped, or could not rejoin)."""
         status = {"$ne": "ended"} if process_id else "started"
-        found = self.collection.find({"room_holder": process_id, "status": status}, {"session_id": 1}).limit(limit)
+        found = self.collection.find({"room_holder": process_id, "status": status},
+                                     {"session_id": 1}).hint(BY_HOLDER).limit(limit)
         return [s["session_id"] for s in found]
 
     @blocking
     def rooms_moved(self, session_ids: list[str], old: str, new: str) -> None:
-        """This process's rooms follow its lease to its new id."""
-        self.collection.update_many({"session_id": {"$in": session_ids}, "room_holder": old},
-                                    {"$set": {"room_holder": new}})
+        """This process's rooms follow its lease to its new id (rare: one call per room)."""
+        for session_id in session_ids:
+            self.collection.find_one_and_update({"session_id": session_id, "room_holder": old},
+                                                {"$set": {"room_holder": new}}, {"_id": 1}, hint=BY_SESSION)
 
     @blocking
     def ended_among(self, session_ids: list[str]) -> list[str]:
         """Which of these sessions have ended (or are gone)."""
         live = {s["session_id"] for s in self.collection.find(
-            {"session_id": {"$in": session_ids}, "status": {"$ne": "ended"}}, {"session_id": 1})}
+            {"session_id": {"$in": session_ids}, "status": {"$ne": "ended"}}, {"session_id": 1}).hint(BY_SESSION)}
         return [sid for sid in session_ids if sid not in live]
 
     @blocking
     def note_room(self, session_id: str, note: str) -> None:
-        self.collection.update_one({"session_id": session_id}, {"$set": {"room_note": note[:500]}})
+        self.collection.find_one_and_update({"session_id": session_id}, {"$set": {"room_note": note[:500]}},
+                                            {"_id": 1}, hint=BY_SESSION)
 
     # --- ending ---------------------------------------------------------------------------------------------------
 

@@ -184,9 +184,10 @@ class GatewayMetrics(Collector):
     counts the live sessions in MongoDB (models/sessions.py); `turns` is the gateway's turn queue."""
 
     def __init__(self, count_live: Callable[[], Awaitable[LiveSessions]], turns: QueueDepth,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, room_agents: Callable[[], int] = lambda: 0) -> None:
         self.count_live = count_live
         self.turns = turns
+        self.room_agents = room_agents  # how many rooms this process's agents are in
         self.clock = clock
         self.relay = RelayCounts()
         self.live_sessions: LiveSessions | None = None  # as last counted; None when the last count failed
@@ -251,6 +252,8 @@ class GatewayMetrics(Collector):
         yield sent
         yield GaugeMetricFamily(PREFIX + "relayed_sockets", "WebSocket relays this process holds open.",
                                 value=relay.sockets)
+        yield GaugeMetricFamily(PREFIX + "room_agents", "LiveKit rooms this process's room agents are in (the "
+                                "rooms it holds: services/rooms.py).", value=self.room_agents())
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # state metrics vary (live_sessions may be absent): not described up front
