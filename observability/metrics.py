@@ -75,8 +75,9 @@ UPSTREAM_LATENCY = Histogram(
 
 REAPER_ACTIONS = Counter(
     PREFIX + "reaper_actions", "What the periodic sweep did, by kind: lease_expired (a dead process's lease "
-    "removed), sockets_released (sessions whose sockets that process held now count as closed), socket_closed, "
-    "idle, max_age (sessions ended by this sweep for that reason).", ["kind"], registry=None)
+    "removed), sockets_released (sessions whose sockets that process held now count as closed), rooms_taken_over "
+    "(rooms that process held, joined by this one), socket_closed, idle, max_age (sessions ended by this sweep for "
+    "that reason).", ["kind"], registry=None)
 
 MONGODB_ERRORS = Counter(
     PREFIX + "mongodb_errors", "MongoDB calls answered 503 because the database was not there or saturated, by kind: "
