@@ -14,6 +14,9 @@
 3. Memory: N relayed sockets held open; the gateway process's RSS before/after, KiB and file descriptors per socket.
 4. Side by side: the same figures for two anchor relays the bench starts in front of the same emulator, nginx and a
    Node `ws` + `http-proxy` relay (bench/anchors, bench/relays.py), and the ratios gateway / anchor.
+5. Room agents (optional: `--rooms`, or `--parts rooms` alone): the gateway's data-only LiveKit participant per
+   session room, our aiortc client against the official `livekit` SDK, idle and with talking avatars; RSS, CPU and
+   threads per room against issue 16's budget (bench/suite/rooms.py). Runs after the others, with the gateway stopped.
 
 Layout: the gateway runs as a child process (`python server.py`, configured by environment as in production) so its
 RSS and CPU are its own; so do the anchors. MongoDB (SecantusDB, a child process in a temp dir), the HeyGen emulator,
@@ -42,6 +45,8 @@ from suite.memory import memory
 from suite.openloop import openloop
 from suite.report import ratios, report
 from suite.rest import rest_part
+from suite.rooms import add_arguments as add_room_arguments
+from suite.rooms import rooms_part
 from suite.websocket import UTTERANCE_FRAMES, websocket
 from suite.world import World
 
@@ -55,6 +60,22 @@ async def run(args):
     meta.update({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
                  "tornado": tornado.version, "pycurl": pycurl.version, "cpus": os.cpu_count(),
                  "kernel": platform.release(), "args": vars(args)})
+    parts = set(args.parts.split(","))
+    if parts - {"rooms"}:
+        await gateway_parts(world, args, parts)
+    if "rooms" in parts:  # its own processes only; the gateway and the emulators are stopped by now
+        t0 = time.perf_counter()
+        world.results["rooms"] = rooms_part(args)
+        meta.setdefault("part_seconds", {})["rooms"] = round(time.perf_counter() - t0, 1)
+    meta["duration_s"] = round(time.time() - started, 1)
+    world.results["ratios"] = ratios(world.results)
+    return world.results
+
+
+async def gateway_parts(world, args, parts):
+    """Parts 1-4: the world started, the REST runs' sessions and the gateway's pool made, the parts, the world
+    stopped."""
+    meta = world.results["meta"]
     try:
         await world.start()
         meta.update({"gateway_pid": world.gateway.pid, "mongo_pid": world.mongo.process.pid,
@@ -68,7 +89,6 @@ async def run(args):
                                     world.max_concurrency)
         ids = [s for s, _ in made]
         sessions_by_call = {"keep_alive": ids[:world.max_concurrency], "task": ids[world.max_concurrency:]}
-        parts = set(args.parts.split(","))
         pool = max([args.sockets if "memory" in parts else 0, args.sessions if "openloop" in parts else 0,
                     args.echo_sockets if "echo" in parts else 0])
         if pool:
@@ -86,9 +106,6 @@ async def run(args):
         meta["gateway_rss_end_kib"] = proc_status(world.gateway.pid)["VmRSS"]
     finally:
         await world.stop()
-    meta["duration_s"] = round(time.time() - started, 1)
-    world.results["ratios"] = ratios(world.results)
-    return world.results
 
 
 def parse_args(argv=None):
@@ -133,20 +150,25 @@ def parse_args(argv=None):
     parser.add_argument("--gateway-log-level", default="INFO", help="the gateway's LOG_LEVEL (default INFO, as "
                         "deployed: one access line per request)")
     parser.add_argument("--parts", default="rest,ws,echo,openloop,memory", help="which parts to run (default "
-                        "rest,ws,echo,openloop,memory)")
+                        "rest,ws,echo,openloop,memory; 'rooms' is part 5, not run by default)")
+    parser.add_argument("--rooms", action="store_true", help="also run part 5, room agents (about 2 minutes; "
+                        "bench/suite/rooms.py), after the others")
     parser.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra gateway setting for experiments, e.g. DB_WORKERS=16 (repeatable)")
     parser.add_argument("--calls", default="keep_alive,task", help="REST calls to measure (default keep_alive,task)")
     parser.add_argument("--profile-gateway", metavar="OUT.prof", help="run the gateway under cProfile (all threads; "
                         "slower, so not for the table) and write its stats there")
     parser.add_argument("--json", default=os.path.join(RESULTS_DIR, "latest.json"), help="where to write results")
+    add_room_arguments(parser)
     args = parser.parse_args(argv)
+    if args.rooms and "rooms" not in args.parts.split(","):
+        args.parts += ",rooms"
     if args.sockets < 0 or args.rest_seconds <= 0 or args.ws_frames < 1 or args.ws_burst < 1:
         parser.error("counts and durations must be positive")
     if args.sessions < 1 or args.fps < 1 or args.openloop_seconds < 1 or args.echo_sockets < 1 or \
             args.echo_window < 1:
         parser.error("--sessions, --fps, --openloop-seconds, --echo-sockets and --echo-window must be positive")
-    unknown = set(args.parts.split(",")) - {"rest", "ws", "echo", "openloop", "memory"}
+    unknown = set(args.parts.split(",")) - {"rest", "ws", "echo", "openloop", "memory", "rooms"}
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     return args

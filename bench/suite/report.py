@@ -1,5 +1,6 @@
 """4. The headline figures side by side with the ratios gateway / anchor (ratios), and the report text printed at the
 end of a run and stored under "table" in latest.json (report). Both read only the results dict."""
+from suite.rooms import report_lines as rooms_report_lines
 
 
 def ratios(results):
@@ -84,6 +85,8 @@ def report(results):
     out = []
     out.append(f"ilianaai-avatar gateway bench  {meta['started']}  ({meta['cpus']} CPUs, Python {meta['python']}, "
                f"tornado {meta['tornado']}; took {meta.get('duration_s')} s)")
+    if "gateway_pid" not in meta:  # part 5 alone: no gateway was started
+        return "\n".join(out + rooms_report_lines(results)[1:])
     out.append("gateway = `python server.py` child process; HeyGen emulator, Petya reference, load client = this "
                "process; MongoDB = SecantusDB child process. Loopback only.")
     if meta.get("part_seconds"):
@@ -120,6 +123,16 @@ def report(results):
         o_relay = max(0.0, cpu[f"cpu{args['relay_cpu']}_busy_pct"] - ours_relay)
         return f"{o_load:.0f}/{o_relay:.0f}"
 
+    if results["rest"]:
+        section_rest(out, results, meta, args, cpu_pcts, other)
+    if results["ws"]:
+        section_ws(out, results, args)
+    section_rest_of(out, results, meta, args, anchors, cpu_pcts, other)
+    out.extend(rooms_report_lines(results))
+    return "\n".join(out)
+
+
+def section_rest(out, results, meta, args, cpu_pcts, other):
     out.append("")
     out.append(f"1. REST: same call direct to the HeyGen emulator, through the gateway and (keep_alive) through each "
                f"anchor ({args['rest_seconds']} s per row after {args['warmup']} s warm-up; one session per client; "
@@ -151,6 +164,8 @@ def report(results):
             for b in results["breakdown"]]
     out.append(table(["what", "p50", "p99", "cpu ms/iter"], rows))
 
+
+def section_ws(out, results, args):
     out.append("")
     out.append(f"2. WebSocket: one-way latency ({args['ws_frames']} frames, one in flight) and throughput "
                f"({args['ws_burst']} frames back to back), direct to the emulator vs relayed; binary "
@@ -174,6 +189,9 @@ def report(results):
     out.append("   socket set-up: connect + first client frame delivered to HeyGen, one at a time (ms)")
     out.append(table(["path", "sockets", "p50", "p99"], rows))
 
+
+def section_rest_of(out, results, meta, args, anchors, cpu_pcts, other):
+    """2b, 2c, 3 and 4."""
     if results.get("echo"):
         e0 = results["echo"][0]
         out.append("")
@@ -252,4 +270,3 @@ def report(results):
                         + [fmt(r.get(n), 2) for n in names]
                         + [fmt(r.get(f"gateway/{n}"), 3) for n in names])
         out.append(table(["metric", "better", "direct", "gateway"] + names + [f"gw/{n}" for n in names], rows))
-    return "\n".join(out)
