@@ -12,6 +12,7 @@ from domain.bridge import RESPONSE_TOPIC, Translator, read_event
 def make(index, publish):
     translator = Translator()
     turns = []
+    sending = set()  # publishes under way, held until done
 
     def on_packet(sender, topic, payload):
         if topic != RESPONSE_TOPIC:
@@ -21,7 +22,9 @@ def make(index, publish):
             return
         translation = translator.translate(event, time.time())
         for message in translation.events:
-            asyncio.ensure_future(publish(json.dumps(message).encode(), None))
+            task = asyncio.ensure_future(publish(json.dumps(message).encode(), None))
+            sending.add(task)
+            task.add_done_callback(sending.discard)
         if translation.turn is not None:
             turns.append(translation.turn)
             del turns[:-10]  # bounded, as the turn queue is drained
