@@ -144,6 +144,13 @@ class SessionRepository(Repository):
                                             {"$set": {"room_holder": ""}}, {"_id": 1}, hint=BY_SESSION)
 
     @blocking
+    def give_up_room(self, session_id: str, process_id: str, note: str) -> None:
+        """Nobody will hold this room ("-": never adopted by a sweep); `note` says what the transcript lacks."""
+        self.collection.find_one_and_update({"session_id": session_id, "room_holder": process_id},
+                                            {"$set": {"room_holder": "-", "room_note": note[:500]}}, {"_id": 1},
+                                            hint=BY_SESSION)
+
+    @blocking
     def rooms_held_by(self, process_id: str, limit: int = 1000) -> list[str]:
         """The live sessions whose room agent `process_id` holds (a dead process's, to take over); with "", the
         started sessions whose room nobody holds (given back by a process that stopped, or could not rejoin)."""

@@ -13,7 +13,6 @@ and its room agent joins the room at `streaming.start` to hear the avatar's word
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -21,7 +20,7 @@ from typing import Any, Protocol
 from clients.heygen import HeyGenClient
 from clients.http import UpstreamResponse
 from domain.answers import Answer
-from domain.errors import ConcurrencyLimitExceeded, RoomUnavailable, Unauthorized, UpstreamUnavailable
+from domain.errors import ConcurrencyLimitExceeded, Unauthorized, UpstreamUnavailable
 from domain.names import ContractName, ProviderName
 from domain.records import Customer, SessionFacts, Turn
 from domain.transcript import new_turn
@@ -30,9 +29,8 @@ from services.rooms import RoomAgents
 from services.sessions import Sessions
 from services.turns import TurnQueue
 
-log = logging.getLogger("gateway")
-
 CONTRACT = ContractName.HEYGEN
+HEYGEN_JOIN_WAIT = 2.0  # seconds streaming.start waits for the room agent to be in HeyGen's room
 # Tokens the browser has no use for: HeyGen's agent token lets its holder join the room as an agent.
 SERVER_SIDE_FIELDS = ("livekit_agent_token",)
 TURN_WRITE_WAIT = 0.5  # seconds a task's answer waits for its turn to be stored before answering anyway
@@ -113,10 +111,9 @@ class HeyGenOnHeyGen:
     async def call(self, session: SessionFacts, name: str, request: dict[str, Any]) -> UpstreamResponse:
         response = await self.heygen.session_call(name, request)
         if name == "start" and response.ok and session.agent_token and self.rooms is not None:
-            try:
-                await self.rooms.hold(session)
-            except RoomUnavailable as exc:  # the transcript then has what the client reports, as before v2 rooms
-                log.warning("session %s runs without the room agent: %s", session.session_id, exc)
+            # Usually in the room within ~0.1 s, before the first task; a slow room server does not hold the start
+            # up for long (the agent goes on joining), and one away leaves the transcript to the client's reports.
+            await self.rooms.hold_soon(session, HEYGEN_JOIN_WAIT)
         return response
 
 

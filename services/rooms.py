@@ -78,6 +78,15 @@ def internal_key(secret: str) -> str:
     return hmac.new(secret.encode(), b"ilianaai-avatar internal calls v1", hashlib.sha256).hexdigest()
 
 
+GAVE_UP_NOTE = ("the gateway's room agent could not join HeyGen's room: the avatar's words are those the client "
+                "reported")
+
+
+async def _wait_for(task: asyncio.Task[None] | None, wait: float) -> None:
+    if task is not None:
+        await asyncio.wait([task], timeout=wait)
+
+
 class RoomAgent:
     """This process's agent in one session's room."""
 
@@ -173,13 +182,27 @@ class RoomAgents:
         except RoomJoinError as exc:
             log.warning("room agent could not join the room of %s: %s", session.session_id, exc)
             try:
-                await self.repository.release_room(session.session_id, self.process_id)
+                if session.bridged:  # given back: the next sweep tries again (the session depends on it)
+                    await self.repository.release_room(session.session_id, self.process_id)
+                else:  # HeyGen's room only adds words: not tried again, and the hand-off says so
+                    await self.repository.give_up_room(session.session_id, self.process_id, GAVE_UP_NOTE)
             except ServiceUnavailable:
                 pass  # the claim lapses with this process's lease
             raise RoomUnavailable(f"the gateway could not join the session's room: {exc}") from None
         agent = RoomAgent(session, participant)
         self.agents[session.session_id] = agent
         log.info("room agent joined the room of %s", session.session_id)
+
+    def hold_soon(self, session: SessionFacts, wait: float) -> Coroutine[Any, Any, None]:
+        """Join in the background, waiting up to `wait` seconds for it (HeyGen's rooms: the start is not held up for
+        long by a room server that is slow or away; the words are only an addition there)."""
+        async def held() -> None:
+            try:
+                await self.hold(session)
+            except (RoomUnavailable, ServiceUnavailable) as exc:
+                log.warning("session %s runs without the room agent: %s", session.session_id, exc)
+        joining = self.background.spawn(held())
+        return _wait_for(joining, wait)
 
     async def leave(self, session_id: str) -> None:
         """This process's agent leaves the session's room (nothing when it holds none)."""
