@@ -11,16 +11,26 @@ gateway, WebSocket upgrade included. Port 443 is not a choice: HeyGen's SDK open
 HeyGen's SDK runs as a plugin would: `createStartAvatar` (streaming.new and streaming.start through the gateway, then
 `room.connect` straight to the sandbox's LiveKit room server on ws://127.0.0.1:<port>, as it would to HeyGen's LiveKit
 Cloud, then the socket through the gateway) -> STREAM_READY -> a default `speak` (a talk, as a TextFrame on the socket)
-and a REPEAT (REST) -> the avatar's events as LiveKit data in the page -> decoded video -> `stopAvatar`. The gateway
-knows only the user's words and the repeated text: the avatar's reply to the talk travels in the room, and this page
-(the official SDK alone) reports nothing. LiveAvatar's SDK runs its REST calls through nginx and the gateway here:
-`start()` (the session's room, CONNECTED), `keepAlive()`, `stop()`; its commands and events in the room are checked
-in tests/browser/test_liveavatar_sdk_room.py. Everything is driven over CDP
-(`Runtime.evaluate` with awaitPromise), and everything the page saw is kept: console messages, network answers with
-their headers, WebSocket frames. The whole run happens once, in the `run` fixture; each test function checks one thing
-about it.
-The run also writes tests/artifacts/sdk-browser.md (every SDK method, the calls it made, what it got) and
-sdk-browser.json (everything the page saw).
+and a REPEAT (REST) -> the avatar's events as LiveKit data in the page -> decoded video -> `stopAvatar`. The page (the
+official SDK alone) reports nothing of what was said; yet Petya gets all of it: the user's words (the TextFrame), the
+repeated text (the task) and the avatar's reply to the talk, which travelled only in HeyGen's room and was heard there
+by the gateway's room agent (services/rooms.py: it joins with the `livekit_agent_token` HeyGen's streaming.new
+answers, which the browser's answer goes without). LiveAvatar's SDK runs its REST calls through nginx and the gateway
+here: `start()` (the session's room, CONNECTED), `keepAlive()`, `stop()`; its commands and events in the room are
+checked in tests/browser/test_liveavatar_sdk_room.py. That is the `run` fixture, for the demo customer on HeyGen.
+
+The `bridged` fixture runs HeyGen's SDK the same way, unchanged, for the demo customer switched to LiveAvatar in the
+Petya reference (`provider: "liveavatar"`): streaming.new opens a LiveAvatar FULL session and answers with its room and
+client token, streaming.start puts the gateway's room agent in that room, the talk and the repeat become LiveAvatar
+commands on `agent-control`, and LiveAvatar's `agent-response` events come back as HeyGen's events, published by the
+room agent in the room (where the SDK fires AVATAR_START_TALKING ... AVATAR_STOP_TALKING from) and sent on the socket.
+LiveAvatar's emulator's avatar (`heygen`) publishes the video and audio; it speaks at LIVEAVATAR_WORD seconds a word.
+
+Everything is driven over CDP (`Runtime.evaluate` with awaitPromise), and everything the page saw is kept: console
+messages, network answers with their headers, WebSocket frames. Each run happens once (its own sandbox, nginx and
+Chromium), in its fixture; each test function checks one thing about it.
+The runs also write tests/artifacts/sdk-browser.md and sdk-browser-liveavatar.md (every SDK method, the calls it
+made, what it got) and the .json of each (everything the page saw).
 """
 import asyncio
 import base64
@@ -28,12 +38,14 @@ import json
 import pathlib
 import time
 import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
+from sandbox.liveavatar import sandbox_reply
 from sandbox.stack import DEMO_API_KEY, Sandbox
 from tests.helpers.browser import (
     GATEWAY,
@@ -59,8 +71,9 @@ from tests.helpers.client import FAST
 ARTIFACTS = pathlib.Path(__file__).parent.parent / "artifacts"  # tests/artifacts
 REPEAT_TEXT = "Hello from the HeyGen SDK."
 SOCKET_TEXT = "What can you do?"  # the default speak(): a talk, as a TextFrame on the socket
-TALK_REPLY = 'You said "What can you do?". I am the sandbox avatar.'  # the emulator's stand-in for the LLM
+TALK_REPLY = 'You said "What can you do?". I am the sandbox avatar.'  # HeyGen's emulator's stand-in for the LLM
 JWT_WARNING = "Token does not look like a JWT"
+LIVEAVATAR_WORD = 0.05  # seconds per word of LiveAvatar's avatar in the bridged run
 
 
 # --- what a run saw ----------------------------------------------------------------------------------------------
@@ -78,12 +91,34 @@ class Step:
 
 
 @dataclass
-class Run:
+class Seen:
+    """What the page saw, either run."""
     steps: list
     network: dict  # requestId -> {"url", "method", "headers", "postData", "type", "response", "failed"}
     sockets: dict  # requestId -> {"url", "handshake", "sent", "received", "closed"}
     console: list  # {"sdk", "level", "text"}
     exceptions: list  # uncaught exceptions: {"sdk", "text"}
+
+    def step(self, sdk, method):
+        found = [s for s in self.steps if s.sdk == sdk and s.method == method]
+        assert len(found) == 1, (sdk, method, [s.method for s in self.steps if s.sdk == sdk])
+        return found[0]
+
+    def calls(self, step):
+        """(method, url, status or failure) of each request a step made, OPTIONS preflights included."""
+        return [call_summary(self.network[rid]) for rid in step.requests]
+
+    def gateway_sockets(self):
+        return [s for s in self.sockets.values() if urlsplit(s["url"]).hostname == GATEWAY_HOST]
+
+    def gateway_requests(self, sdk=None):
+        return [r for r in self.network.values() if r["url"].startswith(GATEWAY + "/")
+                and (sdk is None or r["sdk"] == sdk)]
+
+
+@dataclass
+class Run(Seen):
+    """The run of both SDKs for the demo customer, on HeyGen."""
     heygen_token: str  # the gateway's session tokens the page was given
     liveavatar_token: str
     heygen_session_id: str
@@ -101,21 +136,24 @@ class Run:
     timings: dict  # seconds: install, bundle, scenario
     sdk_events: dict = field(default_factory=dict)  # sdk -> the events the page's listeners got
 
-    def step(self, sdk, method):
-        found = [s for s in self.steps if s.sdk == sdk and s.method == method]
-        assert len(found) == 1, (sdk, method, [s.method for s in self.steps if s.sdk == sdk])
-        return found[0]
 
-    def calls(self, step):
-        """(method, url, status or failure) of each request a step made, OPTIONS preflights included."""
-        return [call_summary(self.network[rid]) for rid in step.requests]
-
-    def gateway_sockets(self):
-        return [s for s in self.sockets.values() if urlsplit(s["url"]).hostname == GATEWAY_HOST]
-
-    def gateway_requests(self, sdk=None):
-        return [r for r in self.network.values() if r["url"].startswith(GATEWAY + "/")
-                and (sdk is None or r["sdk"] == sdk)]
+@dataclass
+class BridgedRun(Seen):
+    """HeyGen's SDK alone, for a customer whose Petya config says `provider: "liveavatar"`."""
+    heygen_token: str  # the gateway's session token the page was given
+    session_id: str  # HeyGen's contract's session id: LiveAvatar's session id
+    access_token: str  # the LiveKit token createStartAvatar got (LiveAvatar's client token)
+    deliveries: list  # Petya's accepted deliveries of the session (no conversation_id: the session id stands in)
+    conversation: dict  # Petya's stored conversation
+    gateway_transcript: dict  # GET /v1/streaming.transcript
+    heygen_upstream: list  # (method, path) HeyGen's emulator received: nothing
+    liveavatar_upstream: list  # (method, path) LiveAvatar's emulator received
+    liveavatar_session: dict  # the emulated session: status, end_reason, commands, events, tokens
+    agents_after: list  # the sessions the gateway's room agents were still in after the hand-off
+    video: list  # the page's <video> samples: {"width", "height", "time"}
+    room_url: str  # the sandbox's LiveKit room server
+    timings: dict
+    sdk_events: list = field(default_factory=list)  # what HeyGen's SDK fired in the page
 
 
 def call_summary(request):
@@ -188,7 +226,7 @@ async def drive_heygen(tab, steps):
               "room server); opens the socket; voice chat over it (no microphone)",
               "window.info = await avatar.createStartAvatar({quality: HeyGenSDK.AvatarQuality.Low}); "
               "return {session_id: info.session_id, intro: info.intro, url: info.url, "
-              "has_access_token: !!info.access_token};")
+              "has_access_token: !!info.access_token, has_agent_token: 'livekit_agent_token' in info};")
     await tab.until(lambda t: t.js("avatarEvents.some(e => e.type === 'stream_ready')"), timeout=20,
                     what="STREAM_READY (a video and an audio track subscribed)")
     await tab.js("""(async () => {
@@ -302,7 +340,20 @@ def collect(tabs):
     return network, sockets, console, exceptions
 
 
-async def scenario(tools, mongodb_uri, workdir, site, cert, key):
+@dataclass
+class Prepared:
+    """What both runs share: the tools, the bundled page, the certificate."""
+    tools: dict
+    site: pathlib.Path
+    cert: pathlib.Path
+    key: pathlib.Path
+    timings: dict
+
+
+@asynccontextmanager
+async def sdk_world(prepared, mongodb_uri, workdir):
+    """A sandbox, nginx in front of its gateway and Chromium; yields (sandbox, DevTools base, tabs: the tabs to
+    close at the end)."""
     sandbox = Sandbox(mongodb_uri, database="t_sdk_" + uuid.uuid4().hex[:10], **{**FAST, "CORS_ORIGINS": PAGE_ORIGIN})
     await sandbox.start()
     nginx = chromium = devtools = None
@@ -310,12 +361,43 @@ async def scenario(tools, mongodb_uri, workdir, site, cert, key):
     try:
         nginx_dir = workdir / "nginx"
         nginx_dir.mkdir()
-        nginx = Nginx(tools["nginx"], nginx_dir, cert, key, site, sandbox.gateway.port).start()
+        nginx = Nginx(prepared.tools["nginx"], nginx_dir, prepared.cert, prepared.key, prepared.site,
+                      sandbox.gateway.port).start()
         chrome_dir = workdir / "chromium"
         chrome_dir.mkdir()
         chromium, devtools = start_sdk_chromium(chrome_dir)
-        steps = []
+        yield sandbox, devtools, tabs
+    finally:
+        for tab in tabs:
+            await close_tab(devtools, tab)
+        if chromium is not None:
+            stop_process_group(chromium)
+        if nginx is not None:
+            nginx.stop()
+        await sandbox.stop()
 
+
+async def handed_off(sandbox, conversations):
+    """Petya's deliveries and stored conversations, once each conversation has one (give a duplicate time to show up,
+    too)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all(sandbox.petya.deliveries(c) for c in conversations):
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    return ({c: sandbox.petya.deliveries(c) for c in conversations},
+            {c: sandbox.petya.get_conversation(c) for c in conversations})
+
+
+async def gateway_transcript(sandbox, session_id):
+    transcript = await AsyncHTTPClient().fetch(HTTPRequest(
+        f"{sandbox.gateway_url}/v1/streaming.transcript?session_id={session_id}",
+        headers={"X-Api-Key": DEMO_API_KEY}), raise_error=False)
+    return {"status": transcript.code, "body": json.loads(transcript.body or b"null")}
+
+
+async def scenario(prepared, mongodb_uri, workdir):
+    async with sdk_world(prepared, mongodb_uri, workdir) as (sandbox, devtools, tabs):
+        steps = []
         heygen_tab = await open_sdk_tab(devtools, "heygen")
         tabs.append(heygen_tab)
         await load_page(heygen_tab)
@@ -329,17 +411,9 @@ async def scenario(tools, mongodb_uri, workdir, site, cert, key):
         minted, liveavatar_events = await drive_liveavatar(liveavatar_tab, steps, conversation_id)
         liveavatar_session_id = minted["body"]["data"]["session_id"]
 
-        # Petya: one hand-off per session, once the gateway has ended it (give a duplicate time to show up, too).
-        conversations = {heygen_session_id: None, conversation_id: None}
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not all(sandbox.petya.deliveries(c) for c in conversations):
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)
-        deliveries = {c: sandbox.petya.deliveries(c) for c in conversations}
-        conversations = {c: sandbox.petya.get_conversation(c) for c in conversations}
-        transcript = await AsyncHTTPClient().fetch(HTTPRequest(
-            f"{sandbox.gateway_url}/v1/streaming.transcript?session_id={heygen_session_id}",
-            headers={"X-Api-Key": DEMO_API_KEY}), raise_error=False)
+        # Petya: one hand-off per session, once the gateway has ended it.
+        deliveries, conversations = await handed_off(sandbox, (heygen_session_id, conversation_id))
+        transcript = await gateway_transcript(sandbox, heygen_session_id)
 
         for tab in tabs:
             await tab.js("1")
@@ -351,48 +425,91 @@ async def scenario(tools, mongodb_uri, workdir, site, cert, key):
             liveavatar_token=minted["body"]["data"]["session_token"], heygen_session_id=heygen_session_id,
             liveavatar_session_id=liveavatar_session_id,
             liveavatar_conversation_id=conversation_id, deliveries=deliveries, conversations=conversations,
-            gateway_transcript={"status": transcript.code, "body": json.loads(transcript.body or b"null")},
+            gateway_transcript=transcript,
             heygen_upstream=[(r.method, r.path) for r in sandbox.heygen.recorder.requests],
             heygen_ws_received=list(heygen_session.ws_received) if heygen_session else [],
             heygen_room_events=list(heygen_session.events) if heygen_session else [],
             heygen_video=heygen_video, room_url=sandbox.rooms.url,
             liveavatar_upstream=[(r.method, r.path) for r in sandbox.liveavatar.recorder.requests],
             timings={}), {"heygen": heygen_events, "liveavatar": liveavatar_events}
-    finally:
-        for tab in tabs:
-            await close_tab(devtools, tab)
-        if chromium is not None:
-            stop_process_group(chromium)
-        if nginx is not None:
-            nginx.stop()
-        await sandbox.stop()
 
 
-# --- the run, once for the module --------------------------------------------------------------------------------
+async def bridged_scenario(prepared, mongodb_uri, workdir):
+    """HeyGen's SDK, unchanged, for the demo customer switched to LiveAvatar (as a Petya team would switch it)."""
+    async with sdk_world(prepared, mongodb_uri, workdir) as (sandbox, devtools, tabs):
+        sandbox.liveavatar.seconds_per_word = LIVEAVATAR_WORD
+        sandbox.petya.update_account_config(DEMO_API_KEY, provider="liveavatar")
+        tab = await open_sdk_tab(devtools, "heygen")
+        tabs.append(tab)
+        await load_page(tab)
+        steps = []
+        minted, events, video = await drive_heygen(tab, steps)
+        session_id = steps[0].outcome["value"]["session_id"]
+        access_token = await tab.js("info.access_token")
+
+        deliveries, conversations = await handed_off(sandbox, (session_id,))
+        transcript = await gateway_transcript(sandbox, session_id)
+        await tab.js("1")
+        network, sockets, console, exceptions = collect(tabs)
+        emulated = sandbox.liveavatar.sessions.get(session_id)
+        return BridgedRun(
+            steps=steps, network=network, sockets=sockets, console=console, exceptions=exceptions,
+            heygen_token=minted["body"]["data"]["token"], session_id=session_id, access_token=access_token,
+            deliveries=deliveries[session_id], conversation=conversations[session_id],
+            gateway_transcript=transcript,
+            heygen_upstream=[(r.method, r.path) for r in sandbox.heygen.recorder.requests],
+            liveavatar_upstream=[(r.method, r.path) for r in sandbox.liveavatar.recorder.requests],
+            liveavatar_session=None if emulated is None else {
+                "status": emulated.status, "end_reason": emulated.end_reason, "commands": list(emulated.commands),
+                "events": list(emulated.events), "client_token": emulated.livekit_client_token,
+                "agent_token": emulated.livekit_agent_token},
+            agents_after=list(sandbox.gateway.rooms.agents), video=video, room_url=sandbox.rooms.url,
+            timings={}, sdk_events=events)
+
+
+# --- the runs, once each for the module -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, mongodb_server_uri):
+def prepared(tmp_path_factory):
+    """The pinned SDKs installed (when the lock changed) and bundled into the customer's page; a certificate."""
     tools = find_tools()
     began = time.monotonic()
     installed = install_sdks(tools)
     install_seconds = time.monotonic() - began
-    workdir = tmp_path_factory.mktemp("sdk-browser")
+    workdir = tmp_path_factory.mktemp("sdk-site")
     site = workdir / "site"
     began = time.monotonic()
     bundle(tools, site)
     bundle_seconds = time.monotonic() - began
     cert, key = make_certificate(tools, workdir)
+    return Prepared(tools, site, cert, key, {
+        "npm ci" if installed else "npm ci (up to date: skipped)": round(install_seconds, 2),
+        "bundle": round(bundle_seconds, 2)})
+
+
+@pytest.fixture(scope="module")
+def run(prepared, tmp_path_factory, mongodb_server_uri):
+    workdir = tmp_path_factory.mktemp("sdk-browser")
     began = time.monotonic()
-    result, events = asyncio.run(scenario(tools, mongodb_server_uri, workdir, site, cert, key))
-    result.timings = {"npm ci" if installed else "npm ci (up to date: skipped)": round(install_seconds, 2),
-                      "bundle": round(bundle_seconds, 2), "scenario": round(time.monotonic() - began, 2)}
+    result, events = asyncio.run(scenario(prepared, mongodb_server_uri, workdir))
+    result.timings = {**prepared.timings, "scenario": round(time.monotonic() - began, 2)}
     result.sdk_events = events
-    write_report(result, events)
+    write_report(result, events, "sdk-browser")
     return result
 
 
-def write_report(result, events):
-    """tests/artifacts/sdk-browser.md: the table of SDK methods; sdk-browser.json: everything the page saw."""
+@pytest.fixture(scope="module")
+def bridged(prepared, tmp_path_factory, mongodb_server_uri):
+    workdir = tmp_path_factory.mktemp("sdk-browser-liveavatar")
+    began = time.monotonic()
+    result = asyncio.run(bridged_scenario(prepared, mongodb_server_uri, workdir))
+    result.timings = {**prepared.timings, "scenario": round(time.monotonic() - began, 2)}
+    write_report(result, {"heygen": result.sdk_events}, "sdk-browser-liveavatar")
+    return result
+
+
+def write_report(result, events, name):
+    """tests/artifacts/<name>.md: the table of SDK methods; <name>.json: everything the page saw."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     lines = ["| SDK | method | what the SDK does | calls made (status) | result in the page | s |",
              "|---|---|---|---|---|---|"]
@@ -408,11 +525,11 @@ def write_report(result, events):
                      f"{got.replace('|', '/')} | {s.seconds} |")
     lines += ["", f"timings (s): {result.timings}", "", "console:"]
     lines += [f"- [{c['sdk']} {c['level']}] {c['text'][:200]}" for c in result.console]
-    (ARTIFACTS / "sdk-browser.md").write_text("\n".join(lines) + "\n")
+    (ARTIFACTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     dump = {k: v for k, v in result.__dict__.items() if k != "steps"}
     dump["steps"] = [s.__dict__ for s in result.steps]
     dump["sdk_events"] = events
-    (ARTIFACTS / "sdk-browser.json").write_text(json.dumps(dump, indent=1, default=repr))
+    (ARTIFACTS / f"{name}.json").write_text(json.dumps(dump, indent=1, default=repr))
 
 
 # --- helpers for the checks ---------------------------------------------------------------------------------------
@@ -507,6 +624,7 @@ def test_heygen_sdk_rest_calls_reach_the_gateway_through_nginx(run):
     assert info["ok"], info
     assert info["value"]["session_id"] == session_id and info["value"]["has_access_token"], info
     assert info["value"]["intro"] and info["value"]["url"] == run.room_url, info
+    assert not info["value"]["has_agent_token"], info  # the gateway's room agent's, kept from the browser
 
 
 def test_heygen_sdk_socket_through_nginx(run):
@@ -558,13 +676,22 @@ def test_heygen_sdk_joins_the_room_and_sees_the_avatar(run):
     assert times == sorted(times) and times[-1] > times[0], video
 
 
-def test_heygen_transcript_holds_what_the_gateway_can_know(run):
-    """Petya got, once and in order, the user's words (the TextFrame) and the repeated text. The avatar's reply to the
-    talk is not there: it travelled in the room, and the official SDK alone reports nothing (the known gap, until the
-    gateway joins rooms itself)."""
+def reports(seen):
+    """The page's reports of what was said (POST /v1/streaming.avatar_message or user_message)."""
+    return [r["url"] for r in seen.gateway_requests() if r["method"] == "POST"
+            and urlsplit(r["url"]).path.endswith(("/v1/streaming.avatar_message", "/v1/streaming.user_message"))]
+
+
+def test_heygen_talk_reply_reaches_petya_without_a_report(run):
+    """Petya got, once and in spoken order, the user's words (the TextFrame), the avatar's reply to the talk and the
+    repeated text. The reply travelled only in HeyGen's room and the page (the official SDK alone) reported nothing:
+    the gateway's room agent, in the room with the `livekit_agent_token` of HeyGen's answer, heard it."""
+    assert reports(run) == []
     assert len(run.deliveries[run.heygen_session_id]) == 1
     said = [(t["role"], t["transcript"]) for t in run.conversations[run.heygen_session_id]["transcript"]]
-    assert said == [("user", SOCKET_TEXT), ("avatar", REPEAT_TEXT)], said
+    assert said == [("user", SOCKET_TEXT), ("avatar", TALK_REPLY), ("avatar", REPEAT_TEXT)], said
+    held = run.gateway_transcript["body"]["data"]["transcript"]
+    assert [t["sources"] for t in held if t["transcript"] == TALK_REPLY] == [["room"]], held
 
 
 def test_liveavatar_sdk_through_nginx(run):
@@ -647,3 +774,127 @@ def test_every_gateway_answer_carries_cors_headers(run):
         assert header(headers, "Access-Control-Allow-Credentials") == "true", (request["url"], headers)
     sockets = run.gateway_sockets()
     assert len(sockets) == 1 and sockets[0]["handshake"]["status"] == 101
+
+
+# --- HeyGen's SDK for a customer on LiveAvatar (the `bridged` run) ---------------------------------------------------
+
+BRIDGED_REPLY = sandbox_reply(SOCKET_TEXT)  # LiveAvatar's emulator's stand-in for the LLM
+
+
+def test_bridged_sdk_rest_calls_reach_the_gateway_and_liveavatar_serves_them(bridged):
+    """Every call of HeyGen's SDK answered by the gateway through nginx as HeyGen would; LiveAvatar served the session
+    (HeyGen's emulator heard nothing); createStartAvatar got LiveAvatar's room and client token."""
+    run = bridged
+    expected = {
+        "createStartAvatar({quality: 'low'})": [("POST", "/v1/streaming.new", 200),
+                                                ("POST", "/v1/streaming.start", 200)],
+        "speak({text}) with the socket open": [],
+        "speak({text, taskType: REPEAT})": [("POST", "/v1/streaming.task", 200)],
+        "startListening()": [("POST", "/v1/streaming.start_listening", 200)],
+        "stopListening()": [("POST", "/v1/streaming.stop_listening", 200)],
+        "keepAlive()": [("POST", "/v1/streaming.keep_alive", 200)],
+        "interrupt()": [("POST", "/v1/streaming.interrupt", 200)],
+        "stopAvatar()": [("POST", "/v1/streaming.stop", 200)],
+    }
+    for method, calls in expected.items():
+        assert gateway_calls(run, "heygen", method) == calls, (method, run.calls(run.step("heygen", method)))
+        assert run.step("heygen", method).outcome["ok"], (method, run.step("heygen", method).outcome)
+    for request in sdk_calls(run, "heygen"):
+        assert through_nginx(request), request
+        assert header(request["headers"], "Authorization") == f"Bearer {run.heygen_token}"
+    assert run.heygen_upstream == []
+    upstream = [p for m, p in run.liveavatar_upstream]
+    assert upstream[:2] == ["/v1/sessions/token", "/v1/sessions/start"], upstream
+    assert "/v1/sessions/keep-alive" in upstream and "/v1/sessions/stop" in upstream, upstream
+    info = run.step("heygen", "createStartAvatar({quality: 'low'})").outcome["value"]
+    emulated = run.liveavatar_session
+    assert emulated is not None, run.session_id  # the session id HeyGen's SDK got is LiveAvatar's
+    assert info["url"] == run.room_url and info["intro"] and not info["has_agent_token"], info
+    assert run.access_token == emulated["client_token"] != emulated["agent_token"]
+    repeat = run.step("heygen", "speak({text, taskType: REPEAT})").outcome["value"]
+    assert repeat["task_id"] and repeat["duration_ms"] > 0, repeat
+
+
+def test_bridged_sdk_socket_talk_becomes_a_liveavatar_command(bridged):
+    """The default speak() went over the socket as HeyGen's TextFrame; the gateway's room agent published it, then the
+    repeat and the other calls, as LiveAvatar commands on agent-control; the session ended with the SDK's stop."""
+    run = bridged
+    opened = run.step("heygen", "createStartAvatar({quality: 'low'})")
+    assert [urlsplit(run.sockets[r]["url"]).netloc for r in opened.sockets] == [
+        urlsplit(run.room_url).netloc, GATEWAY_HOST]
+    socket_id = opened.sockets[1]
+    sock = run.sockets[socket_id]
+    assert sock["handshake"]["status"] == 101
+    spoken = run.step("heygen", "speak({text}) with the socket open")
+    assert spoken.outcome == {"ok": True, "value": None}, spoken
+    assert [(op, base64.b64decode(data)) for rid, op, data in spoken.frames_sent if rid == socket_id] == [
+        (2, protobuf_text_frame(SOCKET_TEXT))]
+    commands = run.liveavatar_session["commands"]
+    assert [(c["event_type"], c.get("text"), c["from"]) for c in commands] == [
+        ("avatar.speak_response", SOCKET_TEXT, "agent"), ("avatar.speak_text", REPEAT_TEXT, "agent"),
+        ("avatar.start_listening", None, "agent"), ("avatar.stop_listening", None, "agent"),
+        ("avatar.interrupt", None, "agent")], commands
+    repeat = run.step("heygen", "speak({text, taskType: REPEAT})").outcome["value"]
+    assert commands[1]["event_id"] == repeat["task_id"]  # the task id HeyGen's answer gave
+    assert (run.liveavatar_session["status"], run.liveavatar_session["end_reason"]) == ("stopped", "USER_CLOSED")
+    assert run.agents_after == []  # the room agent left with the session
+    assert sock["closed"] and sock["errors"] == []  # stopAvatar() closed it
+
+
+def test_bridged_sdk_sees_the_avatar_and_its_events(bridged):
+    """STREAM_READY with LiveAvatar's avatar's video and audio; for the talk and the repeat, AVATAR_START_TALKING,
+    AVATAR_TALKING_MESSAGE word by word, AVATAR_END_MESSAGE with the whole text and AVATAR_STOP_TALKING fired in the
+    page, from the room agent's LiveKit data, each task id the command's; the talk's USER_END_MESSAGE first; the video
+    decoded and moved."""
+    run = bridged
+    kinds = [e["type"] for e in run.sdk_events if e["type"] != "connection_quality_changed"]
+    assert kinds[0] == "stream_ready" and kinds.count("stream_ready") == 1, kinds
+    assert kinds[-1] == "stream_disconnected", kinds
+    said = [e["detail"] for e in run.sdk_events if e["type"].startswith(("avatar_", "user_"))]
+    talk_id, repeat_id = [c["event_id"] for c in run.liveavatar_session["commands"][:2]]
+    assert said[0] == {"type": "user_end_message", "task_id": talk_id, "message": SOCKET_TEXT}, said
+    assert [e for e in said if e["type"].startswith("user_")] == said[:1], said
+    avatar = said[1:]
+    assert list(dict.fromkeys(e["task_id"] for e in avatar)) == [talk_id, repeat_id], avatar
+    for task_id, text in ((talk_id, BRIDGED_REPLY), (repeat_id, REPEAT_TEXT)):
+        mine = [e for e in avatar if e["task_id"] == task_id]
+        assert [e["type"] for e in mine] == ["avatar_start_talking"] + ["avatar_talking_message"] * len(
+            text.split()) + ["avatar_end_message", "avatar_stop_talking"], mine
+        assert "".join(e["message"] for e in mine if e["type"] == "avatar_talking_message") == text
+        assert next(e for e in mine if e["type"] == "avatar_end_message")["message"] == text
+    times = [v["time"] for v in run.video]
+    assert all(v["width"] > 0 and v["height"] > 0 for v in run.video), run.video
+    assert times == sorted(times) and times[-1] > times[0], run.video
+
+
+def test_bridged_socket_carries_the_same_events(bridged):
+    """The gateway also sends the events on the streaming.chat socket, as HeyGen's v1 did (`{"type": ...}`: HeyGen's
+    SDK 2.1.0 reads `event_type` there, so it fires nothing twice). Complete here: the talk is read from the socket only
+    once the gateway's own leg is up, and nothing is said before (issue 18: events in between would be lost)."""
+    run = bridged
+    [sock] = run.gateway_sockets()
+    received = [json.loads(data) for op, data in sock["received"] if op == 1]
+    in_the_room = [e["detail"] for e in run.sdk_events if e["type"].startswith(("avatar_", "user_"))]
+    assert received == in_the_room, (received, in_the_room)
+
+
+def test_bridged_petya_gets_one_handoff_with_everything_said(bridged):
+    """One hand-off: the user's words, the avatar's reply to the talk and the repeated text, each once, in spoken
+    order, with no report from the page."""
+    run = bridged
+    assert reports(run) == []
+    assert len(run.deliveries) == 1, run.deliveries
+    conversation = run.conversation
+    assert conversation["sessionId"] == run.session_id and conversation["status"] == "completed", conversation
+    said = [(t["role"], t["transcript"]) for t in conversation["transcript"]]
+    assert said == [("user", SOCKET_TEXT), ("avatar", BRIDGED_REPLY), ("avatar", REPEAT_TEXT)], said
+
+
+def test_bridged_every_gateway_answer_carries_cors_headers(bridged):
+    requests = bridged.gateway_requests()
+    assert len(requests) >= 10, len(requests)
+    for request in requests:
+        assert request["failed"] is None, (request["method"], request["url"], request["failed"])
+        headers = request["response"]["headers"]
+        assert header(headers, "Access-Control-Allow-Origin") == PAGE_ORIGIN, (request["url"], headers)
+    assert bridged.exceptions == [], bridged.exceptions
