@@ -193,9 +193,10 @@ class PetyaReference:
 
     # Conversations
 
-    def record_status(self, conversation_id, session_id, status, transcript, delivery_id=None):
-        """Upserts the conversation and logs a delivery; returns False for a repeat (nothing written): a delivery id
-        seen before, or — without one — a status identical to the stored one."""
+    def record_status(self, conversation_id, session_id, status, transcript, delivery_id=None, note=None):
+        """Upserts the conversation and logs a delivery (with the gateway's `transcriptNote`, when it sent one);
+        returns False for a repeat (nothing written): a delivery id seen before, or — without one — a status identical
+        to the stored one."""
         with self.status_lock:
             if delivery_id is not None and self.delivery_log.find_one({"deliveryId": delivery_id}, {"_id": 1}):
                 return False
@@ -212,7 +213,7 @@ class PetyaReference:
             )
             self.delivery_log.insert_one({"conversationId": conversation_id, "sessionId": session_id,
                                           "status": status, "transcript": transcript, "at": now,
-                                          "deliveryId": delivery_id})
+                                          "deliveryId": delivery_id, "transcriptNote": note})
             return True
 
     def get_conversation(self, conversation_id):
@@ -247,13 +248,15 @@ class ConversationStatusHandler(EmulatorHandler):
             return self.reply(petya.fail_status, {"message": "Petya status update unavailable (simulated)"})
         if self.bearer() != petya.service_token:
             return self.reply(401, {"message": "Invalid service token"})
+        body = self.json_body()
         try:
             session_id, status, transcript, delivery_id = validate_status_body(
-                self.json_body(), self.request.headers.get("Idempotency-Key"))
+                body, self.request.headers.get("Idempotency-Key"))
         except StatusValidationError as error:
             return self.reply(400, {"message": str(error)})
+        note = body.get("transcriptNote") if isinstance(body.get("transcriptNote"), str) else None
         applied = await petya.run(petya.record_status, conversation_id, session_id, status, transcript,
-                                  delivery_id)
+                                  delivery_id, note)
         if petya.on_status is not None:  # tests: a fault injected once Petya has taken the delivery
             await petya.on_status(conversation_id)
         self.reply(200, {"ok": True, "conversationId": conversation_id, "sessionId": session_id,

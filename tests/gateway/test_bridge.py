@@ -228,3 +228,23 @@ async def test_heygen_v2_rooms_the_avatars_reply_reaches_petya_without_a_report(
     said = await petya_transcript(sandbox, "v2-room")
     assert said == [("user", "Do you ship abroad"), ("avatar", reply_for("talk", "Do you ship abroad"))]
     await eventually(lambda: session_id not in sandbox.gateway.rooms.agents)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_heygen_room_the_agent_cannot_join_the_session_goes_on_and_the_handoff_says_so(sandbox, client):
+    sandbox.rooms.max_participants = 1  # HeyGen's avatar takes the only place
+    token, session = await new_session(client, conversation_id="v2-no-room")
+    session_id = session["session_id"]
+    auth = {"Authorization": f"Bearer {token}"}
+    started = await client.call("/v1/streaming.start", {"session_id": session_id}, headers=auth, api_key=None)
+    assert started.status == 200, started.json
+    assert session_id not in sandbox.gateway.rooms.agents
+    await client.call("/v1/streaming.task", {"session_id": session_id, "text": "Plain words", "task_type": "repeat"},
+                      headers=auth, api_key=None)
+    assert (await client.call("/v1/streaming.stop", {"session_id": session_id}, headers=auth,
+                              api_key=None)).status == 200
+    assert await petya_transcript(sandbox, "v2-no-room") == [("avatar", "Plain words")]
+    [delivery] = sandbox.petya.deliveries("v2-no-room")
+    assert "could not join HeyGen's room" in delivery["transcriptNote"]
+    stored = await sandbox.gateway.sessions.get(session_id)
+    assert stored.room_holder == "-"  # never tried again by the sweeps
