@@ -3,10 +3,8 @@ from setuptools import setup
 
 SANDBOX = [
     "SecantusDB==0.6.0b17",  # MongoDB wire server for local runs and tests (dev only, GPL-2.0)
-    # The sandbox's LiveKit room server and its synthetic avatar (sandbox/livekit/, sandbox/avatar.py):
-    "aiortc==1.16.0",  # WebRTC
-    "av==18.1.0",  # video and audio frames (aiortc's codecs)
-    "livekit-protocol==1.1.29",  # LiveKit's signalling and data protobuf messages
+    # The sandbox's LiveKit room server and its synthetic avatar (sandbox/livekit/, sandbox/avatar.py), besides
+    # aiortc and livekit-protocol (the gateway's own):
     "livekit-api==1.2.2",  # LiveKit access tokens (JWT): minted and verified
     "Pillow==13.0.0",  # the avatar's picture
     "numpy==2.4.6",  # the avatar's frames and tone
@@ -48,6 +46,10 @@ setup(
         "prometheus_client==0.26.0",  # GET /metrics (observability/metrics.py)
         "apispec[marshmallow]==6.10.1",  # GET /openapi.json, from the marshmallow schemas (handlers/openapi.py)
         "uvloop==0.22.1",  # the default EVENT_LOOP: the socket relay's asyncio transports in C (relay/pump.py)
+        # The room agent, a data-only LiveKit participant (clients/livekit.py):
+        "aiortc==1.16.0",  # WebRTC (data channels only)
+        "av==18.1.0",  # aiortc's media library, pinned as it is imported with it
+        "livekit-protocol==1.1.29",  # LiveKit's signalling and data protobuf messages
     ],
     extras_require={"sandbox": SANDBOX, "test": TEST, "lint": LINT, "dev": TEST + LINT},
     entry_points={"console_scripts": ["ilianaai-avatar=server:main"]},
