@@ -210,3 +210,33 @@ async def test_holder_killed_the_other_process_takes_the_room_over_every_task_sp
     log = second.log()
     assert "Traceback" not in log and " 500 " not in log
 
+
+@pytest.mark.gen_test(timeout=60)
+async def test_holder_stopped_gracefully_the_next_task_to_the_other_process_holds_the_room_at_once(world, processes):
+    """A SIGTERM'd holder gives its rooms back (room_holder ""): the next command reaching another process has that
+    process hold the room then and there, not 503 until its next sweep adopts the orphan (SWEEP_INTERVAL, long here)."""
+    sandbox, db = world(SWEEP_INTERVAL=5)
+    first = await processes(sandbox.env, "first")
+    second = await processes(sandbox.env, "second")
+    a, b = GatewayClient(first.url), GatewayClient(second.url)
+    session_id = await started_session(a, sandbox, "holder-stopped")
+    a_agent = await eventually(lambda: agent_sid(sandbox, session_id))
+    said = ["Said while A held the room."]
+    assert_task_answer(await repeat(b, session_id, said[0]))
+    await said_once(sandbox, session_id, said[0])
+
+    await in_background(first.terminate)
+    assert first.process.returncode == 0
+    assert holder(db, session_id) == ""  # given back
+    stopped_at = time.monotonic()
+    said.append("Said once B held the room.")
+    reply = await repeat(b, session_id, said[1])
+    took = time.monotonic() - stopped_at
+    assert_task_answer(reply)
+    print(f"\nholder stopped: the next task to B answered {reply.status} after {took:.2f} s (B joined on demand)")
+    assert holder(db, session_id) == process_id(db, second)
+    assert agent_sid(sandbox, session_id) not in (None, a_agent)
+    await said_once(sandbox, session_id, said[1])
+    await stopped_and_handed_off_once(b, sandbox, session_id, "holder-stopped", said)
+    log = second.log()
+    assert "Traceback" not in log and " 500 " not in log
