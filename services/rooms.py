@@ -396,8 +396,8 @@ class RoomAgents:
         if session.session_id not in self.agents:
             stored = await self.repository.get(session.session_id)
             holder = stored.room_holder if stored is not None else None
-            if holder is None or holder == self.process_id:
-                await self.hold(session)  # nobody holds it (a failed rejoin gave it back): this process does
+            if not holder or holder == self.process_id:  # "": nobody holds it (given back by a process that
+                await self.hold(session)  # stopped, or by a failed rejoin): this process does, now
             else:
                 return await self._forward(holder, session.session_id, command, wait)
         return await self.perform(session.session_id, command, wait)
