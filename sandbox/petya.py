@@ -213,7 +213,7 @@ class PetyaReference:
             )
             self.delivery_log.insert_one({"conversationId": conversation_id, "sessionId": session_id,
                                           "status": status, "transcript": transcript, "at": now,
-                                          "deliveryId": delivery_id, "transcriptNote": note})
+                                          "deliveryId": delivery_id, **({"transcriptNote": note} if note else {})})
             return True
 
     def get_conversation(self, conversation_id):
