@@ -145,9 +145,13 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
             return self.close(1001, "reconnect: gateway lease renewed")
         settings = app.settings
         if session.bridged:  # HeyGen's events come from the gateway's room agent, wherever it is
-            address = await app.rooms.socket_address(session.session_id)
+            try:
+                address = await app.rooms.socket_address(session)
+            except GatewayError as exc:  # the room could not be joined; MongoDB away
+                log.warning("no room events for the socket of %s: %s", session.session_id, exc.message)
+                return self.close(1011, _reason(exc.message))
             if address is None:
-                return self.close(1013, "the session's room is not ready; try again")
+                return self.close(1013, "the session's room is being handed over; try again")
             url, headers = app.rooms.socket_url(address, session.session_id)
         else:
             query = [(k, v.decode()) for k, values in self.request.query_arguments.items() for v in values]

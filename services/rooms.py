@@ -358,14 +358,18 @@ class RoomAgents:
         if agent is not None:
             agent.stopping = True
 
-    async def socket_address(self, session_id: str) -> str | None:
-        """The internal URL of the process holding the session's room (this one's too); None while nobody live
-        holds it."""
-        if session_id in self.agents:
+    async def socket_address(self, session: SessionFacts) -> str | None:
+        """The internal URL of the process holding the session's room, where its events are heard: this one's when
+        nobody holds it yet (the plugin opens its socket before streaming.start: the agent joins now; RoomUnavailable
+        when it cannot); None while its holder is not live (a hand-over under way)."""
+        if session.session_id in self.agents:
             return self.leases.address
-        stored = await self.repository.get(session_id)
-        if stored is None or not stored.room_holder:
+        stored = await self.repository.get(session.session_id)
+        if stored is None:
             return None
+        if not stored.room_holder or stored.room_holder == self.process_id:
+            await self.hold(session)
+            return self.leases.address
         return await self.leases.address_of(stored.room_holder)
 
     def socket_url(self, address: str, session_id: str) -> tuple[str, dict[str, str]]:

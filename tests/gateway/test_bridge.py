@@ -37,7 +37,8 @@ async def socket(sandbox, session_id, token, prefix=""):
     """The browser's socket, once the gateway relays it to the room agent's events (the handshake is answered before
     the gateway's own leg is connected: issue 18)."""
     ws = await websocket_connect(ws_url(sandbox, session_id, token, prefix))
-    await eventually(lambda: sandbox.gateway.rooms.agents[session_id].listeners)
+    rooms = sandbox.gateway.rooms
+    await eventually(lambda: session_id in rooms.agents and rooms.agents[session_id].listeners)
     return ws
 
 
@@ -62,13 +63,12 @@ async def test_heygen_flow_on_liveavatar(bridged, client, prefix):
     assert la_session(sandbox, session_id).status == "started"
     auth = {"Authorization": f"Bearer {token}"}
 
+    ws = await socket(sandbox, session_id, token, prefix)  # plugin-contract.md: the socket, then streaming.start
     started = await client.call(prefix + "/v1/streaming.start", {"session_id": session_id}, headers=auth,
                                 api_key=None)
     assert started.status == 200, started.json
     room = sandbox.rooms.rooms[session_id]
     assert "agent" in room.participants  # the gateway's room agent, with LiveAvatar's agent token
-
-    ws = await socket(sandbox, session_id, token, prefix)
     repeat = await client.call(prefix + "/v1/streaming.task", {"session_id": session_id, "text": "Good morning to you",
                                                                "task_type": "repeat"}, headers=auth, api_key=None)
     assert repeat.status == 200, repeat.json
