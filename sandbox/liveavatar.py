@@ -274,6 +274,9 @@ class LiveAvatarEmulator:
         self.recorder = Recorder()
         self.sessions = {}
         self.transcript_fail_status = None
+        # Context ids whose FULL token requests come back LITE, as a context with a voice agent (e.g. ElevenLabs)
+        # does upstream (docs/upstream.md#liveavatar-token-claims).
+        self.lite_contexts = set()
         self._reaper = None
         self._closing = set()  # rooms closing after their session's end (cancelled by stop())
 
@@ -296,6 +299,8 @@ class LiveAvatarEmulator:
         # The web SDK decodes the token and reads start_session_data.mode (and agent settings) from it
         # (docs/upstream.md#liveavatar-token-claims). That it holds the token request's fields is UNVERIFIED; mode is
         # what the SDK needs.
+        if self.lite_contexts and (body.get("avatar_persona") or {}).get("context_id") in self.lite_contexts:
+            body = {**body, "mode": "LITE"}  # a context bound to a voice agent makes a LITE session (UNVERIFIED how)
         token = jwt_like({"session_id": session_id, "iat": int(time.time()), "start_session_data": dict(body)})
         session = EmulatedSession(session_id=session_id, token=token, body=body)
         self.sessions[session_id] = session

@@ -248,3 +248,21 @@ async def test_heygen_room_the_agent_cannot_join_the_session_goes_on_and_the_han
     assert "could not join HeyGen's room" in delivery["transcriptNote"]
     stored = await sandbox.gateway.sessions.get(session_id)
     assert stored.room_holder == "-"  # never tried again by the sweeps
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_full_request_that_came_back_lite_is_refused_and_stopped(bridged, client):
+    """LiveAvatar reads the session's real mode into its token's claims: a context with a voice agent makes a LITE
+    session, which has no agent to take HeyGen's tasks."""
+    sandbox = bridged
+    context = "4f1c2b7e-8a4d-4c6e-9b1a-2d3e4f5a6b7c"
+    sandbox.liveavatar.known_contexts = None
+    sandbox.liveavatar.lite_contexts.add(context)
+    sandbox.petya.update_account_config(DEMO_API_KEY, liveAvatar={
+        "avatarId": "dd73ea75-1218-4ef3-92ce-606d5f7fbc0a", "contextId": context})
+    token = await client.call("/v1/streaming.create_token")
+    new = await client.call("/v1/streaming.new", {"version": "v2", "conversation_id": "lite"},
+                            headers={"Authorization": f"Bearer {token.data['token']}"}, api_key=None)
+    assert_error(new, 502, "LITE")
+    [session] = sandbox.liveavatar.sessions.values()
+    assert session.status == "stopped"  # never left running
