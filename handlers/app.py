@@ -133,7 +133,8 @@ class Gateway:
                 sessions, turns, lifecycle,
                 default_provider=ProviderName(settings.heygen_contract_provider)),
             liveavatar_contract=LiveAvatarContract(
-                {ProviderName.LIVEAVATAR: LiveAvatarOnLiveAvatar(liveavatar_client, sessions)}, sessions, lifecycle),
+                {ProviderName.LIVEAVATAR: LiveAvatarOnLiveAvatar(liveavatar_client, sessions, rooms)}, sessions,
+                lifecycle),
             transcripts=Transcripts(sessions, turns), rooms=rooms, relays=relays,
             metrics=GatewayMetrics(records.count_live, turns, room_agents=lambda: len(rooms)),
             fast_relay=settings.relay_pump == "fast" and not missing)

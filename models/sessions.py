@@ -144,6 +144,14 @@ class SessionRepository(Repository):
                                             {"$set": {"room_holder": ""}}, {"_id": 1}, hint=BY_SESSION)
 
     @blocking
+    def set_room(self, session_id: str, room_url: str, agent_token: str) -> Session | None:
+        """Record the room a started session got (LiveAvatar's contract learns it at start), unheld."""
+        return _session(self.collection.find_one_and_update(
+            {"session_id": session_id}, {"$set": {"room_url": room_url, "agent_token": agent_token,
+                                                  "room_holder": ""}},
+            return_document=ReturnDocument.AFTER, hint=BY_SESSION))
+
+    @blocking
     def give_up_room(self, session_id: str, process_id: str, note: str) -> None:
         """Nobody will hold this room ("-": never adopted by a sweep); `note` says what the transcript lacks."""
         self.collection.find_one_and_update({"session_id": session_id, "room_holder": process_id},

@@ -19,9 +19,11 @@ from domain.names import ContractName, ProviderName
 from domain.records import Customer, Session, SessionFacts
 from domain.tokens import mirrored
 from services.lifecycle import Lifecycle
+from services.rooms import RoomAgents
 from services.sessions import Sessions
 
 CONTRACT = ContractName.LIVEAVATAR
+ROOM_JOIN_WAIT = 2.0  # seconds sessions/start waits for the room agent (it goes on joining after)
 # Tokens the browser has no use for: LiveAvatar's agent token lets its holder join the room as the avatar's agent.
 SERVER_SIDE_FIELDS = ("livekit_agent_token",)
 # What the gateway answers a stop of a session that has already ended, in LiveAvatar's envelope.
@@ -47,9 +49,10 @@ class LiveAvatarOnLiveAvatar:
     """LiveAvatar's contract served by LiveAvatar: the calls are forwarded, with our key (or the session's token)."""
     provider = ProviderName.LIVEAVATAR
 
-    def __init__(self, liveavatar: LiveAvatarClient, sessions: Sessions) -> None:
+    def __init__(self, liveavatar: LiveAvatarClient, sessions: Sessions, rooms: RoomAgents | None = None) -> None:
         self.liveavatar = liveavatar
         self.sessions = sessions
+        self.rooms = rooms  # None: the gateway never joins LiveAvatar's rooms
 
     async def open(self, customer: Customer, request: dict[str, Any]) -> Answer:
         """The session is recorded now, so one minted and never started is still found and stopped."""
@@ -68,15 +71,25 @@ class LiveAvatarOnLiveAvatar:
         return Answer(200, body=body, session_id=session_id)
 
     async def start(self, session: SessionFacts) -> UpstreamResponse:
+        """Started: the gateway's room agent joins the room to hear the words as they are said (LiveAvatar's
+        transcript is read only after the stop)."""
         response = await self.liveavatar.start(session)
         if self.liveavatar.is_concurrency_error(response):
             raise ConcurrencyLimitExceeded("all of the gateway's LiveAvatar sessions are in use: try again shortly")
+        data = (response.json() or {}).get("data") if response.ok else None
+        if self.rooms is not None and isinstance(data, dict) and data.get("livekit_url") \
+                and data.get("livekit_agent_token"):
+            stored = await self.sessions.set_room(session.session_id, data["livekit_url"], data["livekit_agent_token"])
+            if stored is not None:
+                await self.rooms.hold_soon(SessionFacts.of(stored), ROOM_JOIN_WAIT)
         return response
 
     async def keep_alive(self, session: SessionFacts) -> UpstreamResponse:
         return await self.liveavatar.keep_alive(session)
 
     async def stop(self, session: Session, reason: str) -> UpstreamResponse:
+        if self.rooms is not None:
+            self.rooms.stopping(session.session_id)
         return await self.liveavatar.stop(session.session_id, reason)
 
 

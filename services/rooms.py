@@ -5,7 +5,8 @@ one, held by exactly one gateway process at a time.
   commands HeyGen's calls become on `agent-control`, translates what LiveAvatar answers on `agent-response` into
   HeyGen's events (domain/bridge.py) — sent to the session's streaming.chat sockets (handlers/internal.py) and
   published in the room, where HeyGen's web SDK reads them — and queues the words as turns (services/turns.py). In a
-  HeyGen v2 room it only listens, and queues the avatar's and the user's words as turns.
+  room of LiveAvatar's own contract (its web SDK commands the avatar) and in a HeyGen v2 room it only listens, and
+  queues the avatar's and the user's words as turns as they are said.
 - **One holder per room.** The holder is recorded on the session (`room_holder`, a process id whose lease says where
   to reach it: services/leases.py). A command reaching another process is forwarded to the holder over an internal
   call authenticated with a key derived from GATEWAY_SECRET (`internal_key`); while nobody live holds the room — a
@@ -95,9 +96,10 @@ class RoomAgent:
     def __init__(self, session: SessionFacts, participant: DataParticipant) -> None:
         self.session = session
         self.participant = participant
-        self.bridged = session.bridged
-        self.translator = bridge.Translator() if self.bridged else None
-        self.words = None if self.bridged else bridge.HeyGenRoomWords()
+        self.bridged = session.bridged  # HeyGen's contract on LiveAvatar: translate, publish, command
+        liveavatar = session.provider == ProviderName.LIVEAVATAR
+        self.translator = bridge.Translator() if liveavatar else None  # LiveAvatar's events (words, its stop)
+        self.words = None if liveavatar else bridge.HeyGenRoomWords()  # HeyGen's room: the avatar's words
         self.listeners: set[Listener] = set()
         self.waiting: dict[str, asyncio.Future[float]] = {}  # command event id -> when its speech ended
         self.stopping = False  # the gateway is stopping the session: LiveAvatar's session.stopped is its echo
@@ -315,7 +317,7 @@ class RoomAgents:
                 self._queue(session_id, turn)
             return
         if data.topic != bridge.RESPONSE_TOPIC:
-            text = self._client_talk(data)
+            text = self._client_talk(data) if agent.bridged else None
             if text:  # HeyGen's SDK with its LiveKit transport publishes a talk in the room
                 self.background.spawn(self.perform(session_id, bridge.command("avatar.speak_response", text)))
             return
@@ -323,7 +325,7 @@ class RoomAgents:
         if event is None or agent.translator is None:
             return
         translation = agent.translator.translate(event, now)
-        for message in translation.events:
+        for message in translation.events if agent.bridged else ():
             text = json.dumps(message)
             agent.participant.publish(text.encode())  # for HeyGen's SDK in the room
             for listener in list(agent.listeners):

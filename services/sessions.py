@@ -188,6 +188,13 @@ class Sessions:
     async def get(self, session_id: str) -> Session | None:
         return await self.repository.get(session_id)
 
+    async def set_room(self, session_id: str, room_url: str, agent_token: str) -> Session | None:
+        """The room a session got when it started; this process's cached facts learn it too."""
+        stored = await self.repository.set_room(session_id, room_url, agent_token)
+        if stored is not None:
+            self.remember(stored)
+        return stored
+
     async def mark_started(self, session_id: str) -> None:
         await self.repository.mark_started(session_id, self.clock())
 

@@ -266,3 +266,32 @@ async def test_a_full_request_that_came_back_lite_is_refused_and_stopped(bridged
     assert_error(new, 502, "LITE")
     [session] = sandbox.liveavatar.sessions.values()
     assert session.status == "stopped"  # never left running
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_liveavatar_contract_words_are_recorded_as_they_are_said(bridged, client):
+    """LiveAvatar's own contract (its web SDK commands the avatar): the gateway's agent listens in the room, so the
+    words are in the gateway's record before the stop, and Petya gets each once (merged with LiveAvatar's)."""
+    from clients.livekit import DataParticipant
+    from domain.bridge import COMMAND_TOPIC, command
+    from tests.helpers.flows import bearer, minted
+
+    sandbox = bridged
+    session_id, token = await minted(client, conversation_id="la-room")
+    start = await client.call("/v1/sessions/start", api_key=None, headers=bearer(token))
+    assert start.status == 201, start.json
+    assert "livekit_agent_token" not in start.data
+    assert "agent" in sandbox.rooms.rooms[session_id].participants
+    page = DataParticipant(start.data["livekit_url"], start.data["livekit_client_token"], lambda data: None,
+                           lambda reason: None)  # the page's SDK, as far as commands go
+    await page.join(5)
+    page.publish(json.dumps(command("avatar.speak_text", "Heard as it is said")).encode(), topic=COMMAND_TOPIC)
+    turns = await eventually(lambda: sandbox.gateway.sessions.transcript(session_id), timeout=10)
+    assert [(t["role"], t["transcript"], t["sources"]) for t in turns] == [
+        ("avatar", "Heard as it is said", ["room"])]
+    await page.leave()
+    assert (await client.call("/v1/sessions/stop", api_key=None, headers=bearer(token))).status == 200
+    assert await petya_transcript(sandbox, "la-room") == [("avatar", "Heard as it is said")]
+    stored = await sandbox.gateway.sessions.get(session_id)
+    assert stored.end_reason == "stopped"  # LiveAvatar's session.stopped echoing the stop is not the reason
+    await eventually(lambda: session_id not in sandbox.gateway.rooms.agents)
