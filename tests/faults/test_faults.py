@@ -12,13 +12,9 @@ from sandbox.mongo import MongoServer
 from sandbox.stack import Sandbox, with_database
 from tests.helpers.client import GatewayClient, eventually
 from tests.helpers.flows import WS_PARAMS, avatar_done, read_events, socket_says
-from tests.helpers.processes import GatewayProcess
+from tests.helpers.processes import in_background
 
 pytestmark = pytest.mark.faults
-
-
-def in_background(fn, *args):
-    return asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
 @pytest.fixture
@@ -37,20 +33,6 @@ def world(io_loop, mongodb_server_uri, db_name):
     yield make
     for sandbox in made:
         io_loop.run_sync(sandbox.stop)
-
-
-@pytest.fixture
-def processes(tmp_path):
-    started = []
-
-    async def start(env, name):
-        gateway = GatewayProcess(env, str(tmp_path / f"{name}.log"))
-        started.append(gateway)
-        return await in_background(gateway.start)
-
-    yield start
-    for gateway in started:
-        gateway.terminate()
 
 
 def socket_url(gateway_url, session_id, token):

@@ -12,7 +12,7 @@ import pytest
 
 from sandbox.stack import DEMO_API_KEY, Sandbox
 from tests.helpers.client import GatewayClient, eventually
-from tests.helpers.processes import GatewayProcess
+from tests.helpers.processes import in_background
 
 pytestmark = pytest.mark.faults
 
@@ -21,10 +21,6 @@ TTL, HEARTBEAT, SWEEP = 2.0, 0.3, 0.3
 # sweep's own MongoDB round trips and this test's polling), then joins it (signalling + WebRTC to the room server).
 CLAIM_ALLOWANCE, JOIN_ALLOWANCE = 0.2, 1.0
 WORD = 0.02  # seconds per word of the LiveAvatar avatar
-
-
-def in_background(fn, *args):
-    return asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
 @pytest.fixture
@@ -50,20 +46,6 @@ def world(io_loop, mongodb_server_uri, db_name):
         client.close()
     for sandbox in made:
         io_loop.run_sync(sandbox.stop)
-
-
-@pytest.fixture
-def processes(tmp_path):
-    started = []
-
-    async def start(env, name):
-        gateway = GatewayProcess(env, str(tmp_path / f"{name}.log"))
-        started.append(gateway)
-        return await in_background(gateway.start)
-
-    yield start
-    for gateway in started:
-        gateway.terminate()
 
 
 def process_id(db, gateway):

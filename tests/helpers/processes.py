@@ -1,5 +1,6 @@
 """Real processes for fault tests: gateways started as `python server.py`, killed with SIGKILL or stopped with
 SIGTERM, as supervisor, the OOM killer or a lost host would."""
+import asyncio
 import os
 import signal
 import socket
@@ -129,3 +130,8 @@ class Nginx:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def in_background(fn, *args):
+    """Run a blocking call (a process's start or stop, a pymongo read) off the IOLoop."""
+    return asyncio.get_running_loop().run_in_executor(None, fn, *args)
