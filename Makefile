@@ -70,4 +70,4 @@ bench: $(STAMP)
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "not installed:$$missing (apt-get install$$missing): the bench skips the anchors that need them"; fi; \
 	fi
-	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/run.py --rooms

@@ -35,8 +35,9 @@ Per run (client x mode x N):
   `agent-control` (`avatar.speak_text`, as the gateway would for a task), spread evenly over time. The servers count
   what they published and the commands they heard; the report checks both against what the child counted.
 
-The consumer (the per-room packet handler in the measured child) is pluggable. The default, `last_event`, decodes
-the JSON and keeps the last event: a stand-in for the gateway's handler. To measure the gateway's real per-room
+The consumer (the per-room packet handler in the measured child) is pluggable. The default is the gateway's own
+per-room work in a bridged session (bench/suite/room_consumer.py: translate into HeyGen's events and publish them back
+in the room); `--rooms-consumer ''` uses `last_event`, which decodes the JSON and keeps the last event. To measure the gateway's real per-room
 handler, write a factory
 
     def make(index, publish):   # index: the room's number; publish(payload: bytes, topic: str): a coroutine
@@ -574,8 +575,10 @@ def add_arguments(parser):
     group.add_argument("--rooms-join-concurrency", type=int, default=10, help="joins under way at once")
     group.add_argument("--rooms-servers", type=int, default=0, help="room server processes (0: auto, one per "
                        "250 rooms, at most 2)")
-    group.add_argument("--rooms-consumer", default="", metavar="MODULE:FACTORY", help="the per-room packet "
-                       "consumer's factory (default: decode JSON, keep the last event); see this module's docstring")
+    group.add_argument("--rooms-consumer", default="bench.suite.room_consumer:make", metavar="MODULE:FACTORY",
+                       help="the per-room packet consumer's factory (default: the gateway's own per-room work, "
+                       "bench/suite/room_consumer.py; '' decodes JSON and keeps the last event); see this module's "
+                       "docstring")
 
 
 def main(argv=None):
