@@ -37,8 +37,8 @@ Per run (client x mode x N):
 
 The consumer (the per-room packet handler in the measured child) is pluggable. The default is the gateway's own
 per-room work in a bridged session (bench/suite/room_consumer.py: translate into HeyGen's events and publish them back
-in the room); `--rooms-consumer ''` uses `last_event`, which decodes the JSON and keeps the last event. To measure the gateway's real per-room
-handler, write a factory
+in the room); `--rooms-consumer ''` uses `last_event`, which decodes the JSON and keeps the last event. Another
+consumer is a factory
 
     def make(index, publish):   # index: the room's number; publish(payload: bytes, topic: str): a coroutine
         ...                     # (the client's publish, for a handler that answers in the room)
