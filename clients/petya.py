@@ -76,13 +76,16 @@ class PetyaClient:
         return config
 
     async def post_status(self, conversation_id: str, session_id: str, transcript: list[dict[str, Any]],
-                          delivery_id: str, status: str = "completed", note: str | None = None) -> FlushOutcome:
+                          delivery_id: str, status: str = "completed", note: str | None = None,
+                          fields: dict[str, Any] | None = None) -> FlushOutcome:
         """Hand a finished session's transcript to Petya (updateConversationStatus). `delivery_id` is the same on
         every attempt (header Idempotency-Key and body deliveryId): Petya applies a repeat of it as a no-op. `note`
-        (body transcriptNote, only when there is one) says what the transcript may lack, and why."""
+        (body transcriptNote, only when there is one) says what the transcript may lack, and why; `fields` are the
+        session's usage (domain/usage.py: provider, contract, startedAt, endedAt, durationSeconds, endReason,
+        accountId)."""
         path = f"/api/v1/avatar/conversations/{quote(conversation_id, safe='')}/status"
         body: dict[str, Any] = {"sessionId": session_id, "status": status, "transcript": transcript,
-                                "deliveryId": delivery_id}
+                                "deliveryId": delivery_id, **(fields or {})}
         if note:
             body["transcriptNote"] = note
         headers = {"Authorization": f"Bearer {self.auth_token}", "Idempotency-Key": delivery_id}

@@ -28,6 +28,8 @@ class Session:
     status: str = "created"
     contract: str | None = None  # None: stored before contracts were recorded, then the provider's own
     upstream_token: str | None = None
+    started_at: float | None = None
+    account_id: str | None = None
     room_url: str | None = None
     agent_token: str | None = None
     room_holder: str | None = None

@@ -56,6 +56,8 @@ class AvatarSession(Document):
     room_note = StringField()  # what the room agent missed (a take-over's gap), said in the hand-off
     created_at = FloatField(required=True)
     last_activity_at = FloatField(required=True)
+    started_at = FloatField()  # when the provider started it (billing starts): its start call, or at once (bridged)
+    account_id = StringField()  # Petya's accountId for the customer, when its config carries one (usage, hand-off)
     # One entry per open socket: {"id", "process" (the ProcessLease holding it), "opened_at"}. A socket whose
     # process's lease expired counts as closed at that lease's last heartbeat (models.leases).
     sockets = ListField(DictField())

@@ -30,12 +30,14 @@ class SessionRepository(Repository):
     @blocking
     def create(self, session_id: str, provider: str, contract: str, conversation_id: str | None, customer: str,
                upstream_token: str | None, now: float, room_url: str | None = None,
-               agent_token: str | None = None) -> Session:
+               agent_token: str | None = None, account_id: str | None = None,
+               started_at: float | None = None) -> Session:
         session = AvatarSession(
             session_id=session_id, provider=str(provider), contract=str(contract),
             conversation_id=conversation_id or session_id, customer=customer, status="created",
             upstream_token=upstream_token, room_url=room_url, agent_token=agent_token,
-            room_holder="" if agent_token else None, created_at=now, last_activity_at=now)
+            room_holder="" if agent_token else None, created_at=now, last_activity_at=now, account_id=account_id,
+            started_at=started_at)
         session.validate()
         document = session.to_mongo().to_dict()
         self.collection.insert_one(document)
@@ -70,7 +72,8 @@ class SessionRepository(Repository):
     @blocking
     def mark_started(self, session_id: str, now: float) -> None:
         self.collection.update_one({"session_id": session_id, "status": "created"},
-                                   {"$set": {"status": "started", "last_activity_at": now}})
+                                   {"$set": {"status": "started", "last_activity_at": now},
+                                    "$min": {"started_at": now}})
 
     @blocking
     def touch_all(self, touched: dict[str, float]) -> None:

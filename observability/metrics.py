@@ -44,7 +44,7 @@ PREFIX = "ilianaai_avatar_"
 # The upstreams, as their `upstream` label spells them (lower case). RATE_LIMITED uses the same values.
 UPSTREAMS = ("heygen", "liveavatar", "petya")
 HANDOFF_OUTCOMES = ("delivered", "retry", "rejected", "deferred")
-REAPER_KINDS = ("lease_expired", "sockets_released", "socket_closed", "idle", "max_age")
+REAPER_KINDS = ("lease_expired", "sockets_released", "rooms_taken_over", "socket_closed", "idle", "max_age")
 
 LIVE_SESSIONS_TTL = 5.0  # seconds a MongoDB count of the live sessions is reused
 LIVE_SESSIONS_WAIT = 1.0  # seconds a scrape waits for a fresh count before it answers without one
@@ -73,6 +73,11 @@ UPSTREAM_LATENCY = Histogram(
     "answer: refused, unreachable, timed out).", ["upstream", "call", "status"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=None)
 
+SESSION_SECONDS = Counter(
+    PREFIX + "session_seconds", "Seconds of sessions served, by provider, from the provider's start to the end, "
+    "counted when a session ends (by the process that ended it): what the providers bill by.", ["provider"],
+    registry=None)
+
 REAPER_ACTIONS = Counter(
     PREFIX + "reaper_actions", "What the periodic sweep did, by kind: lease_expired (a dead process's lease "
     "removed), sockets_released (sessions whose sockets that process held now count as closed), rooms_taken_over "
@@ -92,13 +97,15 @@ QUOTA_REFUSED = Counter(
     PREFIX + "quota_refused", "New sessions refused because the customer's concurrent-session quota was taken "
     "(429 concurrency_limit_exceeded).", registry=None)
 
-EVENT_METRICS = (SESSIONS_ENDED, HANDOFFS, HANDOFF_ATTEMPTS, UPSTREAM_LATENCY, REAPER_ACTIONS, MONGODB_ERRORS,
+EVENT_METRICS = (SESSIONS_ENDED, SESSION_SECONDS,
+                 HANDOFFS, HANDOFF_ATTEMPTS, UPSTREAM_LATENCY, REAPER_ACTIONS, MONGODB_ERRORS,
                  RATE_LIMITED, QUOTA_REFUSED)
 
 # Label values known in advance start at 0, so a rate() over them works from the first scrape.
 for _provider in PROVIDERS:
     for _reason in END_REASONS:
         SESSIONS_ENDED.labels(provider=_provider, reason=_reason)
+    SESSION_SECONDS.labels(provider=_provider)
 for _outcome in HANDOFF_OUTCOMES:
     HANDOFFS.labels(outcome=_outcome)
 for _kind in REAPER_KINDS:

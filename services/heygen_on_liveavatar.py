@@ -110,7 +110,7 @@ class HeyGenOnLiveAvatar:
             return started.answer()
         await self.sessions.record(self.liveavatar, session_id, CONTRACT, customer, conversation_id,
                                    upstream_token, room_url=room["livekit_url"],
-                                   agent_token=room["livekit_agent_token"])
+                                   agent_token=room["livekit_agent_token"], started=True)
         if token:
             await self.sessions.bind_token(token, session_id)
         limit = room.get("max_session_duration")

@@ -26,6 +26,7 @@ from domain.errors import GatewayError, ServiceUnavailable
 from domain.names import ProviderName
 from domain.records import Session
 from domain.transcript import for_petya
+from domain.usage import duration_seconds, handoff_fields
 from models.sessions import SessionRepository
 from observability import metrics
 from services.background import Background
@@ -112,6 +113,8 @@ class Lifecycle:
         if session is None:
             return False
         metrics.SESSIONS_ENDED.labels(provider=session.provider, reason=reason).inc()
+        metrics.SESSION_SECONDS.labels(provider=session.provider).inc(
+            duration_seconds(session.started_at, self.sessions.clock()))
         log.info("session %s ended (%s)", session_id, reason)
         if stop_upstream:
             await self.stop_upstream(session, reason)
@@ -151,7 +154,8 @@ class Lifecycle:
             turns, note = recorded, f"provider transcript unavailable: {exc.message}"
         note = "; ".join(n for n in (note, session.room_note) if n) or None  # what the transcript may lack
         outcome = await self.petya.post_status(session.conversation_id, session.session_id, for_petya(turns),
-                                               delivery_id(session.session_id), note=note)
+                                               delivery_id(session.session_id), note=note,
+                                               fields=handoff_fields(session))
         if outcome.delivered:
             metrics.HANDOFFS.labels(outcome="delivered").inc()
             metrics.HANDOFF_ATTEMPTS.labels(outcome="delivered").observe(session.flush_attempts)

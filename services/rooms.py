@@ -45,6 +45,7 @@ from domain import bridge
 from domain.errors import RoomUnavailable, ServiceUnavailable, UpstreamTimeout, UpstreamUnavailable
 from domain.names import ProviderName
 from domain.records import SessionFacts, Turn
+from domain.usage import upstream_end_reason
 from models.sessions import SessionRepository
 from services.background import Background
 from services.leases import Leases
@@ -337,7 +338,7 @@ class RoomAgents:
             if waiting is not None and not waiting.done():
                 waiting.set_result(now)
         if translation.stopped is not None and self.end_session is not None and not agent.stopping:
-            self.background.spawn(self.end_session(session_id, f"upstream_{translation.stopped}"))
+            self.background.spawn(self.end_session(session_id, upstream_end_reason(translation.stopped)))
 
     @staticmethod
     def _client_talk(data: RoomData) -> str | None:

@@ -170,13 +170,15 @@ class Sessions:
 
     async def record(self, provider: Provider, session_id: str, contract: str, customer: Customer,
                      conversation_id: str | None, upstream_token: str | None, room_url: str | None = None,
-                     agent_token: str | None = None) -> Session:
-        """Record a session the provider just opened; if that fails, stop it upstream rather than leak it
-        (ServiceUnavailable then)."""
+                     agent_token: str | None = None, started: bool = False) -> Session:
+        """Record a session the provider just opened (`started`: and already started, billing); if that fails, stop it
+        upstream rather than leak it (ServiceUnavailable then). The customer's Petya accountId goes with it."""
         try:
+            now = self.clock()
+            account = customer.config.get("accountId")
             return self.remember_session(await self.repository.create(
-                session_id, provider.name, contract, conversation_id, customer.id, upstream_token, self.clock(),
-                room_url, agent_token))
+                session_id, provider.name, contract, conversation_id, customer.id, upstream_token, now,
+                room_url, agent_token, str(account) if account else None, now if started else None))
         except Exception as exc:
             log.error("could not record %s session %s (%s); stopping it", provider.name, session_id,
                       exc.message if isinstance(exc, ServiceUnavailable) else repr(exc))
