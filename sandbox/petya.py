@@ -8,9 +8,10 @@
 The config holds CONFIG_FIELDS over DEFAULT_CONFIG, and whatever else an account was created or updated with. One
 optional field says who serves the customer's sessions: `provider`, "heygen" or "liveavatar" (PROVIDERS) or null —
 for a plugin speaking HeyGen's contract (`/v1/streaming.*`), the gateway serves it with that provider; absent or
-null, the gateway's HEYGEN_CONTRACT_PROVIDER decides. It is absent from the config until it is set (null once set to
-null). Any other value is refused, wherever it comes in: 400 naming the field on the admin route,
-ConfigValidationError from `create_account` and `update_account_config`.
+null, the gateway's HEYGEN_CONTRACT_PROVIDER decides. Another, `accountId` (a string or null), names the customer's
+account for usage and billing: the gateway puts it in each hand-off. Both are absent from the config until set (null
+once set to null). Any other provider value is refused, wherever it comes in: 400 naming the field on the admin
+route, ConfigValidationError from `create_account` and `update_account_config`.
 
 For the demo console (browser, another origin, so with CORS), protected by the service token as Bearer:
 - `GET` / `PUT /api/v1/admin/accounts/config` — read / update the avatar config of the account whose API key is
@@ -43,7 +44,7 @@ DEFAULT_CONFIG = {
 }
 STATUSES = ("active", "completed", "failed")
 ROLES = ("user", "avatar")
-CONFIG_FIELDS = ("avatarId", "intro", "knowledgeBaseId", "voiceId", "language", "provider")
+CONFIG_FIELDS = ("avatarId", "intro", "knowledgeBaseId", "voiceId", "language", "provider", "accountId")
 REQUIRED_CONFIG_FIELDS = ("avatarId", "language")  # non-empty strings; the others may be null
 PROVIDERS = ("heygen", "liveavatar")  # `provider`: who serves the customer's sessions (null: the gateway's default)
 TIMESTAMP_FIELDS = ("absolute_timestamp", "timestamp")
