@@ -68,6 +68,11 @@ class HeyGenClient:
         the emulator's message names the limit)."""
         return says_concurrent(response)
 
+    async def erase(self, session_id: str) -> UpstreamResponse | None:
+        """HeyGen's streaming API offers no way to delete what it keeps of a session (UNVERIFIED that it keeps
+        any): nothing to ask."""
+        return None
+
     async def final_turns(self, session: Session, recorded: list[Turn]) -> tuple[list[Turn], str | None]:
         """HeyGen keeps no transcript: the turns the gateway recorded are the transcript."""
         return recorded, None

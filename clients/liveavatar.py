@@ -143,6 +143,12 @@ class LiveAvatarClient:
     async def abandon(self, session_id: str) -> UpstreamResponse:
         return await self.stop(session_id, "SERVER_ERROR", wait=BACKGROUND_WAIT)
 
+    async def erase(self, session_id: str) -> UpstreamResponse | None:
+        """`DELETE /v1/sessions/{id}/events`: LiveAvatar hard-deletes the session's events (whether its transcript
+        is among them is UNVERIFIED: docs/upstream.md#liveavatar-rest-api)."""
+        return await self._call("sessions/events", "DELETE", f"/v1/sessions/{quote(session_id, safe='')}/events",
+                                wait=BACKGROUND_WAIT)
+
     def is_concurrency_error(self, response: UpstreamResponse) -> bool:
         """LiveAvatar's answer when our account's concurrent sessions are all in use (UNVERIFIED wording)."""
         return says_concurrent(response)

@@ -30,6 +30,10 @@ class Provider(Protocol):
         """Whether an answer says our account's concurrent sessions are all in use."""
         ...
 
+    async def erase(self, session_id: str) -> UpstreamResponse | None:
+        """Ask the provider to delete what it keeps of the session's words; None when there is no way to ask."""
+        ...
+
     async def final_turns(self, session: Session, recorded: list[Turn]) -> tuple[list[Turn], str | None]:
         """The session's whole transcript for the hand-off: `recorded` (what the gateway saw) merged with what the
         provider keeps, if it keeps any; and a note when its part could not be had."""

@@ -93,6 +93,15 @@ def _secret(min_length: int = 1) -> Parser:
     return parse
 
 
+def _optional_secret(min_length: int) -> Parser:
+    @typed("str")
+    def parse(raw: str) -> str:
+        if raw and len(raw) < min_length:
+            raise ValueError(f"must be empty or at least {min_length} characters")
+        return raw
+    return parse
+
+
 @typed("tuple[str, ...]")
 def _origins(raw: str) -> tuple[str, ...]:
     """`*` or a comma list of origins such as https://shop.example.com."""
@@ -189,6 +198,9 @@ GROUPS: tuple[Group, ...] = (
         Setting("GATEWAY_SECRET", REQUIRED, _secret(16),
                 "Key of the HMAC that turns customer API keys into stored customer ids (16+ chars).", secret=True),
         Setting("HEYGEN_API_KEY", REQUIRED, _secret(), "Our HeyGen API key; never leaves the server.", secret=True),
+        Setting("ADMIN_TOKEN", "", _optional_secret(16),
+                "Bearer token of the admin API (/admin/usage, /admin/conversations/…; served with the operators' "
+                "routes, on ADMIN_ADDRESS when set); empty: the admin API is off (404). 16+ chars.", secret=True),
         Setting("HEYGEN_BASE_URL", "https://api.heygen.com", _url, "HeyGen API base URL (REST and WebSocket)."),
         Setting("LIVEAVATAR_API_KEY", "", _str,
                 "Our LiveAvatar API key; never leaves the server. Empty: the LiveAvatar routes answer 503.",
@@ -277,6 +289,9 @@ GROUPS: tuple[Group, ...] = (
         Setting("FLUSH_RETRY_MAX", "300", _float(0.01),
                 "Longest retry delay of a failed transcript flush, in seconds."),
         Setting("SHUTDOWN_TIMEOUT", "8", _float(0), "Seconds a graceful stop waits for in-flight work."),
+        Setting("TRANSCRIPT_RETENTION_DAYS", "30", _float(0),
+                "Days every stored word of a session is kept after its hand-off was delivered or rejected (fractions "
+                "allowed); then deleted by the sweep, keeping what usage needs. 0: kept forever."),
     )),
 )
 SETTINGS: tuple[Setting, ...] = tuple(setting for group in GROUPS for setting in group.settings)

@@ -6,7 +6,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-SECRETS = frozenset({'gateway_secret', 'heygen_api_key', 'liveavatar_api_key', 'petya_auth_token', 'mongodb_uri'})
+SECRETS = frozenset({
+    'gateway_secret',
+    'heygen_api_key',
+    'admin_token',
+    'liveavatar_api_key',
+    'petya_auth_token',
+    'mongodb_uri',
+})
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +29,7 @@ class Settings:
     # --- Secrets and upstreams
     gateway_secret: str
     heygen_api_key: str
+    admin_token: str
     heygen_base_url: str
     liveavatar_api_key: str
     liveavatar_base_url: str
@@ -66,6 +74,7 @@ class Settings:
     flush_retry_initial: float
     flush_retry_max: float
     shutdown_timeout: float
+    transcript_retention_days: float
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some settings changed (names in lower case); values are already parsed."""

@@ -24,10 +24,11 @@ ROLES = ("user", "avatar")
 # A session: created (the upstream session exists) -> started -> ended (stopped, reaped or abandoned).
 SESSION_STATUSES = ("created", "started", "ended")
 LIVE_STATUSES = ("created", "started")
-# Its hand-off to Petya: none -> pending -> delivering (leased) -> delivered | rejected (4xx, kept).
-FLUSH_STATES = ("none", "pending", "delivering", "delivered", "rejected")
+# Its hand-off to Petya: none -> pending -> delivering (leased) -> delivered | rejected (4xx, kept); cancelled when
+# its conversation was erased before it was delivered.
+FLUSH_STATES = ("none", "pending", "delivering", "delivered", "rejected", "cancelled")
 # Why a session ended: by its client (stopped), or by the reaper.
-END_REASONS = ("stopped", "socket_closed", "idle", "max_age")
+END_REASONS = ("stopped", "socket_closed", "idle", "max_age", "erased")
 # The paths a turn can reach the gateway by: a task, HeyGen's socket events, the client's TextFrame, a client's
 # report, the provider's own transcript.
-TURN_SOURCES = ("task", "socket", "frame", "reported", "upstream")
+TURN_SOURCES = ("task", "socket", "frame", "reported", "upstream", "room")

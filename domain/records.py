@@ -47,6 +47,11 @@ class Session:
     flush_cutoff: float | None = None
     flushed_at: float | None = None
     transcript_note: str | None = None
+    words_expire_at: float | None = None
+    words_deleted_at: float | None = None
+    erased_at: float | None = None
+    upstream_erase_at: float | None = None
+    upstream_erase_attempts: int = 0
 
     @property
     def served_contract(self) -> str:

@@ -24,7 +24,7 @@ from conf import Settings
 from domain.errors import ServiceUnavailable
 from domain.names import ProviderName
 from domain.tokens import TokenSigner
-from handlers import demo, heygen, internal, liveavatar, openapi, operations, reports
+from handlers import admin, demo, heygen, internal, liveavatar, openapi, operations, reports
 from handlers.base import NotFoundHandler
 from handlers.contracts import Contract, admin_table, route_table
 from models.claims import ClaimRepository
@@ -39,6 +39,7 @@ from observability.metrics import GatewayMetrics
 from relay.registry import OpenRelays
 from services.background import Background
 from services.customers import Customers
+from services.erasure import Erasure
 from services.heygen_contract import HeyGenContract, HeyGenOnHeyGen
 from services.heygen_on_liveavatar import HeyGenOnLiveAvatar
 from services.leases import Leases
@@ -49,12 +50,13 @@ from services.rooms import RoomAgents
 from services.sessions import ACTIVITY_FLUSH, Sessions
 from services.transcripts import Transcripts
 from services.turns import TurnQueue
+from services.usage import Usage
 
 log = logging.getLogger("gateway")
 
 # What the gateway serves, in matching order (handlers/contracts.py).
 CONTRACTS: tuple[Contract, ...] = (heygen.CONTRACT, reports.CONTRACT, liveavatar.CONTRACT, operations.CONTRACT,
-                                   internal.CONTRACT, demo.CONTRACT)
+                                   admin.CONTRACT, internal.CONTRACT, demo.CONTRACT)
 
 
 @dataclass(eq=False)
@@ -76,6 +78,8 @@ class Gateway:
     liveavatar_contract: LiveAvatarContract
     transcripts: Transcripts
     rooms: RoomAgents
+    usage: Usage
+    erasure: Erasure
     relays: OpenRelays
     metrics: GatewayMetrics
     fast_relay: bool  # the relay's fast pump (relay/pump.py), else the plain one (relay/plain.py)
@@ -116,6 +120,9 @@ class Gateway:
         rooms = RoomAgents(records, leases, turns, background, http, settings.gateway_secret,
                            join_timeout=settings.room_join_timeout, call_timeout=settings.upstream_request_timeout)
         lifecycle = Lifecycle(sessions, providers, petya, settings, turns, leases, background, rooms)
+        lifecycle.erasure = erasure = Erasure(
+            records, sessions.turn_reports, providers, lifecycle.end, settings.transcript_retention_days,
+            second_pass=settings.lease_ttl + settings.sweep_interval, clock=sessions.clock)
         relays = OpenRelays(sessions)
         leases.followers += [relays, rooms]
         missing = tornado_compat.missing()
@@ -135,7 +142,8 @@ class Gateway:
             liveavatar_contract=LiveAvatarContract(
                 {ProviderName.LIVEAVATAR: LiveAvatarOnLiveAvatar(liveavatar_client, sessions, rooms)}, sessions,
                 lifecycle),
-            transcripts=Transcripts(sessions, turns), rooms=rooms, relays=relays,
+            transcripts=Transcripts(sessions, turns), rooms=rooms, usage=Usage(records, sessions.clock),
+            erasure=erasure, relays=relays,
             metrics=GatewayMetrics(records.count_live, turns, room_agents=lambda: len(rooms)),
             fast_relay=settings.relay_pump == "fast" and not missing)
         gateway.app = gateway.application(route_table(gateway.contracts, gateway.deps(),

@@ -108,6 +108,8 @@ SECURITY_SCHEMES = {
                      "description": "A gateway session token, from /v1/streaming.create_token (HeyGen) or "
                                     "/v1/sessions/token (LiveAvatar), as the providers' SDKs send it. It reaches only "
                                     "sessions of its own provider, and a LiveAvatar token only its own session."},
+    "AdminToken": {"type": "http", "scheme": "bearer",
+                   "description": "ADMIN_TOKEN, for the admin API (off without it)."},
     "SessionTokenQuery": {"type": "apiKey", "in": "query", "name": "session_token",
                           "description": "The HeyGen gateway token from /v1/streaming.create_token, on the "
                                          "WebSocket URL (as HeyGen's SDK sends it)."},

@@ -74,6 +74,14 @@ class AvatarSession(Document):
     flush_cutoff = FloatField()  # set when the flush first takes its lease: reports after it are refused (409)
     flushed_at = FloatField()
     transcript_note = StringField()  # why a provider transcript could not be merged, when it could not
+    # Forgetting (services/erasure.py): when the session's words are due for deletion (its hand-off finished +
+    # TRANSCRIPT_RETENTION_DAYS, or an erasure's second pass), when they were deleted, when its conversation was
+    # erased, and when the provider is next asked to delete its own copy (None once it has).
+    words_expire_at = FloatField()
+    words_deleted_at = FloatField()
+    erased_at = FloatField()
+    upstream_erase_at = FloatField()
+    upstream_erase_attempts = IntField(default=0)
 
     COLLECTION = "avatar_sessions"
     meta = {
@@ -86,6 +94,10 @@ class AvatarSession(Document):
             "sockets.process",
             ("customer", "status"),
             "room_holder",
+            "conversation_id",
+            "words_expire_at",
+            "upstream_erase_at",
+            "created_at",
         ],
     }
 

@@ -249,9 +249,10 @@ class SessionRepository(Repository):
                                       "$inc": {"flush_attempts": -1}})
 
     @blocking
-    def flush_done(self, session_id: str, now: float, note: str | None = None) -> None:
+    def flush_done(self, session_id: str, now: float, note: str | None = None,
+                   words_expire_at: float | None = None) -> None:
         self._delivering(session_id, {"$set": {"flush_state": "delivered", "flushed_at": now, "flush_error": None,
-                                               "transcript_note": note}})
+                                               "transcript_note": note, "words_expire_at": words_expire_at}})
 
     @blocking
     def flush_retry(self, session_id: str, next_at: float, error: str) -> None:
@@ -259,5 +260,75 @@ class SessionRepository(Repository):
                                                "flush_error": error[:500]}})
 
     @blocking
-    def flush_rejected(self, session_id: str, error: str) -> None:
-        self._delivering(session_id, {"$set": {"flush_state": "rejected", "flush_error": error[:500]}})
+    def flush_rejected(self, session_id: str, error: str, words_expire_at: float | None = None) -> None:
+        self._delivering(session_id, {"$set": {"flush_state": "rejected", "flush_error": error[:500],
+                                               "words_expire_at": words_expire_at}})
+
+    # --- forgetting (services/erasure.py) -------------------------------------------------------------------------
+
+    @blocking
+    def words_due(self, now: float, limit: int = 100) -> list[str]:
+        """Sessions whose words are due for deletion."""
+        found = self.collection.find({"words_expire_at": {"$lte": now}}, {"session_id": 1}).hint(
+            [("words_expire_at", 1)]).limit(limit)
+        return [s["session_id"] for s in found]
+
+    @blocking
+    def words_deleted(self, session_id: str, now: float) -> None:
+        """Its words are gone: what usage needs stays (ids, times, provider, account, end reason); errors that could
+        quote them go too."""
+        self.collection.find_one_and_update(
+            {"session_id": session_id},
+            {"$set": {"words_expire_at": None, "words_deleted_at": now, "flush_error": None, "stop_error": None}},
+            {"_id": 1}, hint=BY_SESSION)
+
+    @blocking
+    def of_conversation(self, conversation_id: str, limit: int = 1000) -> list[Session]:
+        found = self.collection.find({"conversation_id": conversation_id}).hint([("conversation_id", 1)]).limit(limit)
+        return [from_document(Session, s) for s in found]
+
+    @blocking
+    def erase(self, session_id: str, now: float, second_pass_at: float, upstream: bool) -> Session | None:
+        """Mark a session of an erased conversation, once (None when it was already): a hand-off not yet delivered
+        is cancelled and its cut-off fixed (reports refused from now), its words are deleted again at
+        `second_pass_at` (turns in flight when it was erased), and with `upstream` the provider is asked to delete
+        its copy."""
+        found = self.collection.find_one_and_update(
+            {"session_id": session_id, "erased_at": None},
+            {"$set": {"erased_at": now, "words_expire_at": second_pass_at,
+                      **({"upstream_erase_at": now} if upstream else {})},
+             "$min": {"flush_cutoff": now}}, return_document=ReturnDocument.AFTER, hint=BY_SESSION)
+        if found is not None:
+            self.collection.find_one_and_update(
+                {"session_id": session_id, "flush_state": {"$in": ["none", "pending", "delivering"]}},
+                {"$set": {"flush_state": "cancelled"}}, {"_id": 1}, hint=BY_SESSION)
+        return _session(found)
+
+    @blocking
+    def upstream_erasures_due(self, now: float, limit: int = 100) -> list[Session]:
+        found = self.collection.find({"upstream_erase_at": {"$lte": now}}).hint([("upstream_erase_at", 1)]).limit(
+            limit)
+        return [from_document(Session, s) for s in found]
+
+    @blocking
+    def upstream_erased(self, session_id: str) -> None:
+        self.collection.find_one_and_update({"session_id": session_id}, {"$set": {"upstream_erase_at": None}},
+                                            {"_id": 1}, hint=BY_SESSION)
+
+    @blocking
+    def upstream_erase_later(self, session_id: str, next_at: float) -> None:
+        self.collection.find_one_and_update({"session_id": session_id},
+                                            {"$set": {"upstream_erase_at": next_at},
+                                             "$inc": {"upstream_erase_attempts": 1}}, {"_id": 1}, hint=BY_SESSION)
+
+    @blocking
+    def usage(self, start: float, end: float, account: str | None = None) -> list[dict[str, Any]]:
+        """What usage needs of every session alive at some time in [start, end) (created before `end`, not ended
+        before `start`), of one account (its Petya accountId, else its customer id) when given."""
+        query: dict[str, Any] = {"created_at": {"$lt": end},
+                                 "$or": [{"ended_at": None}, {"ended_at": {"$gte": start}}]}
+        if account:
+            query["$and"] = [{"$or": [{"account_id": account}, {"account_id": None, "customer": account}]}]
+        fields = {"_id": 0, "session_id": 1, "provider": 1, "customer": 1, "account_id": 1, "created_at": 1,
+                  "started_at": 1, "ended_at": 1, "status": 1}
+        return list(self.collection.find(query, fields).hint([("created_at", 1)]))

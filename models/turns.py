@@ -36,6 +36,11 @@ class TurnRepository(Repository):
                                    task_ids=r["task_ids"]) for r in reports])
 
     @blocking
+    def delete_session(self, session_id: str) -> int:
+        """Every report of the session's words, deleted; how many."""
+        return self.collection.delete_many({"session_id": session_id}).deleted_count
+
+    @blocking
     def transcript(self, session_id: str) -> list[Turn]:
         """The session's transcript: every report, each utterance once."""
         return self._transcript(session_id)

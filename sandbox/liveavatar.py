@@ -207,6 +207,7 @@ class EmulatedSession:
     stop_reason: str | None = None  # the `reason` a stop request carried
     end_reason: str | None = None
     transcript: list = field(default_factory=list)  # {role, transcript, absolute_timestamp, relative_timestamp}
+    events_deleted: bool = False  # DELETE /v1/sessions/{id}/events was called
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     ended_at: float | None = None
@@ -274,6 +275,7 @@ class LiveAvatarEmulator:
         self.recorder = Recorder()
         self.sessions = {}
         self.transcript_fail_status = None
+        self.events_delete_fail_status = None  # tests: DELETE .../events answers this status while set
         # Context ids whose FULL token requests come back LITE, as a context with a voice agent (e.g. ElevenLabs)
         # does upstream (docs/upstream.md#liveavatar-token-claims).
         self.lite_contexts = set()
@@ -289,6 +291,7 @@ class LiveAvatarEmulator:
             (r"/v1/sessions/keep-alive", KeepAliveHandler, args),
             (r"/v1/sessions", SessionListHandler, args),
             (r"/v1/sessions/([^/]+)/transcript", TranscriptHandler, args),
+            (r"/v1/sessions/([^/]+)/events", EventsHandler, args),
             (r"/v1/sessions/([^/]+)", SessionHandler, args),
         ], default_handler_class=NotFoundHandler, default_handler_args=args)
 
@@ -797,3 +800,18 @@ class TranscriptHandler(LiveAvatarHandler):
                            "msg": "Input should be a valid number, unable to parse string as a number",
                            "input": raw})
             return None
+
+
+class EventsHandler(LiveAvatarHandler):
+    async def delete(self, session_id):
+        """`DELETE /v1/sessions/{id}/events` (2026-05-13): hard-deletes the session's events. That the transcript goes
+        with them is UNVERIFIED (docs/upstream.md#liveavatar-rest-api); the emulator deletes both."""
+        self.require_api_key()
+        fail_status = self.emulator.events_delete_fail_status
+        if fail_status:
+            raise error(fail_status, fail_status * 10, tornado.httputil.responses.get(fail_status, "Error"))
+        session = self.find_session(session_id, ["path", "session_id"])
+        session.events.clear()
+        session.transcript.clear()
+        session.events_deleted = True
+        self.ok(None, "Session events deleted")

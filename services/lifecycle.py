@@ -30,6 +30,7 @@ from domain.usage import duration_seconds, handoff_fields
 from models.sessions import SessionRepository
 from observability import metrics
 from services.background import Background
+from services.erasure import Erasure
 from services.leases import Leases
 from services.rooms import RoomAgents
 from services.sessions import Sessions
@@ -62,6 +63,7 @@ class Lifecycle:
         self.turns = turns
         self.leases = leases
         self.background = background
+        self.erasure: Erasure | None = None  # retention and erasure (services/erasure.py), set by the application
         self.rooms = rooms  # the room agents (services/rooms.py): they leave when a session ends, and are taken over
         if rooms is not None:  # LiveAvatar said the session stopped: it is over upstream already
             rooms.end_session = lambda session_id, reason: self.end(session_id, reason, stop_upstream=False)
@@ -159,7 +161,7 @@ class Lifecycle:
         if outcome.delivered:
             metrics.HANDOFFS.labels(outcome="delivered").inc()
             metrics.HANDOFF_ATTEMPTS.labels(outcome="delivered").observe(session.flush_attempts)
-            await self.records.flush_done(session.session_id, clock(), note)
+            await self.records.flush_done(session.session_id, clock(), note, self._words_expire_at())
             log.info("transcript of %s delivered to Petya (%d turns)", session.session_id, len(turns))
             return True
         if outcome.retry:
@@ -171,9 +173,12 @@ class Lifecycle:
         else:
             metrics.HANDOFFS.labels(outcome="rejected").inc()
             metrics.HANDOFF_ATTEMPTS.labels(outcome="rejected").observe(session.flush_attempts)
-            await self.records.flush_rejected(session.session_id, outcome.error)
+            await self.records.flush_rejected(session.session_id, outcome.error, self._words_expire_at())
             log.error("flush of %s rejected: %s", session.session_id, outcome.error)
         return False
+
+    def _words_expire_at(self) -> float | None:
+        return self.erasure.words_expire_at(self.sessions.clock()) if self.erasure is not None else None
 
     async def wait_for_turns(self, cutoff: float) -> bool:
         """Wait, for up to two heartbeats of the other processes, until turns_settled(cutoff); False if not yet."""
@@ -227,6 +232,9 @@ class Lifecycle:
                     metrics.REAPER_ACTIONS.labels(kind=reason).inc()
             while await self.deliver() is not None:
                 pass
+            if self.erasure is not None:
+                await self.erasure.forget_due()
+                await self.erasure.retry_upstream()
         except ServiceUnavailable as exc:  # MongoDB away: the next sweep tries again
             log.warning("sweep skipped: %s", exc.message)
         except Exception:  # the next sweep tries again; never let one failure stop the loop

@@ -169,6 +169,9 @@ class ClientParticipant(PeerConnections, Participant):
             await asyncio.sleep(LEAVE_GRACE)
         if handler is not None:
             handler.close(1000)
-        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
-            self._watchdog.cancel()
+        current = asyncio.current_task()
+        pending = [task for task in (self._watchdog, self._negotiation) if task is not None and task is not current]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)  # done before the loop may close under them
         await self._close_peers()

@@ -91,7 +91,8 @@ def test_every_route_and_method_is_documented():
 def test_every_operation_documents_its_errors_and_headers():
     document = built_document()
     components = document["components"]
-    assert set(components["securitySchemes"]) == {"ApiKey", "ApiKeyBearer", "GatewayToken", "SessionTokenQuery"}
+    assert set(components["securitySchemes"]) == {"AdminToken", "ApiKey", "ApiKeyBearer", "GatewayToken",
+                                                  "SessionTokenQuery"}
     for path, item in document["paths"].items():
         for method, op in item.items():
             if method == "servers":
@@ -117,10 +118,13 @@ def test_every_operation_documents_its_errors_and_headers():
 
 # --- the sandbox, on its own loop -----------------------------------------------------------------------------------
 
+ADMIN_TOKEN = "openapi-test-admin-token"
+
+
 @pytest.fixture(scope="module")
 def running(mongodb_server_uri):
     world = ThreadedSandbox(mongodb_server_uri, "openapi", CORS_ORIGINS=ALLOWED, UPSTREAM_REQUEST_TIMEOUT="2",
-                    UPSTREAM_CONNECT_TIMEOUT="2", MAX_CONCURRENT_SESSIONS="1000").start()
+                    UPSTREAM_CONNECT_TIMEOUT="2", MAX_CONCURRENT_SESSIONS="1000", ADMIN_TOKEN=ADMIN_TOKEN).start()
     world.sandbox.heygen.max_sessions = 10000  # schemathesis opens many; HeyGen's limit is not what this tests
     try:
         yield world
@@ -231,7 +235,7 @@ def contract(running):
         "session_token"]
     config = SchemathesisConfig.from_dict({**CONFIG, "auth": {"openapi": {
         "ApiKey": {"api_key": DEMO_API_KEY}, "GatewayToken": {"bearer": liveavatar_token},
-        "SessionTokenQuery": {"api_key": heygen_token}}}})
+        "SessionTokenQuery": {"api_key": heygen_token}, "AdminToken": {"bearer": ADMIN_TOKEN}}}})
     # Loaded from under the prefix: schemathesis leaves out the operation that served the document it loaded, and
     # GET /openapi.json (at the root, where the cases go) is to be tested too.
     schema = schemathesis.openapi.from_url(running.url + "/api/v1/avatar/openapi.json", config=config)
