@@ -2,8 +2,31 @@
 
 - `GET /api/v1/avatar/config` — avatar config of the customer whose API key is in `X-Api-Key` or
   `Authorization: Bearer <key>`.
-- `POST /api/v1/avatar/conversations/<conversationId>/status` — the gateway (service token as Bearer) stores a
-  session's status and transcript on the conversation; every accepted change is also kept as a delivery record.
+- `POST /api/v1/avatar/conversations/<conversationId>/status` — the gateway (service token as Bearer) hands off one
+  session's status and transcript; every accepted change is also kept as a delivery record.
+
+A conversation spans sessions (the plugin keeps its conversation id across a page reload and an upstream idle
+timeout), so the reference stores each hand-off under its session and never lets one session's hand-off touch
+another's words (`record_status`). The conversation keeps:
+
+- `sessions`: one entry per session, in the order they started (`session_start`): `{sessionId, status, transcript,
+  deliveryId, receivedAt, transcriptDeliveryId}` and whichever of SESSION_FIELDS its hand-off carried. A list, not
+  an object keyed by session id: ids come from outside, and a MongoDB field name must not hold `.` or start with `$`.
+- `transcript`: every session's turns merged in spoken order (`merge_transcripts`), whatever order the hand-offs
+  arrived in;
+- `sessionId` and `status`: those of the latest-started session (the last of `sessions`) — the conversation is as
+  live as its newest session;
+- `createdAt`, `updatedAt`.
+
+The rules, in the order they apply:
+
+1. A delivery id seen before is a repeat: 200 with `"repeat": true`, nothing written (without a delivery id — an older
+   gateway — a hand-off that would store exactly what its session holds is the repeat).
+2. Another session's hand-off, late or not, adds or changes that session's entry only.
+3. A new hand-off for a session already stored (another delivery id: the gateway never sends one, but) replaces that
+   session's entry — except its words: a hand-off with fewer turns than the session holds (none, say, re-sent after
+   the gateway's retention erased its copy) keeps the words the reference has (`transcriptDeliveryId` still names
+   the delivery they came from). Words Petya has are never lost to a later hand-off.
 
 The config holds CONFIG_FIELDS over DEFAULT_CONFIG, and whatever else an account was created or updated with. One
 optional field says who serves the customer's sessions: `provider`, "heygen" or "liveavatar" (PROVIDERS) or null —
@@ -47,7 +70,12 @@ ROLES = ("user", "avatar")
 CONFIG_FIELDS = ("avatarId", "intro", "knowledgeBaseId", "voiceId", "language", "provider", "accountId")
 REQUIRED_CONFIG_FIELDS = ("avatarId", "language")  # non-empty strings; the others may be null
 PROVIDERS = ("heygen", "liveavatar")  # `provider`: who serves the customer's sessions (null: the gateway's default)
-TIMESTAMP_FIELDS = ("absolute_timestamp", "timestamp")
+TIMESTAMP_FIELDS = ("absolute_timestamp", "timestamp")  # a turn's time, unix seconds: the first one present
+# What a hand-off may say about its session besides its words, all optional (an older gateway sends none), stored on
+# the session's entry as given; null is the same as absent.
+SESSION_STRING_FIELDS = ("provider", "contract", "endReason", "accountId", "transcriptNote")
+SESSION_NUMBER_FIELDS = ("startedAt", "endedAt", "durationSeconds")  # unix seconds / seconds
+SESSION_FIELDS = SESSION_STRING_FIELDS + SESSION_NUMBER_FIELDS
 
 
 def key_hash(api_key):
@@ -59,8 +87,9 @@ class StatusValidationError(ValueError):
 
 
 def validate_status_body(body, idempotency_key=None):
-    """(sessionId, status, transcript, deliveryId) from a status body and its Idempotency-Key header, or
-    StatusValidationError naming the bad field. deliveryId, when both are sent, must equal the header."""
+    """(sessionId, status, transcript, deliveryId, fields) from a status body and its Idempotency-Key header, or
+    StatusValidationError naming the bad field. deliveryId, when both are sent, must equal the header. `fields`: the
+    SESSION_FIELDS the body gives (not null), each a string or a number as SESSION_*_FIELDS say."""
     if body is None:
         raise StatusValidationError("body must be a JSON object")
     delivery_id = body.get("deliveryId", idempotency_key)
@@ -88,7 +117,55 @@ def validate_status_body(body, idempotency_key=None):
         for name in TIMESTAMP_FIELDS:
             if name in turn and not is_number(turn[name]):
                 raise StatusValidationError(f"{where}.{name} must be a number")
-    return session_id, status, transcript, delivery_id
+    fields = {name: body[name] for name in SESSION_FIELDS if body.get(name) is not None}
+    for name, value in fields.items():
+        if name in SESSION_NUMBER_FIELDS and not is_number(value):
+            raise StatusValidationError(f"{name} must be a number")
+        if name in SESSION_STRING_FIELDS and not isinstance(value, str):
+            raise StatusValidationError(f"{name} must be a string")
+    return session_id, status, transcript, delivery_id, fields
+
+
+def stored_sessions(conversation):
+    """The session entries of a stored conversation. One stored before conversations kept their sessions (a sandbox's
+    old data) holds one session, its top-level one: read as such, so its words are kept too."""
+    if "sessions" in conversation or "sessionId" not in conversation:
+        return conversation.get("sessions", [])
+    return [{"sessionId": conversation["sessionId"], "status": conversation["status"],
+             "transcript": conversation["transcript"], "deliveryId": None,
+             "receivedAt": conversation.get("updatedAt", 0), "transcriptDeliveryId": None}]
+
+
+def turn_time(turn):
+    """A turn's time (unix seconds), or None when it has none."""
+    return next((turn[name] for name in TIMESTAMP_FIELDS if is_number(turn.get(name))), None)
+
+
+def session_start(entry):
+    """When a stored session started, for ordering sessions: its `startedAt`, else its first turn's time, else when its
+    hand-off was received."""
+    if is_number(entry.get("startedAt")):
+        return entry["startedAt"]
+    first = next((t for t in map(turn_time, entry["transcript"]) if t is not None), None)
+    return entry["receivedAt"] if first is None else first
+
+
+def order_sessions(entries):
+    """Session entries in the order they started (ties: by session id)."""
+    return sorted(entries, key=lambda entry: (session_start(entry), entry["sessionId"]))
+
+
+def merge_transcripts(entries):
+    """The turns of `entries` (sessions in start order) in spoken order: by time; equal times by session, then by
+    position in it. A turn without a time takes the time of the turn before it in its session (its session's start
+    for the first), so it stays where it was said."""
+    keyed = []
+    for index, entry in enumerate(entries):
+        at = session_start(entry)
+        for position, turn in enumerate(entry["transcript"]):
+            at = turn_time(turn) if turn_time(turn) is not None else at
+            keyed.append(((at, index, position), turn))
+    return [turn for _, turn in sorted(keyed, key=lambda item: item[0])]
 
 
 class ConfigValidationError(ValueError):
@@ -129,7 +206,8 @@ class PetyaReference:
     def __init__(self, mongodb_uri, db_name="petya", service_token="sandbox-petya-service-token"):
         self.service_token = service_token
         self.recorder = Recorder()
-        self.fail_status = None
+        self.fail_status = None  # tests: every status hand-off is answered with it, nothing stored
+        self.fail_sessions = {}  # tests: {sessionId: status}: that session's hand-offs are answered with it
         self.config_fail_status = None
         self.on_status = None  # tests: `async f(conversation_id)` run after a status is stored, before the answer
         self.client = pymongo.MongoClient(mongodb_uri, serverSelectionTimeoutMS=5000)
@@ -194,30 +272,42 @@ class PetyaReference:
 
     # Conversations
 
-    def record_status(self, conversation_id, session_id, status, transcript, delivery_id=None, note=None):
-        """Upserts the conversation and logs a delivery (with the gateway's `transcriptNote`, when it sent one);
-        returns False for a repeat (nothing written): a delivery id seen before, or — without one — a status identical
-        to the stored one."""
+    def record_status(self, conversation_id, session_id, status, transcript, delivery_id=None, fields=None):
+        """Stores one session's hand-off under its conversation (the rules are in this module's docstring) and logs the
+        delivery with the SESSION_FIELDS it carried; returns False for a repeat (nothing written)."""
+        fields = dict(fields or {})
         with self.status_lock:
             if delivery_id is not None and self.delivery_log.find_one({"deliveryId": delivery_id}, {"_id": 1}):
                 return False
-            current = self.conversations.find_one({"conversationId": conversation_id})
-            if delivery_id is None and current and (current["sessionId"], current["status"],
-                                                    current["transcript"]) == (session_id, status, transcript):
-                return False
+            current = self.conversations.find_one({"conversationId": conversation_id}) or {}
+            sessions = [entry for entry in stored_sessions(current) if entry["sessionId"] != session_id]
+            stored = next((e for e in stored_sessions(current) if e["sessionId"] == session_id), None)
             now = time.time()
-            self.conversations.update_one(
+            entry = {"sessionId": session_id, "status": status, "transcript": transcript, "deliveryId": delivery_id,
+                     "receivedAt": now, "transcriptDeliveryId": delivery_id, **fields}
+            if stored is not None and len(transcript) < len(stored["transcript"]):  # never lose words it has
+                entry["transcript"] = stored["transcript"]
+                entry["transcriptDeliveryId"] = stored.get("transcriptDeliveryId")
+            unchanged = ("receivedAt", "deliveryId", "transcriptDeliveryId")
+            if delivery_id is None and stored is not None and all(
+                    entry.get(k) == stored.get(k) for k in set(entry) | set(stored) if k not in unchanged):
+                return False
+            sessions = order_sessions(sessions + [entry])
+            latest = sessions[-1]
+            self.conversations.replace_one(
                 {"conversationId": conversation_id},
-                {"$set": {"sessionId": session_id, "status": status, "transcript": transcript, "updatedAt": now},
-                 "$setOnInsert": {"conversationId": conversation_id, "createdAt": now}},
+                {"conversationId": conversation_id, "sessionId": latest["sessionId"], "status": latest["status"],
+                 "transcript": merge_transcripts(sessions), "sessions": sessions,
+                 "createdAt": current.get("createdAt", now), "updatedAt": now},
                 upsert=True,
             )
             self.delivery_log.insert_one({"conversationId": conversation_id, "sessionId": session_id,
                                           "status": status, "transcript": transcript, "at": now,
-                                          "deliveryId": delivery_id, **({"transcriptNote": note} if note else {})})
+                                          "deliveryId": delivery_id, **fields})
             return True
 
     def get_conversation(self, conversation_id):
+        """The stored conversation (without _id), or None."""
         return self.conversations.find_one({"conversationId": conversation_id}, {"_id": 0})
 
     def deliveries(self, conversation_id=None):
@@ -251,13 +341,15 @@ class ConversationStatusHandler(EmulatorHandler):
             return self.reply(401, {"message": "Invalid service token"})
         body = self.json_body()
         try:
-            session_id, status, transcript, delivery_id = validate_status_body(
+            session_id, status, transcript, delivery_id, fields = validate_status_body(
                 body, self.request.headers.get("Idempotency-Key"))
         except StatusValidationError as error:
             return self.reply(400, {"message": str(error)})
-        note = body.get("transcriptNote") if isinstance(body.get("transcriptNote"), str) else None
+        if petya.fail_sessions.get(session_id):
+            return self.reply(petya.fail_sessions[session_id],
+                              {"message": "Petya status update unavailable for this session (simulated)"})
         applied = await petya.run(petya.record_status, conversation_id, session_id, status, transcript,
-                                  delivery_id, note)
+                                  delivery_id, fields)
         if petya.on_status is not None:  # tests: a fault injected once Petya has taken the delivery
             await petya.on_status(conversation_id)
         self.reply(200, {"ok": True, "conversationId": conversation_id, "sessionId": session_id,

@@ -1,5 +1,5 @@
 """The hand-off's promises that need no killed process: a report racing the stop, tokens bound to their provider
-and session, the turn queue's bound, and the idempotency key Petya gets."""
+and session, the turn queue's bound, the idempotency key Petya gets, and a conversation over several sessions."""
 import asyncio
 import random
 
@@ -125,6 +125,43 @@ async def test_every_hand_off_attempt_carries_one_idempotency_key_and_petya_appl
     assert again.status == 200 and again.json["repeat"] is True
     deliveries = sandbox.petya.deliveries("idem")
     assert len(deliveries) == 1 and [t["transcript"] for t in deliveries[0]["transcript"]] == ["Once."]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_conversation_over_two_sessions_holds_both_when_the_first_hand_off_lands_last(sandbox, client):
+    """The plugin keeps its conversation id across a page reload: the second session's hand-off reaches Petya before
+    the first one's (Petya failed for it, then recovered), and the conversation still holds both, in spoken order."""
+    conversation = "reloaded"
+
+    def attempts(session_id):
+        return [post for post in sandbox.petya.recorder.calls(f"/conversations/{conversation}/status")
+                if post.json()["sessionId"] == session_id]
+
+    first, first_token = await minted(client, conversation)
+    said = await client.call("/v1/streaming.user_message", {"session_id": first, "text": "Before the reload."})
+    assert said.status == 200
+    sandbox.petya.fail_sessions[first] = 503
+    assert (await client.call("/v1/sessions/stop", api_key=None, headers=bearer(first_token))).status == 200
+    await eventually(lambda: len(attempts(first)) >= 2)
+
+    second, second_token = await minted(client, conversation)  # the page reloaded: same conversation, new session
+    said = await client.call("/v1/streaming.user_message", {"session_id": second, "text": "After the reload."})
+    assert said.status == 200
+    assert (await client.call("/v1/sessions/stop", api_key=None, headers=bearer(second_token))).status == 200
+    await eventually(lambda: sandbox.petya.deliveries(conversation))
+    assert [t["transcript"] for t in sandbox.petya.get_conversation(conversation)["transcript"]] == [
+        "After the reload."]
+
+    del sandbox.petya.fail_sessions[first]  # Petya recovers; the gateway's retry of the first hand-off lands
+    await eventually(lambda: len(sandbox.petya.deliveries(conversation)) == 2)
+    await asyncio.sleep(0.3)
+    assert [d["sessionId"] for d in sandbox.petya.deliveries(conversation)] == [second, first]
+    stored = sandbox.petya.get_conversation(conversation)
+    assert [(t["role"], t["transcript"]) for t in stored["transcript"]] == [
+        ("user", "Before the reload."), ("user", "After the reload.")]
+    assert [(s["sessionId"], [t["transcript"] for t in s["transcript"]]) for s in stored["sessions"]] == [
+        (first, ["Before the reload."]), (second, ["After the reload."])]
+    assert (stored["sessionId"], stored["status"]) == (second, "completed")
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -120,6 +120,14 @@ async def test_status_requires_service_token(petya, http_client, base_url, token
      "transcript[1].timestamp"),
     (status_body(transcript=[{"role": "user", "transcript": "x", "absolute_timestamp": True}]),
      "transcript[0].absolute_timestamp"),
+    (status_body(startedAt="1700000000"), "startedAt"),
+    (status_body(endedAt=True), "endedAt"),
+    (status_body(durationSeconds=[3]), "durationSeconds"),
+    (status_body(provider=1), "provider"),
+    (status_body(contract=["heygen"]), "contract"),
+    (status_body(endReason=False), "endReason"),
+    (status_body(accountId=7), "accountId"),
+    (status_body(transcriptNote={"why": "x"}), "transcriptNote"),
 ])
 async def test_status_validation_names_field(petya, http_client, base_url, body, field):
     code, reply = await post_status(http_client, base_url, "conv-2", body)
@@ -141,7 +149,11 @@ async def test_status_upserts_conversation_and_logs_delivery(petya, http_client,
     conversation = petya.get_conversation("conv-3")
     assert conversation["status"] == "completed" and conversation["transcript"] == TRANSCRIPT
     assert conversation["createdAt"] == first["createdAt"] <= conversation["updatedAt"]
-    assert set(conversation) == {"conversationId", "sessionId", "status", "transcript", "createdAt", "updatedAt"}
+    assert set(conversation) == {"conversationId", "sessionId", "status", "transcript", "sessions", "createdAt",
+                                 "updatedAt"}
+    assert conversation["sessions"] == [{  # the same session again (no delivery id: an older gateway) replaces it
+        "sessionId": "heygen_session_1", "status": "completed", "transcript": TRANSCRIPT, "deliveryId": None,
+        "transcriptDeliveryId": None, "receivedAt": conversation["updatedAt"]}]
 
     deliveries = petya.deliveries("conv-3")
     assert [d["status"] for d in deliveries] == ["active", "completed"]
@@ -179,6 +191,126 @@ async def test_a_delivery_id_is_applied_once_whatever_the_repeat_carries(petya, 
     assert code == 400 and "Idempotency-Key" in reply["message"]
 
 
+# --- a conversation spans sessions ------------------------------------------------------------------------------------
+
+def turn(role, text, at):
+    return {"role": role, "transcript": text, "absolute_timestamp": at, "timestamp": at}
+
+
+FIRST = [turn("user", "Hi, I'm back.", 1700000010.0), turn("avatar", "Welcome back!", 1700000011.5)]
+SECOND = [turn("user", "Still there?", 1700000100.0), turn("avatar", "Yes, still here.", 1700000101.0)]
+DETAILS = {"provider": "liveavatar", "contract": "heygen", "startedAt": 1700000009, "endedAt": 1700000012.5,
+           "durationSeconds": 3.5, "endReason": "idle_timeout", "accountId": "acct-1",
+           "transcriptNote": "room joined late"}
+
+
+def handoff(session_id, transcript, delivery_id, **changes):
+    """A hand-off as the gateway sends it: its body and the matching Idempotency-Key header."""
+    return (status_body(sessionId=session_id, transcript=transcript, deliveryId=delivery_id, **changes),
+            {"Idempotency-Key": delivery_id})
+
+
+async def hand_off(http_client, base_url, conversation_id, session_id, transcript, delivery_id, **changes):
+    body, headers = handoff(session_id, transcript, delivery_id, **changes)
+    code, reply = await post_status(http_client, base_url, conversation_id, body, headers=headers)
+    assert code == 200, reply
+    return reply
+
+
+def words(transcript):
+    return [t["transcript"] for t in transcript]
+
+
+@pytest.mark.gen_test
+async def test_a_conversation_keeps_every_sessions_words_in_spoken_order_whatever_order_they_arrive(
+        petya, http_client, base_url):
+    # The second session's hand-off lands first (the first one's was retried late).
+    assert (await hand_off(http_client, base_url, "conv-s", "s-2", SECOND, "dlv-s-2"))["repeat"] is False
+    assert words(petya.get_conversation("conv-s")["transcript"]) == words(SECOND)
+    assert (await hand_off(http_client, base_url, "conv-s", "s-1", FIRST, "dlv-s-1"))["repeat"] is False
+
+    conversation = petya.get_conversation("conv-s")
+    assert conversation["transcript"] == FIRST + SECOND
+    assert [(s["sessionId"], s["status"], s["transcript"], s["deliveryId"]) for s in conversation["sessions"]] == [
+        ("s-1", "completed", FIRST, "dlv-s-1"), ("s-2", "completed", SECOND, "dlv-s-2")]
+    # The conversation's status and session are its latest-started session's, whatever arrived last.
+    assert (conversation["sessionId"], conversation["status"]) == ("s-2", "completed")
+    assert [d["sessionId"] for d in petya.deliveries("conv-s")] == ["s-2", "s-1"]
+
+    # A repeat of either delivery, whatever it carries, changes nothing.
+    for session_id, delivery_id in (("s-1", "dlv-s-1"), ("s-2", "dlv-s-2")):
+        reply = await hand_off(http_client, base_url, "conv-s", session_id, [], delivery_id, status="failed")
+        assert reply["repeat"] is True
+    assert petya.get_conversation("conv-s") == conversation and len(petya.deliveries("conv-s")) == 2
+
+
+@pytest.mark.gen_test
+async def test_interleaved_and_untimed_turns_merge_by_time_then_session_then_position(petya, http_client, base_url):
+    one = [turn("user", "a", 10), turn("avatar", "c", 30), {"role": "user", "transcript": "d (no time)"}]
+    two = [turn("user", "b", 20), turn("avatar", "e", 30), turn("user", "f", 40)]
+    await hand_off(http_client, base_url, "conv-m", "s-b", two, "dlv-m-b", status="active")
+    await hand_off(http_client, base_url, "conv-m", "s-a", one, "dlv-m-a")
+    conversation = petya.get_conversation("conv-m")
+    # Equal times: the earlier-started session's turn first; an untimed turn stays after the turn before it.
+    assert words(conversation["transcript"]) == ["a", "b", "c", "d (no time)", "e", "f"]
+    assert [s["sessionId"] for s in conversation["sessions"]] == ["s-a", "s-b"]
+    assert (conversation["sessionId"], conversation["status"]) == ("s-b", "active")
+
+
+@pytest.mark.gen_test
+async def test_a_hand_off_with_fewer_words_never_takes_words_the_conversation_has(petya, http_client, base_url):
+    await hand_off(http_client, base_url, "conv-e", "s-1", FIRST, "dlv-e-1")
+    await hand_off(http_client, base_url, "conv-e", "s-2", SECOND, "dlv-e-2")
+    # The first session re-delivered empty (its words erased by the gateway's retention), then with one turn.
+    reply = await hand_off(http_client, base_url, "conv-e", "s-1", [], "dlv-e-1-again", endReason="retention")
+    assert reply["repeat"] is False
+    await hand_off(http_client, base_url, "conv-e", "s-1", FIRST[:1], "dlv-e-1-third")
+    conversation = petya.get_conversation("conv-e")
+    assert conversation["transcript"] == FIRST + SECOND
+    first = conversation["sessions"][0]
+    assert (first["sessionId"], first["transcript"], first["deliveryId"], first["transcriptDeliveryId"]) == (
+        "s-1", FIRST, "dlv-e-1-third", "dlv-e-1")
+    assert "endReason" not in first  # the entry is the newest hand-off's, but for the words
+    # The delivery log keeps what each hand-off carried.
+    assert [words(d["transcript"]) for d in petya.deliveries("conv-e")] == [
+        words(FIRST), words(SECOND), [], words(FIRST[:1])]
+    # A newer hand-off of a session with at least as many turns replaces its words, and only its own.
+    revised = [turn("user", "Hi, I am back.", 1700000010.0), *FIRST[1:]]
+    await hand_off(http_client, base_url, "conv-e", "s-1", revised, "dlv-e-1-revised")
+    assert petya.get_conversation("conv-e")["transcript"] == revised + SECOND
+
+
+@pytest.mark.gen_test
+async def test_a_hand_offs_session_details_are_stored_with_its_session(petya, http_client, base_url):
+    await hand_off(http_client, base_url, "conv-d", "s-old", SECOND, "dlv-d-old")  # an older gateway: no details
+    await hand_off(http_client, base_url, "conv-d", "s-new", FIRST, "dlv-d-new", **DETAILS, somethingElse=1)
+    code, body, _ = await call(http_client, base_url, CONVERSATION_PATH.format("conv-d"),
+                               headers={"Authorization": f"Bearer {SERVICE_TOKEN}"})
+    assert code == 200 and body == petya.get_conversation("conv-d")
+    new, old = body["sessions"]  # s-new started first (its startedAt), so it comes first, and its turns too
+    assert new == {"sessionId": "s-new", "status": "completed", "transcript": FIRST, "deliveryId": "dlv-d-new",
+                   "transcriptDeliveryId": "dlv-d-new", "receivedAt": new["receivedAt"], **DETAILS}
+    assert set(old) == {"sessionId", "status", "transcript", "deliveryId", "transcriptDeliveryId", "receivedAt"}
+    assert body["transcript"] == FIRST + SECOND and body["sessionId"] == "s-old"
+    assert petya.deliveries("conv-d")[1] == {
+        "conversationId": "conv-d", "sessionId": "s-new", "status": "completed", "transcript": FIRST,
+        "at": new["receivedAt"], "deliveryId": "dlv-d-new", **DETAILS}
+    # Null is the same as absent (an older or newer gateway may send a field it has no value for).
+    await hand_off(http_client, base_url, "conv-d", "s-null", [], "dlv-d-null", startedAt=None, provider=None)
+    entry = next(s for s in petya.get_conversation("conv-d")["sessions"] if s["sessionId"] == "s-null")
+    assert "startedAt" not in entry and "provider" not in entry
+
+
+@pytest.mark.gen_test
+async def test_a_conversation_stored_before_sessions_were_kept_keeps_its_words(petya, http_client, base_url):
+    petya.conversations.insert_one({"conversationId": "conv-old", "sessionId": "s-1", "status": "completed",
+                                    "transcript": FIRST, "createdAt": 1.0, "updatedAt": 2.0})
+    await hand_off(http_client, base_url, "conv-old", "s-2", SECOND, "dlv-old-2")
+    conversation = petya.get_conversation("conv-old")
+    assert conversation["transcript"] == FIRST + SECOND and conversation["createdAt"] == 1.0
+    assert [s["sessionId"] for s in conversation["sessions"]] == ["s-1", "s-2"]
+
+
 @pytest.mark.gen_test
 async def test_fail_status_stores_nothing(petya, http_client, base_url):
     petya.fail_status = 503
@@ -186,6 +318,13 @@ async def test_fail_status_stores_nothing(petya, http_client, base_url):
     assert code == 503 and reply["message"]
     assert petya.get_conversation("conv-5") is None and petya.deliveries() == []
     assert petya.recorder.calls("/conv-5/status")[0].json() == status_body()
+    # fail_sessions fails one session's hand-offs only.
+    petya.fail_status = None
+    petya.fail_sessions["s-x"] = 502
+    code, _ = await post_status(http_client, base_url, "conv-5", status_body(sessionId="s-x"))
+    assert code == 502 and petya.get_conversation("conv-5") is None
+    code, _ = await post_status(http_client, base_url, "conv-5", status_body(sessionId="s-y"))
+    assert code == 200 and [d["sessionId"] for d in petya.deliveries("conv-5")] == ["s-y"]
 
 
 # --- demo console routes: admin config, conversation read-back, CORS -----------------------------------------------
