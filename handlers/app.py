@@ -121,7 +121,8 @@ class Gateway:
                            join_timeout=settings.room_join_timeout, call_timeout=settings.upstream_request_timeout)
         lifecycle = Lifecycle(sessions, providers, petya, settings, turns, leases, background, rooms)
         lifecycle.erasure = erasure = Erasure(
-            records, sessions.turn_reports, providers, lifecycle.end, settings.transcript_retention_days,
+            records, sessions.turn_reports, providers,
+            lambda session_id: lifecycle.end(session_id, "erased", hand_off=False), settings.transcript_retention_days,
             second_pass=settings.lease_ttl + settings.sweep_interval, clock=sessions.clock)
         relays = OpenRelays(sessions)
         leases.followers += [relays, rooms]

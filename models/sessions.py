@@ -193,16 +193,16 @@ class SessionRepository(Repository):
 
     @blocking
     def claim_end(self, session_id: str, reason: str, now: float,
-                  abandoned_before: float | None = None) -> Session | None:
+                  abandoned_before: float | None = None, hand_off: bool = True) -> Session | None:
         """Atomically end a live session and queue its flush; returns the session as it was just before (so the
         caller sees whether it had started). None when it had already ended, or (with `abandoned_before`) when a
         socket is open again or closed after that time."""
         query: dict[str, Any] = {"session_id": session_id, "status": {"$ne": "ended"}}
         if abandoned_before is not None:
             query.update(NO_SOCKET, socket_closed_at={"$lte": abandoned_before})
+        flush = {"flush_state": "pending", "flush_next_at": now} if hand_off else {"flush_state": "cancelled"}
         return _session(self.collection.find_one_and_update(
-            query, {"$set": {"status": "ended", "ended_at": now, "end_reason": reason,
-                             "flush_state": "pending", "flush_next_at": now}}))
+            query, {"$set": {"status": "ended", "ended_at": now, "end_reason": reason, **flush}}))
 
     @blocking
     def note_stop_error(self, session_id: str, error: str) -> None:

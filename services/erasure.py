@@ -49,12 +49,12 @@ class Erased:
 
 class Erasure:
     def __init__(self, sessions: SessionRepository, turns: TurnRepository, providers: Providers,
-                 end_session: Callable[[str, str], Awaitable[bool]], retention_days: float, second_pass: float,
+                 end_session: Callable[[str], Awaitable[bool]], retention_days: float, second_pass: float,
                  clock: Callable[[], float]) -> None:
         self.sessions = sessions
         self.turns = turns
         self.providers = providers
-        self.end_session = end_session  # services/lifecycle.py: Lifecycle.end
+        self.end_session = end_session  # ends a live session as erased, stopped upstream, with no hand-off
         self.retention = retention_days * 86400  # seconds; 0: forever
         self.second_pass = second_pass  # seconds after an erasure its words are deleted again
         self.clock = clock
@@ -83,13 +83,13 @@ class Erasure:
         for session in await self.sessions.of_conversation(conversation_id):
             provider = self.providers[ProviderName(session.provider)]
             asks = provider.name == ProviderName.LIVEAVATAR
+            if session.status != "ended" and session.erased_at is None:
+                await self.end_session(session.session_id)  # stopped upstream first; its hand-off cancelled
             marked = await self.sessions.erase(session.session_id, now, now + self.second_pass, upstream=asks)
             if marked is None:
                 continue  # erased before
             sessions += 1
             upstream += int(asks)
-            if session.status != "ended":
-                await self.end_session(session.session_id, "erased")  # stopped upstream first
             turns += await self.forget(session.session_id)
             if asks:
                 await self._ask(marked)  # at once; the sweep asks again until the provider has done it

@@ -108,10 +108,11 @@ class Lifecycle:
     # --- ending a session -----------------------------------------------------------------------------------------
 
     async def end(self, session_id: str, reason: str, stop_upstream: bool = True,
-                  abandoned_before: float | None = None) -> bool:
-        """End a session once: True for the caller that won the claim."""
+                  abandoned_before: float | None = None, hand_off: bool = True) -> bool:
+        """End a session once: True for the caller that won the claim. Without `hand_off` (an erasure) its hand-off
+        is cancelled instead of queued."""
         session = await self.records.claim_end(session_id, reason, self.sessions.clock(),
-                                               abandoned_before=abandoned_before)
+                                               abandoned_before=abandoned_before, hand_off=hand_off)
         if session is None:
             return False
         metrics.SESSIONS_ENDED.labels(provider=session.provider, reason=reason).inc()
@@ -122,7 +123,8 @@ class Lifecycle:
             await self.stop_upstream(session, reason)
         if self.rooms is not None:
             await self.rooms.leave(session_id)  # held here; a holder elsewhere leaves at its next check
-        self.background.spawn(self.deliver(session_id))
+        if hand_off:
+            self.background.spawn(self.deliver(session_id))
         return True
 
     async def stop_upstream(self, session: Session, reason: str) -> None:
