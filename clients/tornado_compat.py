@@ -5,7 +5,9 @@ Two parts of the gateway reach below tornado's public API, for speed:
 - the socket relay's fast pump (relay/pump.py, relay/frames.py): it takes both legs' sockets from their IOStreams
   once the handshakes are done, keeps tornado's WebSocketProtocol13 for the close handshake and keep-alive pings, and
   moves bytes itself;
-- the upstream curl client (clients/http.py): a leaner per-request setup and header parsing than tornado's.
+- the upstream curl client (clients/http.py): a leaner per-request setup and header parsing than tornado's;
+- the lingering close of a connection whose request body was answered unread (handlers/linger.py): the stream a
+  request arrived on (`connection_stream`).
 
 They reach tornado only through this module: hook classes that map tornado's private methods to names of ours, and
 functions for the private attributes. `missing()` lists what a tornado release no longer has;
@@ -53,6 +55,7 @@ ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("IOStream", "_closed"),
     ("WebSocketClientConnection", "connect_future"), ("WebSocketClientConnection", "tcp_client"),
     ("WebSocketClientConnection", "read_queue"),
+    ("HTTP1Connection", "stream"),
 )
 # Signatures of the hooked methods as this module calls them.
 SIGNATURES: dict[tuple[type, str], tuple[str, ...]] = {
@@ -201,6 +204,12 @@ class HookedCurlClient(CurlAsyncHTTPClient):
     @staticmethod
     def body_too_large(curl: Any) -> None:
         curl.info["body_too_large"] = True  # tornado's _finish reports it
+
+
+def connection_stream(connection: Any) -> IOStream | None:
+    """The IOStream a request arrived on, from its `request.connection` (an HTTP1Connection; None once detached)."""
+    stream: IOStream | None = getattr(connection, "stream", None)
+    return stream
 
 
 def chunked_body(headers: HTTPHeaders) -> bool:

@@ -247,7 +247,9 @@ GROUPS: tuple[Group, ...] = (
     Group("HTTP", "What the gateway accepts from browsers.", (
         Setting("CORS_ORIGINS", "*", _origins, "Origins allowed to call the gateway: a comma list, or * for any."),
         Setting("MAX_BODY_SIZE", "65536", _int(256),
-                "Largest request body accepted, in bytes (larger: 413, answered before the body is read)."),
+                "Largest request body accepted, in bytes (larger: 413, answered before the body is read; then the "
+                "rest is read and discarded, for at most 5 s and 8 MiB, so the client reads the 413: a lingering "
+                "close, handlers/linger.py)."),
         Setting("HTTP_IDLE_TIMEOUT", "60", _float(0.1),
                 "Seconds a client connection may wait before and while sending a request's headers, from its connect "
                 "or the end of its previous answer (tornado's header timeout): ends idle keep-alive connections and "

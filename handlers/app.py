@@ -11,7 +11,6 @@ from typing import Any
 
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from clients import tornado_compat
@@ -27,6 +26,7 @@ from domain.tokens import TokenSigner
 from handlers import admin, demo, heygen, internal, liveavatar, openapi, operations, reports
 from handlers.base import NotFoundHandler
 from handlers.contracts import Contract, admin_table, route_table
+from handlers.linger import LingeringHTTPServer
 from models.claims import ClaimRepository
 from models.leases import LeaseRepository
 from models.sessions import SessionRepository
@@ -85,9 +85,9 @@ class Gateway:
     fast_relay: bool  # the relay's fast pump (relay/pump.py), else the plain one (relay/plain.py)
     contracts: tuple[Contract, ...] = CONTRACTS
     app: tornado.web.Application = field(init=False)
-    server: HTTPServer | None = None
+    server: LingeringHTTPServer | None = None
     port: int | None = None
-    admin_server: HTTPServer | None = None
+    admin_server: LingeringHTTPServer | None = None
     admin_port: int | None = None
     stopped: bool = False
     _openapi: bytes | None = None
@@ -170,13 +170,15 @@ class Gateway:
             self._openapi = openapi.serialize(openapi.build(self.contracts))
         return self._openapi
 
-    def http_server(self, app: tornado.web.Application) -> HTTPServer:
+    def http_server(self, app: tornado.web.Application) -> LingeringHTTPServer:
         # Every handler that can receive a body streams it in and enforces MAX_BODY_SIZE itself (a JSON 413 before
         # the body is read), lifting tornado's per-request cap, whose bare 400 would follow its answer; the
         # WebSocket relay, which buffers, gets no body (handlers/contracts.py). The cap here is a backstop.
-        # idle_connection_timeout is tornado's header timeout: waiting for, and reading, each request's headers.
+        # A connection whose body was answered unread closes lingeringly (handlers/linger.py), so the client reads
+        # the answer. idle_connection_timeout is tornado's header timeout: waiting for, and reading, each request's
+        # headers.
         settings = self.settings
-        return HTTPServer(app, xheaders=settings.xheaders, max_body_size=settings.max_body_size,
+        return LingeringHTTPServer(app, xheaders=settings.xheaders, max_body_size=settings.max_body_size,
                           idle_connection_timeout=settings.http_idle_timeout,
                           body_timeout=settings.http_body_timeout, max_header_size=settings.http_max_header_size)
 
@@ -201,7 +203,7 @@ class Gateway:
 
     def start_admin(self, host: str, port: int) -> None:
         """The operators' listener: /metrics, /readyz, /healthz (404 for anything else)."""
-        self.admin_server = HTTPServer(self.application(admin_table(self.contracts, self.deps())),
+        self.admin_server = LingeringHTTPServer(self.application(admin_table(self.contracts, self.deps())),
                                        max_body_size=self.settings.max_body_size,
                                        idle_connection_timeout=self.settings.http_idle_timeout,
                                        body_timeout=self.settings.http_body_timeout,

@@ -12,6 +12,7 @@ from tornado.iostream import StreamClosedError
 
 from clients.tornado_compat import chunked_body
 from domain.errors import BadRequest, GatewayError, PayloadTooLarge
+from handlers.linger import linger_after_answer
 
 # How deeply a request body may nest: far beyond any real body, and well within what json and the BSON encoder
 # handle without recursing out of the stack.
@@ -63,15 +64,19 @@ class BodyLimitMixin:
 
     A declared Content-Length over the limit is answered 413 before any of the body is read, and a chunked body is
     answered 413 as soon as it goes over, keeping no more of it; either way the connection is closed after the answer
-    (tornado stops reading an answered request's body by closing). Tornado's own per-connection cap is lifted for
+    (tornado stops reading an answered request's body by closing), lingeringly (handlers/linger.py): half-closed,
+    and what the client still sends is discarded for at most LINGER_SECONDS / LINGER_IDLE / LINGER_BYTES, so that a
+    client writing its whole body before reading gets to read the answer. The same holds for any answer given
+    before the body was read (a refused framing, a 405 from tornado). Tornado's own per-connection cap is lifted for
     these handlers, so its bare `400` never follows our answer. Handlers read the body with `self.body` (or
     `load_body`): `request.body` is not filled in streaming mode. A subclass that must refuse a request from its
     headers overrides `refuse_early`, not `prepare`."""
 
     _received: bytearray | bytes | None = None
     _sent: Any = None
-    _cut_off = False  # answered before the whole body was read: the connection closes after the answer
+    _cut_off = False  # answered before the whole body was read: the connection closes (lingeringly) after the answer
     _answered = False  # finish() was called
+    _prepared = False  # prepare() let the request through: tornado reads its body before the handler's method runs
 
     def __init__(self, application: Any, request: Any, **kwargs: Any) -> None:
         # Lifted before anything can answer (tornado answers an unknown method 405 before prepare() runs).
@@ -87,8 +92,11 @@ class BodyLimitMixin:
         return self._received
 
     def finish(self, chunk: Any = None) -> Any:
+        if not self._prepared and not self._answered and self._has_body():
+            self._cut_off = True  # answered before prepare() (tornado's 405): the body is unread
         if self._cut_off:
             self.set_header("Connection", "close")  # type: ignore[attr-defined]
+            linger_after_answer(self.request.connection)  # type: ignore[attr-defined]
         self._answered = True
         self._sent = super().finish(chunk)  # type: ignore[misc]
         return self._sent
@@ -106,6 +114,12 @@ class BodyLimitMixin:
                     await self._sent
                 except StreamClosedError:
                     pass
+            return
+        self._prepared = True
+
+    def _has_body(self) -> bool:
+        headers = self.request.headers  # type: ignore[attr-defined]
+        return "Transfer-Encoding" in headers or headers.get("Content-Length", "0").strip() not in ("", "0")
 
     def max_body_size(self) -> int:
         return self.gateway.settings.max_body_size  # type: ignore[attr-defined]

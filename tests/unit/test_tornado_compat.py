@@ -4,7 +4,7 @@ import inspect
 import pathlib
 import re
 
-from tornado import iostream, websocket
+from tornado import http1connection, iostream, websocket
 
 from clients import tornado_compat
 
@@ -19,7 +19,8 @@ def test_every_name_the_gateway_relies_on_is_still_there():
 def test_instance_attributes_are_still_set_where_tornado_sets_them():
     """Attributes set on an instance are not on the class: each must still be assigned in its class's code."""
     classes = {"WebSocketProtocol13": websocket.WebSocketProtocol13, "IOStream": iostream.IOStream,
-               "WebSocketClientConnection": websocket.WebSocketClientConnection}
+               "WebSocketClientConnection": websocket.WebSocketClientConnection,
+               "HTTP1Connection": http1connection.HTTP1Connection}
     for class_name, attribute in tornado_compat.ATTRIBUTES:
         source = "".join(inspect.getsource(kind) for kind in classes[class_name].__mro__
                          if kind.__module__.startswith("tornado."))
