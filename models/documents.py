@@ -5,7 +5,7 @@ sandbox data from an older version, a field one version does not know is ignored
 
 The documents declare; the repositories beside them (one per collection) read and write, in one dialect: pymongo's
 queries and update operators on the collection named here (`COLLECTION`)."""
-from mongoengine import DictField, Document, FloatField, IntField, ListField, StringField
+from mongoengine import DateTimeField, DictField, Document, FloatField, IntField, ListField, StringField
 
 from domain.names import CONTRACTS, FLUSH_STATES, PROVIDERS, ROLES, SESSION_STATUSES
 
@@ -20,9 +20,13 @@ class TurnReport(Document):
     # The path that reported it: task, socket (HeyGen's events), frame (the client's TextFrame), reported, upstream.
     sources = ListField(StringField())
     task_ids = ListField(StringField())
+    # When MongoDB's TTL monitor may delete it (set when its session's hand-off finished, with retention on): the
+    # database's own backstop to the sweep (services/erasure.py), deleting words even when no gateway runs.
+    expire_at = DateTimeField()
 
     COLLECTION = "turn_reports"
-    meta = {"collection": COLLECTION, "strict": False, "indexes": [("session_id", "absolute_timestamp")]}
+    meta = {"collection": COLLECTION, "strict": False,
+            "indexes": [("session_id", "absolute_timestamp"), {"fields": ["expire_at"], "expireAfterSeconds": 0}]}
 
 
 class ProcessLease(Document):

@@ -2,6 +2,7 @@
 (domain/transcript.py), so that storing one is a single insert whatever the transcript's length."""
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.errors import BulkWriteError
@@ -34,6 +35,12 @@ class TurnRepository(Repository):
         return merge_all([], [Turn(role=r["role"], transcript=r["transcript"],
                                    absolute_timestamp=r["absolute_timestamp"], sources=r["sources"],
                                    task_ids=r["task_ids"]) for r in reports])
+
+    @blocking
+    def expire(self, session_id: str, at: float) -> None:
+        """Let MongoDB's TTL monitor delete the session's reports from `at` on (unix seconds)."""
+        self.collection.update_many({"session_id": session_id},
+                                    {"$set": {"expire_at": datetime.fromtimestamp(at, UTC)}})
 
     @blocking
     def delete_session(self, session_id: str) -> int:

@@ -6,11 +6,12 @@ session — ids, times, provider, account, end reason — is what usage needs, a
 
 - **Retention** (TRANSCRIPT_RETENTION_DAYS; 0 keeps words forever). When a session's hand-off is delivered or
   rejected, its `words_expire_at` is set that long after (services/lifecycle.py); the sweep deletes the words of every
-  session due (`forget_due`). A hand-off still waiting on Petya keeps its words: they are deleted only once Petya has
-  them (or refused them for good). The sweep rather than a MongoDB TTL index: a TTL index deletes documents by a date
-  field of their own, so every turn report would need its session's expiry written into it at the hand-off, and
-  MongoDB's TTL monitor runs once a minute (not every MongoDB-compatible server honours TTL indexes at all). Cost: one
-  indexed query per sweep, and one delete by session per session due.
+  session due (`forget_due`), on time, and clears the errors kept on the session. A hand-off still waiting on Petya
+  keeps its words: they are deleted only once Petya has them (or refused them for good). The database backs the
+  sweep up: at the hand-off the session's turn reports get that expiry as `expire_at`, under a TTL index, so MongoDB's
+  TTL monitor deletes them too, even with no gateway running (it runs once a minute; SecantusDB, the tests' server,
+  honours TTL indexes as well). Cost per session: one update of its turn reports at the hand-off, one indexed query
+  per sweep, and one delete by session when due.
 - **Erasure** (`erase_conversation`, `DELETE /admin/conversations/{id}`). Every session of the conversation, whatever
   its state: a live one is stopped upstream first (ended as `erased`); a hand-off not yet delivered is cancelled
   (never delivered afterwards, reports refused from now on); its words are deleted now, and again one LEASE_TTL later
@@ -63,6 +64,13 @@ class Erasure:
         """When a session whose hand-off finished now is to lose its words (None: never)."""
         return now + self.retention if self.retention > 0 else None
 
+    async def expire_turns(self, session_id: str, at: float) -> None:
+        """The database's backstop: its TTL monitor deletes the session's turn reports from `at` on, gateway or no
+        gateway (MongoDB checks once a minute; SecantusDB honours TTL indexes as well, measured within 60-70 s)."""
+        try:
+            await self.turns.expire(session_id, at)
+        except ServiceUnavailable:
+            pass  # the sweep deletes them all the same
     async def forget(self, session_id: str) -> int:
         deleted = await self.turns.delete_session(session_id)
         await self.sessions.words_deleted(session_id, self.clock())

@@ -163,7 +163,10 @@ class Lifecycle:
         if outcome.delivered:
             metrics.HANDOFFS.labels(outcome="delivered").inc()
             metrics.HANDOFF_ATTEMPTS.labels(outcome="delivered").observe(session.flush_attempts)
-            await self.records.flush_done(session.session_id, clock(), note, self._words_expire_at())
+            expire_at = self._words_expire_at()
+            await self.records.flush_done(session.session_id, clock(), note, expire_at)
+            if expire_at is not None and self.erasure is not None:
+                await self.erasure.expire_turns(session.session_id, expire_at)
             log.info("transcript of %s delivered to Petya (%d turns)", session.session_id, len(turns))
             return True
         if outcome.retry:
@@ -175,7 +178,10 @@ class Lifecycle:
         else:
             metrics.HANDOFFS.labels(outcome="rejected").inc()
             metrics.HANDOFF_ATTEMPTS.labels(outcome="rejected").observe(session.flush_attempts)
-            await self.records.flush_rejected(session.session_id, outcome.error, self._words_expire_at())
+            expire_at = self._words_expire_at()
+            await self.records.flush_rejected(session.session_id, outcome.error, expire_at)
+            if expire_at is not None and self.erasure is not None:
+                await self.erasure.expire_turns(session.session_id, expire_at)
             log.error("flush of %s rejected: %s", session.session_id, outcome.error)
         return False
 

@@ -115,7 +115,8 @@ async def scenario(tools, mongodb_uri, workdir, site, cert, key):
         await until(tab, "video.videoWidth > 0 && video.currentTime > 0", what="a decoded frame")
         report["timings"]["start() to first decoded frame"] = round(time.monotonic() - began, 3)
         room = sandbox.rooms.rooms[session_id]
-        assert sorted(room.participants) == sorted(["heygen", f"liveavatar-agent-{session_id}", "client"])
+        # the avatar, LiveAvatar's agent, the page, and the gateway's room agent listening for the words
+        assert sorted(room.participants) == sorted(["heygen", f"liveavatar-agent-{session_id}", "client", "agent"])
 
         repeat_id = await tab.js(f"session.repeat({json.dumps(REPEAT)})")
         await until(tab, saw_text("avatar.transcription.chunk", "LiveAvatar"), what="a chunk of the repeat")

@@ -181,3 +181,25 @@ async def test_liveavatars_delete_is_retried_until_it_succeeds(make_sandbox):
         assert (await sandbox.gateway.sessions.get(la_id)).upstream_erase_at is None
     finally:
         erasure.UPSTREAM_RETRY_INITIAL = 5.0
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_databases_ttl_index_backs_the_sweep_up(make_sandbox):
+    """At the hand-off the session's turn reports get its expiry under a TTL index: the database deletes them even
+    with no gateway running (the sweep, on time, is tested above)."""
+    sandbox, client = await admin_sandbox(make_sandbox, TRANSCRIPT_RETENTION_DAYS="1.5")
+    sid = await heygen_session(client, "ttl", "Indigo whales hum softly")
+    await eventually(lambda: sandbox.petya.get_conversation("ttl"), timeout=10)
+    await eventually(lambda: stored_with(sandbox, "Indigo whales")[0][1].get("expire_at"), timeout=5)
+    record = await sandbox.gateway.sessions.get(sid)
+    assert record.words_expire_at == pytest.approx(record.flushed_at + 1.5 * 86400, abs=1)
+    client_ = pymongo.MongoClient(sandbox.settings.mongodb_uri)
+    try:
+        turns = client_.get_default_database()["turn_reports"]
+        [report] = turns.find({"session_id": sid})
+        assert report["expire_at"].timestamp() == pytest.approx(record.words_expire_at, abs=1)
+        ttl = [(i["key"], i["expireAfterSeconds"]) for i in turns.index_information().values()
+               if "expireAfterSeconds" in i]
+        assert ttl == [([("expire_at", 1)], 0)]
+    finally:
+        client_.close()
