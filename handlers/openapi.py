@@ -254,7 +254,38 @@ def build(contracts: tuple[Contract, ...]) -> dict[str, Any]:
     document: dict[str, Any] = spec.to_dict()
     for path in root_only:
         document["paths"][path]["servers"] = ROOT_ONLY
+    document["webhooks"] = {"petyaHandOff": HAND_OFF}
     return document
+
+
+_SECONDS = {"type": ["number", "null"], "description": "unix seconds"}
+HAND_OFF = {"post": {
+    "operationId": "petyaHandOff", "summary": "The hand-off the gateway posts to Petya",
+    "description": "Sent to {PETYA_BASE_URL}/api/v1/avatar/conversations/{conversationId}/status when a session "
+                   "ends, with `Authorization: Bearer PETYA_AUTH_TOKEN` and `Idempotency-Key` (= deliveryId), "
+                   "retried until Petya answers 2xx (or 4xx: kept, not retried). Petya applies each deliveryId once.",
+    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["sessionId", "status", "transcript", "deliveryId"],
+        "properties": {
+            "sessionId": {"type": "string"},
+            "status": {"type": "string", "enum": ["completed"]},
+            "transcript": {"type": "array", "items": {"type": "object", "properties": {
+                "role": {"type": "string", "enum": ["user", "avatar"]}, "transcript": {"type": "string"},
+                "absolute_timestamp": {"type": "number"}, "timestamp": {"type": "number"}}},
+                "description": "every turn once, in spoken order"},
+            "deliveryId": {"type": "string", "description": "the idempotency key, the same on every attempt"},
+            "provider": {"type": "string", "enum": ["heygen", "liveavatar"], "description": "who served it"},
+            "contract": {"type": "string", "enum": ["heygen", "liveavatar"], "description": "what the plugin spoke"},
+            "startedAt": {**_SECONDS, "description": "when the provider started it (null: never)"},
+            "endedAt": {**_SECONDS, "description": "when it ended"},
+            "durationSeconds": {"type": "number", "description": "startedAt to endedAt; 0 when never started"},
+            "endReason": {"type": "string", "description": "stopped, socket_closed, idle, max_age, erased, "
+                          "room_unavailable, or the provider's own: upstream_idle, no_credits, upstream_<reason>"},
+            "accountId": {"type": "string", "description": "the customer's accountId in its Petya config, if any"},
+            "transcriptNote": {"type": "string", "description": "only when the transcript may lack words: why"},
+        }}}}},
+    "responses": {"200": {"description": "taken (or a repeat of a deliveryId already applied)"}},
+}}
 
 
 DESCRIPTION = """\
