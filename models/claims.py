@@ -40,7 +40,7 @@ class ClaimRepository(Repository):
         ahead = [c for c in claims[:-1] if c["expires_at"] > now]
         if len(ahead) < len(claims) - 1:  # claims of processes that died mid-call: drop them
             collection.update_one({"_id": customer}, {"$pull": {"claims": {"expires_at": {"$lte": now}}}})
-        live = self.store.collection(AvatarSession).count_documents({"customer": customer, "status": {"$ne": "ended"}})
+        live = self.store.collection(AvatarSession).count_documents({"customer_live": customer})
         running = live + len(ahead)
         if running >= limit:
             metrics.QUOTA_REFUSED.inc()

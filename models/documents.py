@@ -49,6 +49,9 @@ class AvatarSession(Document):
     contract = StringField(choices=CONTRACTS)  # what its plugin speaks (absent in older records: the provider's)
     conversation_id = StringField(required=True)
     customer = StringField(required=True)  # HMAC of the customer's API key, never the key
+    # The customer again while the session is live, unset when it ends: the quota counts a customer's live sessions
+    # by this one field (a query on customer and status is a collection scan for SecantusDB's planner).
+    customer_live = StringField()
     status = StringField(required=True, choices=SESSION_STATUSES, default="created")
     upstream_token = StringField()  # the provider's session token; server-side only
     # The provider's LiveKit room and the token the gateway's room agent joins it with (server-side only), and the
@@ -76,6 +79,7 @@ class AvatarSession(Document):
     flush_lease_until = FloatField()
     flush_error = StringField()
     flush_cutoff = FloatField()  # set when the flush first takes its lease: reports after it are refused (409)
+    reports = IntField()  # client reports accepted before the cut-off (models/sessions.py: the atomic check)
     flushed_at = FloatField()
     transcript_note = StringField()  # why a provider transcript could not be merged, when it could not
     # Forgetting (services/erasure.py): when the session's words are due for deletion (its hand-off finished +
@@ -97,6 +101,7 @@ class AvatarSession(Document):
             ("status", "last_activity_at"),
             "sockets.process",
             ("customer", "status"),
+            {"fields": ["customer_live"], "sparse": True},
             "room_holder",
             "conversation_id",
             "words_expire_at",

@@ -34,7 +34,7 @@ class SessionRepository(Repository):
                started_at: float | None = None) -> Session:
         session = AvatarSession(
             session_id=session_id, provider=str(provider), contract=str(contract),
-            conversation_id=conversation_id or session_id, customer=customer, status="created",
+            conversation_id=conversation_id or session_id, customer=customer, customer_live=customer, status="created",
             upstream_token=upstream_token, room_url=room_url, agent_token=agent_token,
             room_holder="" if agent_token else None, created_at=now, last_activity_at=now, account_id=account_id,
             started_at=started_at)
@@ -48,32 +48,35 @@ class SessionRepository(Repository):
         return _session(self.collection.find_one({"session_id": session_id}))
 
     @blocking
-    def owned(self, session_id: str, customer: str, now: float, touch: bool = False,
-              before_cutoff: bool = False) -> Session:
+    def owned(self, session_id: str, customer: str, now: float, before_cutoff: bool = False) -> Session:
         """The session, if this customer created it; NotFound otherwise: unknown and foreign sessions look the same.
-        With touch, the call also counts as activity, in the same round trip. With before_cutoff, atomically only
-        while its flush has not fixed its cut-off (Conflict after it): what is accepted then is in the hand-off."""
-        query: dict[str, Any] = {"session_id": session_id, "customer": customer}
-        if before_cutoff:
-            found = self.collection.find_one_and_update(
-                {**query, "flush_cutoff": None}, {"$set": {"last_activity_at": now}},
-                return_document=ReturnDocument.AFTER)
-            if found is None and self.collection.find_one(query, {"session_id": 1}) is not None:
-                raise Conflict("session has ended and its transcript was handed over")
-        elif touch:
-            found = self.collection.find_one_and_update(query, {"$set": {"last_activity_at": now}},
-                                                        return_document=ReturnDocument.AFTER)
-        else:
-            found = self.collection.find_one(query)
-        if found is None:
+        Found by its unique key alone, the owner checked here: a query with more predicates is planned as a
+        collection scan by SecantusDB (tests/gateway/test_query_plans.py). With before_cutoff, then confirmed
+        atomically while its flush has not fixed its cut-off (Conflict after it): what is accepted then is in the
+        hand-off."""
+        found = self.collection.find_one({"session_id": session_id})
+        if found is None or found.get("customer") != customer:
             raise NotFound("session not found")
+        if before_cutoff and (found.get("flush_cutoff") is not None or not self._count_report(session_id, now)):
+            raise Conflict("session has ended and its transcript was handed over")
         return from_document(Session, found)
+
+    def _count_report(self, session_id: str, now: float) -> bool:
+        """Count a report on the session, atomically only while its cut-off is not fixed; whether it was."""
+        open_ = {"$eq": [{"$ifNull": ["$flush_cutoff", None]}, None]}
+        return bool(self.collection.update_one({"session_id": session_id}, [{"$set": {
+            "reports": {"$cond": [open_, {"$add": [{"$ifNull": ["$reports", 0]}, 1]}, "$reports"]},
+            "last_activity_at": {"$cond": [open_, {"$max": ["$last_activity_at", now]}, "$last_activity_at"]}}}],
+        ).modified_count)
 
     @blocking
     def mark_started(self, session_id: str, now: float) -> None:
-        self.collection.update_one({"session_id": session_id, "status": "created"},
-                                   {"$set": {"status": "started", "last_activity_at": now},
-                                    "$min": {"started_at": now}})
+        """created -> started, once (by the unique key alone; the condition is in the update)."""
+        created = {"$eq": ["$status", "created"]}
+        self.collection.update_one({"session_id": session_id}, [{"$set": {
+            "status": {"$cond": [created, "started", "$status"]},
+            "last_activity_at": {"$max": ["$last_activity_at", now]},
+            "started_at": {"$cond": [{"$eq": [{"$ifNull": ["$started_at", None]}, None]}, now, "$started_at"]}}}])
 
     @blocking
     def touch_all(self, touched: dict[str, float]) -> None:
@@ -202,7 +205,8 @@ class SessionRepository(Repository):
             query.update(NO_SOCKET, socket_closed_at={"$lte": abandoned_before})
         flush = {"flush_state": "pending", "flush_next_at": now} if hand_off else {"flush_state": "cancelled"}
         return _session(self.collection.find_one_and_update(
-            query, {"$set": {"status": "ended", "ended_at": now, "end_reason": reason, **flush}}))
+            query, {"$set": {"status": "ended", "ended_at": now, "end_reason": reason, **flush},
+                    "$unset": {"customer_live": ""}}))
 
     @blocking
     def note_stop_error(self, session_id: str, error: str) -> None:

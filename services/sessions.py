@@ -109,10 +109,11 @@ class Sessions:
         and other-contract sessions look the same. By default the call counts as activity on it. With
         before_cutoff, atomically only while its flush has not fixed its cut-off (Conflict after it)."""
         contract = self._reachable(session_id, customer, contract)
-        session = await self.repository.owned(session_id, customer.id, self.clock(), touch=touch,
-                                              before_cutoff=before_cutoff)
+        session = await self.repository.owned(session_id, customer.id, self.clock(), before_cutoff=before_cutoff)
         if contract and session.served_contract != contract:
             raise NotFound("session not found")
+        if touch:
+            self._touched[session_id] = self.clock()  # written with the others (flush_touches): no round trip
         return session
 
     async def owned_facts(self, session_id: str, customer: Customer, contract: str | None = None) -> SessionFacts:
