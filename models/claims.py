@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 
-from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from domain.errors import ConcurrencyLimitExceeded
@@ -27,11 +26,13 @@ class ClaimRepository(Repository):
         process died mid-call expires after `ttl` seconds."""
         claim_id, collection = secrets.token_hex(8), self.collection
         while True:
-            line = collection.find_one_and_update(
-                {"_id": customer}, {"$push": {"claims": {"id": claim_id, "expires_at": now + ttl}}},
-                return_document=ReturnDocument.AFTER)
-            if line is not None:
+            # By _id alone, then read back by _id: a findAndModify is a collection scan for SecantusDB.
+            if collection.update_one({"_id": customer},
+                                     {"$push": {"claims": {"id": claim_id, "expires_at": now + ttl}}}).matched_count:
+                line = collection.find_one({"_id": customer}) or {"claims": []}
                 claims = line["claims"]
+                mine = next((i for i, c in enumerate(claims) if c["id"] == claim_id), len(claims) - 1)
+                claims = claims[:mine + 1]  # the line as far as this claim: claims pushed after it are behind
                 break
             try:  # the customer's first claim: its line starts now (racing first claims: one insert wins)
                 collection.insert_one({"_id": customer, "claims": []})

@@ -16,8 +16,6 @@ from models.documents import AvatarSession
 from models.store import Repository, blocking
 
 NO_SOCKET: dict[str, Any] = {"sockets.0": {"$exists": False}}  # a session none of whose sockets is open
-BY_SESSION = [("session_id", 1)]  # the unique index
-BY_HOLDER = [("room_holder", 1)]
 
 
 def _session(document: dict[str, Any] | None) -> Session | None:
@@ -108,7 +106,7 @@ class SessionRepository(Repository):
         changes nothing."""
         if closes:
             self.collection.bulk_write(
-                [UpdateOne({"session_id": session_id, "sockets.id": socket_id},
+                [UpdateOne({"session_id": session_id},  # by the unique key alone; a repeat changes nothing
                            {"$pull": {"sockets": {"id": socket_id}},
                             "$max": {"socket_closed_at": at, "last_activity_at": at}})
                  for (session_id, socket_id), at in closes.items()], ordered=False)
@@ -130,67 +128,76 @@ class SessionRepository(Repository):
              "$max": {"socket_closed_at": last_heartbeat, "last_activity_at": last_heartbeat}}).modified_count
 
     # --- the room agent's holder (services/rooms.py) -----------------------------------------------------------
-    # Each query names its index (hint): SecantusDB's planner scans the collection for a query with predicates beside
-    # the indexed one, and a hinted plan is the right one on MongoDB too. tests/gateway/test_room_queries.py explains
-    # every query these send.
+    # By the unique key alone, any condition inside the update (an aggregation pipeline) and checked on what a read by
+    # the same key returns: SecantusDB scans the collection for a filter with more predicates, and for any
+    # findAndModify (tests/gateway/test_query_plans.py).
+
+    def _by_key(self, session_id: str) -> Session | None:
+        return _session(self.collection.find_one({"session_id": session_id}))
 
     @blocking
     def hold_room(self, session_id: str, process_id: str, dead: tuple[str, ...] = ()) -> Session | None:
         """Make `process_id` the holder of a live session's room: when nobody holds it (""), it holds it already, or
         its holder is one of `dead` (processes whose lease expired). The session as it is after; None when another
-        live process holds it, the session has ended, or it has no room."""
-        return _session(self.collection.find_one_and_update(
-            {"session_id": session_id, "status": {"$ne": "ended"},
-             "room_holder": {"$in": ["", process_id, *dead]}},
-            {"$set": {"room_holder": process_id}}, return_document=ReturnDocument.AFTER, hint=BY_SESSION))
+        live process holds it, the session has ended, or it has no room. Atomic per session: of two racing processes
+        one holds it."""
+        takes = {"$and": [{"$ne": ["$status", "ended"]},
+                          {"$in": [{"$ifNull": ["$room_holder", None]}, ["", process_id, *dead]]}]}
+        self.collection.update_one({"session_id": session_id}, [{"$set": {
+            "room_holder": {"$cond": [takes, process_id, "$room_holder"]}}}])
+        session = self._by_key(session_id)
+        held = session is not None and session.room_holder == process_id and session.status != "ended"
+        return session if held else None
+
+    def _hand_over(self, session_id: str, old: str, new: str, more: dict[str, Any] | None = None) -> None:
+        """room_holder `old` -> `new` (and `more` set), only while `old` holds it."""
+        holds = {"$eq": [{"$ifNull": ["$room_holder", None]}, old]}
+        changes = {"room_holder": new, **(more or {})}
+        self.collection.update_one({"session_id": session_id}, [{"$set": {
+            name: {"$cond": [holds, {"$literal": value}, f"${name}"]} for name, value in changes.items()}}])
 
     @blocking
     def release_room(self, session_id: str, process_id: str) -> None:
-        self.collection.find_one_and_update({"session_id": session_id, "room_holder": process_id},
-                                            {"$set": {"room_holder": ""}}, {"_id": 1}, hint=BY_SESSION)
+        self._hand_over(session_id, process_id, "")
 
     @blocking
     def set_room(self, session_id: str, room_url: str, agent_token: str) -> Session | None:
         """Record the room a started session got (LiveAvatar's contract learns it at start), unheld."""
-        return _session(self.collection.find_one_and_update(
-            {"session_id": session_id}, {"$set": {"room_url": room_url, "agent_token": agent_token,
-                                                  "room_holder": ""}},
-            return_document=ReturnDocument.AFTER, hint=BY_SESSION))
+        self.collection.update_one({"session_id": session_id}, {"$set": {
+            "room_url": room_url, "agent_token": agent_token, "room_holder": ""}})
+        return self._by_key(session_id)
 
     @blocking
     def give_up_room(self, session_id: str, process_id: str, note: str) -> None:
         """Nobody will hold this room ("-": never adopted by a sweep); `note` says what the transcript lacks."""
-        self.collection.find_one_and_update({"session_id": session_id, "room_holder": process_id},
-                                            {"$set": {"room_holder": "-", "room_note": note[:500]}}, {"_id": 1},
-                                            hint=BY_SESSION)
+        self._hand_over(session_id, process_id, "-", {"room_note": note[:500]})
 
     @blocking
     def rooms_held_by(self, process_id: str, limit: int = 1000) -> list[str]:
         """The live sessions whose room agent `process_id` holds (a dead process's, to take over); with "", the
-        started sessions whose room nobody holds (given back by a process that stopped, or could not rejoin)."""
-        status = {"$ne": "ended"} if process_id else "started"
-        found = self.collection.find({"room_holder": process_id, "status": status},
-                                     {"session_id": 1}).hint(BY_HOLDER).limit(limit)
-        return [s["session_id"] for s in found]
+        started sessions whose room nobody holds (given back by a process that stopped, or could not rejoin). An
+        ended session's holder is unset (claim_end), so the index holds live sessions only."""
+        found = self.collection.find({"room_holder": process_id}, {"session_id": 1, "status": 1}).limit(limit)
+        return [s["session_id"] for s in found
+                if s.get("status") != "ended" and (process_id or s.get("status") == "started")]
 
     @blocking
     def rooms_moved(self, session_ids: list[str], old: str, new: str) -> None:
         """This process's rooms follow its lease to its new id (rare: one call per room)."""
         for session_id in session_ids:
-            self.collection.find_one_and_update({"session_id": session_id, "room_holder": old},
-                                                {"$set": {"room_holder": new}}, {"_id": 1}, hint=BY_SESSION)
+            self._hand_over(session_id, old, new)
 
     @blocking
     def ended_among(self, session_ids: list[str]) -> list[str]:
         """Which of these sessions have ended (or are gone)."""
-        live = {s["session_id"] for s in self.collection.find(
-            {"session_id": {"$in": session_ids}, "status": {"$ne": "ended"}}, {"session_id": 1}).hint(BY_SESSION)}
+        live = {s["session_id"] for s in self.collection.find({"session_id": {"$in": session_ids}},
+                                                              {"session_id": 1, "status": 1})
+                if s.get("status") != "ended"}
         return [sid for sid in session_ids if sid not in live]
 
     @blocking
     def note_room(self, session_id: str, note: str) -> None:
-        self.collection.find_one_and_update({"session_id": session_id}, {"$set": {"room_note": note[:500]}},
-                                            {"_id": 1}, hint=BY_SESSION)
+        self.collection.update_one({"session_id": session_id}, {"$set": {"room_note": note[:500]}})
 
     # --- ending ---------------------------------------------------------------------------------------------------
 
@@ -206,7 +213,7 @@ class SessionRepository(Repository):
         flush = {"flush_state": "pending", "flush_next_at": now} if hand_off else {"flush_state": "cancelled"}
         return _session(self.collection.find_one_and_update(
             query, {"$set": {"status": "ended", "ended_at": now, "end_reason": reason, **flush},
-                    "$unset": {"customer_live": ""}}))
+                    "$unset": {"customer_live": "", "room_holder": ""}}))
 
     @blocking
     def note_stop_error(self, session_id: str, error: str) -> None:
@@ -269,61 +276,59 @@ class SessionRepository(Repository):
                                                "words_expire_at": words_expire_at}})
 
     # --- forgetting (services/erasure.py) -------------------------------------------------------------------------
+    # Periodic finds by one indexed time each; writes by the unique key alone.
 
     @blocking
     def words_due(self, now: float, limit: int = 100) -> list[str]:
         """Sessions whose words are due for deletion."""
-        found = self.collection.find({"words_expire_at": {"$lte": now}}, {"session_id": 1}).hint(
-            [("words_expire_at", 1)]).limit(limit)
+        found = self.collection.find({"words_expire_at": {"$lte": now}}, {"session_id": 1}).limit(limit)
         return [s["session_id"] for s in found]
 
     @blocking
     def words_deleted(self, session_id: str, now: float) -> None:
         """Its words are gone: what usage needs stays (ids, times, provider, account, end reason); errors that could
         quote them go too."""
-        self.collection.find_one_and_update(
-            {"session_id": session_id},
-            {"$set": {"words_expire_at": None, "words_deleted_at": now, "flush_error": None, "stop_error": None}},
-            {"_id": 1}, hint=BY_SESSION)
+        self.collection.update_one({"session_id": session_id}, {
+            "$set": {"words_deleted_at": now}, "$unset": {"words_expire_at": "", "flush_error": "", "stop_error": ""}})
 
     @blocking
     def of_conversation(self, conversation_id: str, limit: int = 1000) -> list[Session]:
-        found = self.collection.find({"conversation_id": conversation_id}).hint([("conversation_id", 1)]).limit(limit)
-        return [from_document(Session, s) for s in found]
+        return [from_document(Session, s) for s in self.collection.find({"conversation_id": conversation_id})
+                .limit(limit)]
 
     @blocking
     def erase(self, session_id: str, now: float, second_pass_at: float, upstream: bool) -> Session | None:
         """Mark a session of an erased conversation, once (None when it was already): a hand-off not yet delivered
         is cancelled and its cut-off fixed (reports refused from now), its words are deleted again at
         `second_pass_at` (turns in flight when it was erased), and with `upstream` the provider is asked to delete
-        its copy."""
-        found = self.collection.find_one_and_update(
-            {"session_id": session_id, "erased_at": None},
-            {"$set": {"erased_at": now, "words_expire_at": second_pass_at,
-                      **({"upstream_erase_at": now} if upstream else {})},
-             "$min": {"flush_cutoff": now}}, return_document=ReturnDocument.AFTER, hint=BY_SESSION)
-        if found is not None:
-            self.collection.find_one_and_update(
-                {"session_id": session_id, "flush_state": {"$in": ["none", "pending", "delivering"]}},
-                {"$set": {"flush_state": "cancelled"}}, {"_id": 1}, hint=BY_SESSION)
-        return _session(found)
+        its copy. One conditional update by the unique key: of two racing erasures one marks it."""
+        first = {"$eq": [{"$ifNull": ["$erased_at", None]}, None]}
+        undelivered = {"$in": [{"$ifNull": ["$flush_state", "none"]}, ["none", "pending", "delivering"]]}
+        changes: dict[str, Any] = {
+            "erased_at": {"$cond": [first, now, "$erased_at"]},
+            "words_expire_at": {"$cond": [first, second_pass_at, "$words_expire_at"]},
+            "flush_cutoff": {"$cond": [first, {"$min": [{"$ifNull": ["$flush_cutoff", now]}, now]}, "$flush_cutoff"]},
+            "flush_state": {"$cond": [{"$and": [first, undelivered]}, "cancelled", "$flush_state"]},
+        }
+        if upstream:
+            changes["upstream_erase_at"] = {"$cond": [first, now, "$upstream_erase_at"]}
+        self.collection.update_one({"session_id": session_id}, [{"$set": changes}])
+        session = self._by_key(session_id)
+        return session if session is not None and session.erased_at == now else None
 
     @blocking
     def upstream_erasures_due(self, now: float, limit: int = 100) -> list[Session]:
-        found = self.collection.find({"upstream_erase_at": {"$lte": now}}).hint([("upstream_erase_at", 1)]).limit(
-            limit)
-        return [from_document(Session, s) for s in found]
+        return [from_document(Session, s) for s in self.collection.find({"upstream_erase_at": {"$lte": now}})
+                .limit(limit)]
 
     @blocking
     def upstream_erased(self, session_id: str) -> None:
-        self.collection.find_one_and_update({"session_id": session_id}, {"$set": {"upstream_erase_at": None}},
-                                            {"_id": 1}, hint=BY_SESSION)
+        self.collection.update_one({"session_id": session_id}, {"$unset": {"upstream_erase_at": ""}})
 
     @blocking
     def upstream_erase_later(self, session_id: str, next_at: float) -> None:
-        self.collection.find_one_and_update({"session_id": session_id},
-                                            {"$set": {"upstream_erase_at": next_at},
-                                             "$inc": {"upstream_erase_attempts": 1}}, {"_id": 1}, hint=BY_SESSION)
+        self.collection.update_one({"session_id": session_id}, {"$set": {"upstream_erase_at": next_at},
+                                                                "$inc": {"upstream_erase_attempts": 1}})
 
     @blocking
     def usage(self, start: float, end: float, account: str | None = None) -> list[dict[str, Any]]:
@@ -335,4 +340,4 @@ class SessionRepository(Repository):
             query["$and"] = [{"$or": [{"account_id": account}, {"account_id": None, "customer": account}]}]
         fields = {"_id": 0, "session_id": 1, "provider": 1, "customer": 1, "account_id": 1, "created_at": 1,
                   "started_at": 1, "ended_at": 1, "status": 1}
-        return list(self.collection.find(query, fields).hint([("created_at", 1)]))
+        return list(self.collection.find(query, fields))

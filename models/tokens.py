@@ -3,13 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pymongo import ReturnDocument
-
 from domain.records import TokenRecord, from_document
 from models.documents import GatewayToken
 from models.store import Repository, blocking
 
 CLAIMING = "__claiming__"  # the session_id of a token reserved by a streaming.new under way
+CLAIM_TRIES = 5  # tokens tried before giving up, when racing calls take the newest ones
 
 
 class TokenRepository(Repository):
@@ -31,14 +30,26 @@ class TokenRepository(Repository):
 
     @blocking
     def claim(self, customer: str, provider: str, now: float, token_id: Any = None) -> TokenRecord | None:
-        """Reserve a minted, unused token for a new session: the one given, else the customer's newest."""
-        query: dict[str, Any] = {"customer": customer, "provider": str(provider), "session_id": None,
-                                 "expires_at": {"$gt": now}}
+        """Reserve a minted, unused token for a new session: the one given, else the customer's newest. Each try is
+        one conditional update by _id (the conditions inside it), so of two racing calls one reserves a token: the
+        customer's tokens are found by the customer alone (a findAndModify, or a filter with more predicates, is a
+        collection scan for SecantusDB)."""
         if token_id is not None:
-            query["_id"] = token_id
-        found = self.collection.find_one_and_update(query, {"$set": {"session_id": CLAIMING}},
-                                                    sort=[("created_at", -1)], return_document=ReturnDocument.AFTER)
-        return from_document(TokenRecord, found) if found is not None else None
+            candidates = [token_id]
+        else:
+            found = self.collection.find({"customer": customer},
+                                         {"_id": 1, "provider": 1, "session_id": 1, "expires_at": 1, "created_at": 1})
+            candidates = [t["_id"] for t in sorted(found, key=lambda t: t.get("created_at", 0), reverse=True)
+                          if t.get("provider") == str(provider) and t.get("session_id") is None
+                          and t.get("expires_at", 0) > now]
+        free = {"$and": [{"$eq": [{"$ifNull": ["$session_id", None]}, None]}, {"$eq": ["$customer", customer]},
+                         {"$eq": ["$provider", str(provider)]}, {"$gt": ["$expires_at", now]}]}
+        for candidate in candidates[:CLAIM_TRIES]:
+            if self.collection.update_one({"_id": candidate}, [{"$set": {
+                    "session_id": {"$cond": [free, CLAIMING, "$session_id"]}}}]).modified_count:
+                found_one = self.collection.find_one({"_id": candidate})
+                return from_document(TokenRecord, found_one) if found_one is not None else None
+        return None
 
     @blocking
     def bind(self, token_id: Any, session_id: str) -> None:
@@ -46,4 +57,5 @@ class TokenRepository(Repository):
 
     @blocking
     def release(self, token_id: Any) -> None:
-        self.collection.update_one({"_id": token_id, "session_id": CLAIMING}, {"$set": {"session_id": None}})
+        self.collection.update_one({"_id": token_id}, [{"$set": {"session_id": {
+            "$cond": [{"$eq": ["$session_id", CLAIMING]}, None, "$session_id"]}}}])
