@@ -15,6 +15,7 @@ TEST = SANDBOX + [
     "hypothesis==6.170.17",  # the bad-input fuzzer (tests/gateway/test_bad_input.py)
     "pytest-tornado==0.8.1",
     "schemathesis==4.32.5",  # the contract test against /openapi.json (tests/gateway/test_openapi.py)
+    "openapi-spec-validator==0.9.0",  # the document's validity (tests/gateway/test_openapi.py)
     "setuptools<82",  # pytest-tornado imports pkg_resources
     "livekit==1.2.1",  # the Python rtc SDK (Rust core) joining sandbox rooms in tests/sandbox/test_livekit_rooms.py
 ]

@@ -187,6 +187,7 @@ class Gateway:
         HOST:PORT)."""
         self.store.connect()
         await self.store.ensure_indexes()
+        self.store.start_probe()  # /readyz's view of MongoDB (handlers/operations.py)
         sockets = sockets or bind_sockets(self.settings.port, self.settings.host)
         self.port = sockets[0].getsockname()[1]
         self.leases.address = self.settings.internal_url or f"http://127.0.0.1:{self.port}"

@@ -193,10 +193,19 @@ def operation(op_id: str, summary: str, description: str, responses: dict[str, A
 
 
 def preflight(sibling: dict[str, Any]) -> dict[str, Any]:
-    return {"operationId": sibling["operationId"] + "Preflight", "summary": "CORS preflight",
-            "tags": sibling["tags"], "security": [],
-            "description": "Answered 204 with the CORS headers when the Origin is allowed (CORS_ORIGINS).",
-            "responses": {"204": shared("Preflight"), "400": shared("BadFraming"), "413": shared("PayloadTooLarge")}}
+    """The OPTIONS operation of a route, beside `sibling`, one of its operations. It declares the parameters of the
+    path the sibling declares (each operation must declare every parameter of its path), as any string: a preflight
+    is answered on any path, an unknown route's included (handlers/base.py, NotFoundHandler)."""
+    op = {"operationId": sibling["operationId"] + "Preflight", "summary": "CORS preflight",
+          "tags": sibling["tags"], "security": [],
+          "description": "Answered 204 with the CORS headers when the Origin is allowed (CORS_ORIGINS).",
+          "responses": {"204": shared("Preflight"), "400": shared("BadFraming"), "413": shared("PayloadTooLarge")}}
+    in_path = [{"name": parameter["name"], "in": "path", "required": True, "schema": {"type": "string"},
+                "description": "Any value: a preflight is answered whatever the path names."}
+               for parameter in sibling.get("parameters", []) if parameter.get("in") == "path"]
+    if in_path:
+        op["parameters"] = in_path
+    return op
 
 
 def links(expression: str, targets: list[str]) -> dict[str, Any]:

@@ -2,8 +2,16 @@
 
 - `GET /healthz` (liveness): 200 while the process answers. It does not ask MongoDB: a MongoDB outage is no reason
   to restart the gateway — a restart would lose the turns it holds for MongoDB (services/turns.py).
-- `GET /readyz` (readiness): 200 when this process can serve — not shutting down, its lease held, its turn queue
-  not full, and MongoDB answering a ping (within DB_TIMEOUT) — else 503 with the reason.
+- `GET /readyz` (readiness): 200 when this process can serve, else 503 with the reason, the first of:
+  `shutting_down` (a graceful stop is under way); `lease_lost` (its lease not renewed within LEASE_TTL);
+  `turn_queue_full` (TURN_QUEUE_MAX turns wait for MongoDB); `mongodb_unavailable`, when the last ping of the store's
+  probe failed or none succeeded within PROBE_STALE (2 s), or the lease heartbeat has not succeeded for
+  3 x LEASE_HEARTBEAT + 1 s (MongoDB is not answering this process's own calls: they hang, or queue behind calls
+  that do), or the store's call queue is full (its calls would be refused "busy").
+  It reads only state the process keeps: nothing it does waits on MongoDB or on the store's executor, so it answers
+  at once whatever MongoDB does. The probe (models/store.py, Probe) pings MongoDB every PROBE_INTERVAL (0.5 s) from a
+  thread and a one-connection client of its own, each ping bounded by PROBE_TIMEOUT (0.3 s): MongoDB refusing or
+  hanging is seen within about 0.8 s, and its return as soon as a ping and the next heartbeat succeed.
 - `GET /metrics`: this process's metrics (observability/metrics.py), Prometheus text format, or OpenMetrics when the
   scraper asks for it (Accept).
 The first three are served at the root of PORT, or only on ADMIN_ADDRESS's listener when that is set.
@@ -32,18 +40,31 @@ class NotReady(ServiceUnavailable):
         self.reason = reason
 
 
-async def not_ready(gateway: Gateway) -> NotReady | None:
-    """Why `gateway` cannot serve now, or None when it can."""
+# The lease heartbeat counts as late, and MongoDB as not answering this process, after this many heartbeats (plus
+# HEARTBEAT_SLACK seconds) without a renewal.
+LATE_HEARTBEATS = 3
+HEARTBEAT_SLACK = 1.0
+
+
+def not_ready(gateway: Gateway) -> NotReady | None:
+    """Why `gateway` cannot serve now, or None when it can: from state the process keeps, without any I/O."""
     if gateway.stopped:
         return NotReady("shutting_down", "the process is shutting down")
-    if not gateway.leases.holds():
+    leases = gateway.leases
+    if not leases.holds():
         return NotReady("lease_lost", "this process's lease is not held (MongoDB was away longer than LEASE_TTL)")
     if len(gateway.turns) >= gateway.turns.capacity:
         return NotReady("turn_queue_full", "the turn queue is full (MongoDB is not taking turns fast enough)")
-    try:
-        await gateway.store.run(gateway.store.ping)
-    except ServiceUnavailable as exc:
-        return NotReady("mongodb_unavailable", f"MongoDB: {exc.message}")
+    store = gateway.store
+    problem = store.probe.problem() if store.probe is not None else None
+    if problem is not None:
+        return NotReady("mongodb_unavailable", f"MongoDB: {problem}")
+    since = leases.since_renewed()
+    if since > LATE_HEARTBEATS * leases.heartbeat + HEARTBEAT_SLACK:
+        return NotReady("mongodb_unavailable", f"MongoDB: no answer to this process's lease heartbeat for "
+                                               f"{since:.1f} s")
+    if store.busy:
+        return NotReady("mongodb_unavailable", "MongoDB: session database busy (its call queue is full)")
     return None
 
 
@@ -53,8 +74,8 @@ class HealthHandler(BaseHandler):
 
 
 class ReadyHandler(BaseHandler):
-    async def get(self) -> None:
-        problem = await not_ready(self.gateway)
+    def get(self) -> None:
+        problem = not_ready(self.gateway)
         if problem is not None:
             raise problem
         self.send_json({"status": "ready"})
@@ -95,7 +116,8 @@ def readyz() -> dict[str, Any]:
     return {"get": operation(
         "readyz", "Readiness", "200 when this process can serve, else 503 with the reason." + ROOT_ONLY_NOTE,
         {"200": answer("ready", "Ready"), **statuses("400", "413", body_400=FRAMING),
-         "503": error("not ready: shutting down, lease lost, turn queue full or MongoDB not answering a ping",
+         "503": error("not ready: shutting down, lease lost, turn queue full, or MongoDB not answering lately (its "
+                      "last ping failed, the lease heartbeat is late, or its call queue is full)",
                       "NotReadyError", retry_after=True)},
         security=[], tags=TAGS)}
 

@@ -68,6 +68,11 @@ class Leases:
         its sockets as closed, and it takes a new lease at its next heartbeat)."""
         return self.renewed_at is not None and self.clock() - self.renewed_at < self.ttl
 
+    def since_renewed(self) -> float:
+        """Seconds since this process's lease was last taken or renewed: since MongoDB last answered its heartbeat
+        (infinite before the first)."""
+        return float("inf") if self.renewed_at is None else self.clock() - self.renewed_at
+
     async def beat(self) -> None:
         """The heartbeat (one at a time: MongoDB may be slower than it)."""
         if self._beating:

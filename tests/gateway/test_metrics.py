@@ -164,6 +164,42 @@ async def test_readyz_and_healthz(sandbox):
     assert (await get(sandbox.gateway_url, "/readyz")).status == 200
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_readyz_reads_the_probe_the_heartbeat_and_the_call_queue(sandbox):
+    """/readyz's mongodb_unavailable (handlers/operations.py) from each of its sources, none of them asked at the
+    request: the probe's last ping failed or is stale, the lease heartbeat late, the store's call queue full."""
+    gateway = sandbox.gateway
+    store, leases, probe = gateway.store, gateway.leases, gateway.store.probe
+
+    async def reason():
+        answer = await get(sandbox.gateway_url, "/readyz")
+        return answer.status, (answer.json or {}).get("reason"), (answer.json or {}).get("message", "")
+
+    assert (await reason())[:2] == (200, None)
+    probe.failed_at, probe.error = probe.clock() + 60, "ServerSelectionTimeoutError"  # a failure after every answer
+    status, why, message = await reason()
+    assert (status, why) == (503, "mongodb_unavailable") and "last ping failed (ServerSelectionTimeoutError)" in message
+    probe.failed_at = None
+    stale, probe.stale = probe.stale, -1  # as if its last answer were older than PROBE_STALE (the probe stuck)
+    status, why, message = await reason()
+    assert (status, why) == (503, "mongodb_unavailable") and "no answer to a ping" in message
+    probe.stale = stale
+    # The heartbeat late (it beats every 0.1 s here: its age is set, not its time).
+    leases.since_renewed = lambda: 3 * leases.heartbeat + 1.5
+    try:
+        status, why, message = await reason()
+        assert (status, why) == (503, "mongodb_unavailable") and "lease heartbeat" in message
+    finally:
+        del leases.since_renewed
+    store.in_flight += store.max_queued
+    try:
+        status, why, message = await reason()
+        assert (status, why) == (503, "mongodb_unavailable") and "busy" in message
+    finally:
+        store.in_flight -= store.max_queued
+    assert (await reason())[:2] == (200, None)
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_readyz_is_503_while_mongodb_is_unreachable_and_healthz_stays_200(make_sandbox, tmp_path):
     mongo = MongoServer(tmp_path / "gateway-db").start()
@@ -174,8 +210,9 @@ async def test_readyz_is_503_while_mongodb_is_unreachable_and_healthz_stays_200(
         assert (await get(admin, "/readyz")).status == 200
         before = await scrape(admin)
         mongo.kill()
-        down = await get(admin, "/readyz")
-        assert down.status == 503 and down.json["reason"] == "mongodb_unavailable", down.json
+        # /readyz reads the store's probe, which pings every 0.5 s (bounded by 0.3 s): 503 within about 0.8 s.
+        down = await eventually(lambda: _answer_if(admin, "/readyz", 503), timeout=5, interval=0.05)
+        assert down.json["reason"] == "mongodb_unavailable", down.json
         assert down.headers["Retry-After"]
         assert (await get(admin, "/healthz")).status == 200  # alive: no reason to restart it
         sandbox.gateway.metrics._counted_at = None
@@ -191,6 +228,11 @@ async def test_readyz_is_503_while_mongodb_is_unreachable_and_healthz_stays_200(
 async def _without_live_sessions(base_url):
     samples = await scrape(base_url)
     return None if any(name == P + "live_sessions" for name, _ in samples) else samples
+
+
+async def _answer_if(base_url, path, status):
+    answer = await get(base_url, path)
+    return answer if answer.status == status else None
 
 
 async def _status(base_url, path, status):

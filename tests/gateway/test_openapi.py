@@ -9,6 +9,7 @@ never answers are provoked one by one and checked the same way. Deterministic (a
 sends the same requests) and bounded: about a thousand requests, some 15 seconds.
 """
 import collections
+import copy
 import json
 import re
 import time
@@ -18,6 +19,8 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
+from openapi_schema_validator import OAS31Validator
+from openapi_spec_validator import OpenAPIV31SpecValidator
 from schemathesis.config import SchemathesisConfig
 
 from handlers import openapi
@@ -114,6 +117,28 @@ def test_every_operation_documents_its_errors_and_headers():
     assert task["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Task"}
     assert components["schemas"]["Task"]["required"] == ["session_id", "text"]
     assert components["schemas"]["Task"]["additionalProperties"] is True  # unknown fields are forwarded
+
+
+def spec_errors(document):
+    return [str(error).splitlines()[0] for error in OpenAPIV31SpecValidator(document).iter_errors()]
+
+
+def test_the_document_passes_openapi_spec_validator():
+    """openapi-spec-validator on the document as served (built, serialized, parsed): OpenAPI 3.1's meta-schema, and
+    its own checks of `paths` (each operation declares every parameter of its path, the preflights included;
+    operationIds unique; defaults valid against their schemas). Its own checks do not walk `webhooks`, which get the
+    meta-schema only (a webhook response without its description is refused below, to show it looks there): their
+    body schemas are checked here against OpenAPI 3.1's schema dialect."""
+    document = built_document()
+    assert spec_errors(document) == []
+    broken = copy.deepcopy(document)
+    del broken["webhooks"]["petyaHandOff"]["post"]["responses"]["200"]["description"]
+    assert spec_errors(broken)
+    assert set(document["webhooks"]) == {"petyaHandOff"}
+    for item in document["webhooks"].values():
+        for op in item.values():
+            for media in op["requestBody"]["content"].values():
+                OAS31Validator.check_schema(media["schema"])
 
 
 # --- the sandbox, on its own loop -----------------------------------------------------------------------------------
