@@ -45,6 +45,9 @@ class Session:
     flush_lease_until: float | None = None
     flush_error: str | None = None
     flush_cutoff: float | None = None
+    flush_lease_id: str | None = None
+    end_claim: str | None = None
+    status_before_end: str | None = None
     flushed_at: float | None = None
     transcript_note: str | None = None
     words_expire_at: float | None = None

@@ -187,6 +187,7 @@ class Gateway:
         HOST:PORT)."""
         self.store.connect()
         await self.store.ensure_indexes()
+        await self.sessions.repository.backfill()  # sessions of an older version: their live-only fields
         self.store.start_probe()  # /readyz's view of MongoDB (handlers/operations.py)
         sockets = sockets or bind_sockets(self.settings.port, self.settings.host)
         self.port = sockets[0].getsockname()[1]

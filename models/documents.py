@@ -40,7 +40,7 @@ class ProcessLease(Document):
     address = StringField()  # its internal URL (INTERNAL_URL): where other processes forward a room's commands
 
     COLLECTION = "gateway_processes"
-    meta = {"collection": COLLECTION, "strict": False}
+    meta = {"collection": COLLECTION, "strict": False, "indexes": ["heartbeat_at"]}
 
 
 class AvatarSession(Document):
@@ -52,6 +52,13 @@ class AvatarSession(Document):
     # The customer again while the session is live, unset when it ends: the quota counts a customer's live sessions
     # by this one field (a query on customer and status is a collection scan for SecantusDB's planner).
     customer_live = StringField()
+    # While the session is live (null once ended), so the sweep finds the live ones by one indexed field each rather
+    # than a filter on status beside them: its last activity, its creation, the last close of one of its sockets.
+    live_activity_at = FloatField()
+    live_created_at = FloatField()
+    live_closed_at = FloatField()
+    end_claim = StringField()  # who won the end (models/sessions.py claim_end)
+    status_before_end = StringField()
     status = StringField(required=True, choices=SESSION_STATUSES, default="created")
     upstream_token = StringField()  # the provider's session token; server-side only
     # The provider's LiveKit room and the token the gateway's room agent joins it with (server-side only), and the
@@ -77,6 +84,8 @@ class AvatarSession(Document):
     flush_attempts = IntField(default=0)
     flush_next_at = FloatField()
     flush_lease_until = FloatField()
+    flush_lease_id = StringField()  # who holds the flush's lease (a conditional update's proof of winning it)
+    flush_due_at = FloatField()  # when the sweep is to take the flush (pending: next_at; delivering: lease end)
     flush_error = StringField()
     flush_cutoff = FloatField()  # set when the flush first takes its lease: reports after it are refused (409)
     reports = IntField()  # client reports accepted before the cut-off (models/sessions.py: the atomic check)
@@ -97,10 +106,12 @@ class AvatarSession(Document):
         "strict": False,
         "indexes": [
             "customer",
-            ("flush_state", "flush_next_at"),
-            ("status", "last_activity_at"),
+            "status",
+            {"fields": ["flush_due_at"], "sparse": True},
+            {"fields": ["live_activity_at"], "sparse": True},
+            {"fields": ["live_created_at"], "sparse": True},
+            {"fields": ["live_closed_at"], "sparse": True},
             "sockets.process",
-            ("customer", "status"),
             {"fields": ["customer_live"], "sparse": True},
             "room_holder",
             "conversation_id",

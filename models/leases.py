@@ -16,9 +16,12 @@ class LeaseRepository(Repository):
     def renew(self, process_id: str, now: float, ttl: float, pending_since: float | None) -> bool:
         """Renew the lease while it is live: False when it was lost (expired, or deleted by another process's sweep)
         or never taken."""
-        return bool(self.collection.update_one(
-            {"process_id": process_id, "heartbeat_at": {"$gte": now - ttl}},
-            {"$set": {"heartbeat_at": now, "pending_since": pending_since}}).matched_count)
+        live = {"$gte": ["$heartbeat_at", now - ttl]}
+        self.collection.update_one({"process_id": process_id}, [{"$set": {
+            "heartbeat_at": {"$cond": [live, now, "$heartbeat_at"]},
+            "pending_since": {"$cond": [live, {"$literal": pending_since}, "$pending_since"]}}}])
+        found = self.collection.find_one({"process_id": process_id}, {"heartbeat_at": 1})
+        return found is not None and found["heartbeat_at"] == now
 
     @essential
     def take(self, process_id: str, now: float, pending_since: float | None, address: str | None = None) -> None:
@@ -30,23 +33,22 @@ class LeaseRepository(Repository):
     @blocking
     def expired(self, own_id: str, before: float, limit: int = 100) -> list[tuple[str, float]]:
         """(process_id, last heartbeat) of other processes whose last heartbeat is before `before`."""
-        found = self.collection.find({"heartbeat_at": {"$lt": before}, "process_id": {"$ne": own_id}},
-                                     {"process_id": 1, "heartbeat_at": 1}).limit(limit)
-        return [(lease["process_id"], lease["heartbeat_at"]) for lease in found]
+        found = self.collection.find({"heartbeat_at": {"$lt": before}}, {"process_id": 1, "heartbeat_at": 1}).limit(
+            limit + 1)
+        return [(lease["process_id"], lease["heartbeat_at"]) for lease in found if lease["process_id"] != own_id]
 
     @blocking
     def others_alive(self, own_id: str, since: float) -> list[dict[str, Any]]:
         """The leases of the other processes that beat since `since`: dicts with heartbeat_at and pending_since."""
-        return list(self.collection.find(
-            {"heartbeat_at": {"$gte": since}, "process_id": {"$ne": own_id}},
-            {"_id": 0, "process_id": 1, "heartbeat_at": 1, "pending_since": 1}))
+        return [lease for lease in self.collection.find(
+            {"heartbeat_at": {"$gte": since}}, {"_id": 0, "process_id": 1, "heartbeat_at": 1, "pending_since": 1})
+            if lease["process_id"] != own_id]
 
     @blocking
     def address(self, process_id: str, since: float) -> str | None:
         """The internal URL of a process whose lease is live (beat since `since`); None otherwise."""
-        found = self.collection.find_one({"process_id": process_id, "heartbeat_at": {"$gte": since}},
-                                         {"_id": 0, "address": 1})
-        return found.get("address") if found else None
+        found = self.collection.find_one({"process_id": process_id}, {"_id": 0, "address": 1, "heartbeat_at": 1})
+        return found.get("address") if found and found.get("heartbeat_at", 0) >= since else None
 
     @blocking
     def remove(self, process_id: str, heartbeat_at: float) -> None:

@@ -5,9 +5,12 @@ here, a socket close there) can never both win it.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
+import secrets
 from typing import Any
 
-from pymongo import ReturnDocument, UpdateOne
+from pymongo import UpdateOne
 
 from domain.errors import Conflict, NotFound
 from domain.names import LIVE_STATUSES
@@ -15,7 +18,24 @@ from domain.records import Session, from_document
 from models.documents import AvatarSession
 from models.store import Repository, blocking
 
-NO_SOCKET: dict[str, Any] = {"sockets.0": {"$exists": False}}  # a session none of whose sockets is open
+LEASE_CANDIDATES = 10  # due flushes looked at per lease_flush
+_LIVE = {"$ne": ["$status", "ended"]}
+
+
+def touch(at: float) -> dict[str, Any]:
+    """Update-pipeline fields: activity at `at` (and, while live, the reaper's view of it)."""
+    return {"last_activity_at": {"$max": ["$last_activity_at", at]},
+            "live_activity_at": {"$cond": [_LIVE, {"$max": [{"$ifNull": ["$live_activity_at", 0]}, at]},
+                                           "$live_activity_at"]}}
+
+
+def closed(at: float, keep: dict[str, Any]) -> dict[str, Any]:
+    """Update-pipeline fields: sockets closed at `at` (those for which `keep`, on `$$this`, is false go)."""
+    return {"sockets": {"$filter": {"input": {"$ifNull": ["$sockets", []]}, "cond": keep}},
+            "socket_closed_at": {"$max": [{"$ifNull": ["$socket_closed_at", 0]}, at]},
+            "live_closed_at": {"$cond": [_LIVE, {"$max": [{"$ifNull": ["$live_closed_at", 0]}, at]},
+                                         "$live_closed_at"]},
+            **touch(at)}
 
 
 def _session(document: dict[str, Any] | None) -> Session | None:
@@ -35,7 +55,7 @@ class SessionRepository(Repository):
             conversation_id=conversation_id or session_id, customer=customer, customer_live=customer, status="created",
             upstream_token=upstream_token, room_url=room_url, agent_token=agent_token,
             room_holder="" if agent_token else None, created_at=now, last_activity_at=now, account_id=account_id,
-            started_at=started_at)
+            started_at=started_at, live_activity_at=now, live_created_at=now)
         session.validate()
         document = session.to_mongo().to_dict()
         self.collection.insert_one(document)
@@ -72,16 +92,14 @@ class SessionRepository(Repository):
         """created -> started, once (by the unique key alone; the condition is in the update)."""
         created = {"$eq": ["$status", "created"]}
         self.collection.update_one({"session_id": session_id}, [{"$set": {
-            "status": {"$cond": [created, "started", "$status"]},
-            "last_activity_at": {"$max": ["$last_activity_at", now]},
+            "status": {"$cond": [created, "started", "$status"]}, **touch(now),
             "started_at": {"$cond": [{"$eq": [{"$ifNull": ["$started_at", None]}, None]}, now, "$started_at"]}}}])
 
     @blocking
     def touch_all(self, touched: dict[str, float]) -> None:
         """Coalesced activity touches: {session id: latest activity time}, one bulk write."""
         self.collection.bulk_write(
-            [UpdateOne({"session_id": sid}, {"$max": {"last_activity_at": at}}) for sid, at in touched.items()],
-            ordered=False)
+            [UpdateOne({"session_id": sid}, [{"$set": touch(at)}]) for sid, at in touched.items()], ordered=False)
 
     @blocking
     def count_live(self) -> dict[tuple[str, str], int]:
@@ -95,10 +113,9 @@ class SessionRepository(Repository):
 
     @blocking
     def socket_opened(self, session_id: str, socket_id: str, process_id: str, now: float) -> None:
-        self.collection.update_one(
-            {"session_id": session_id},
-            {"$push": {"sockets": {"id": socket_id, "process": process_id, "opened_at": now}},
-             "$set": {"last_activity_at": now}})
+        entry = {"id": socket_id, "process": process_id, "opened_at": now}
+        self.collection.update_one({"session_id": session_id}, [{"$set": {
+            "sockets": {"$concatArrays": [{"$ifNull": ["$sockets", []]}, [{"$literal": entry}]]}, **touch(now)}}])
 
     @blocking
     def sockets_closed(self, closes: dict[tuple[str, str], float]) -> None:
@@ -106,9 +123,7 @@ class SessionRepository(Repository):
         changes nothing."""
         if closes:
             self.collection.bulk_write(
-                [UpdateOne({"session_id": session_id},  # by the unique key alone; a repeat changes nothing
-                           {"$pull": {"sockets": {"id": socket_id}},
-                            "$max": {"socket_closed_at": at, "last_activity_at": at}})
+                [UpdateOne({"session_id": session_id}, [{"$set": closed(at, {"$ne": ["$$this.id", socket_id]})}])
                  for (session_id, socket_id), at in closes.items()], ordered=False)
 
     @blocking
@@ -124,8 +139,7 @@ class SessionRepository(Repository):
         """The sockets a dead process held count as closed at its last heartbeat."""
         return self.collection.update_many(
             {"sockets.process": process_id},
-            {"$pull": {"sockets": {"process": process_id}},
-             "$max": {"socket_closed_at": last_heartbeat, "last_activity_at": last_heartbeat}}).modified_count
+            [{"$set": closed(last_heartbeat, {"$ne": ["$$this.process", process_id]})}]).modified_count
 
     # --- the room agent's holder (services/rooms.py) -----------------------------------------------------------
     # By the unique key alone, any condition inside the update (an aggregation pipeline) and checked on what a read by
@@ -204,16 +218,27 @@ class SessionRepository(Repository):
     @blocking
     def claim_end(self, session_id: str, reason: str, now: float,
                   abandoned_before: float | None = None, hand_off: bool = True) -> Session | None:
-        """Atomically end a live session and queue its flush; returns the session as it was just before (so the
-        caller sees whether it had started). None when it had already ended, or (with `abandoned_before`) when a
-        socket is open again or closed after that time."""
-        query: dict[str, Any] = {"session_id": session_id, "status": {"$ne": "ended"}}
+        """Atomically end a live session and queue its flush; returns the session as it was just before (its status,
+        so the caller sees whether it had started). None when it had already ended, or (with `abandoned_before`) when
+        a socket is open again or closed after that time. One conditional update by the unique key, then a read by
+        it: the claim names its winner."""
+        claim = secrets.token_hex(8)
+        ends: dict[str, Any] = {"$ne": ["$status", "ended"]}
         if abandoned_before is not None:
-            query.update(NO_SOCKET, socket_closed_at={"$lte": abandoned_before})
-        flush = {"flush_state": "pending", "flush_next_at": now} if hand_off else {"flush_state": "cancelled"}
-        return _session(self.collection.find_one_and_update(
-            query, {"$set": {"status": "ended", "ended_at": now, "end_reason": reason, **flush},
-                    "$unset": {"customer_live": "", "room_holder": ""}}))
+            ends = {"$and": [ends, {"$eq": [{"$size": {"$ifNull": ["$sockets", []]}}, 0]},
+                             {"$lte": [{"$ifNull": ["$socket_closed_at", math.inf]}, abandoned_before]}]}
+        flush = {"flush_state": "pending", "flush_next_at": now, "flush_due_at": now} if hand_off else {
+            "flush_state": "cancelled", "flush_due_at": None}
+        changes = {"status": "ended", "ended_at": now, "end_reason": reason, "end_claim": claim, **flush,
+                   "customer_live": None, "room_holder": None, "live_activity_at": None, "live_created_at": None,
+                   "live_closed_at": None}
+        self.collection.update_one({"session_id": session_id}, [{"$set": {
+            "status_before_end": {"$cond": [ends, "$status", "$status_before_end"]},
+            **{name: {"$cond": [ends, {"$literal": value}, f"${name}"]} for name, value in changes.items()}}}])
+        session = self._by_key(session_id)
+        if session is None or session.end_claim != claim:
+            return None
+        return dataclasses.replace(session, status=session.status_before_end or "created")
 
     @blocking
     def note_stop_error(self, session_id: str, error: str) -> None:
@@ -222,58 +247,101 @@ class SessionRepository(Repository):
     @blocking
     def quiet(self, idle_before: float, born_before: float, limit: int = 100) -> list[tuple[str, str]]:
         """Live sessions nobody has touched since `idle_before` (and with no open socket), or created before
-        `born_before`: (session_id, "max_age" | "idle") pairs for the reaper."""
-        raw = {"status": {"$ne": "ended"},
-               "$or": [{"created_at": {"$lt": born_before}},
-                       {"last_activity_at": {"$lt": idle_before}, **NO_SOCKET}]}
-        found = self.collection.find(raw, {"session_id": 1, "created_at": 1}).limit(limit)
-        return [(s["session_id"], "max_age" if s["created_at"] < born_before else "idle") for s in found]
+        `born_before`: (session_id, "max_age" | "idle") pairs for the reaper. Found by the live-only times, each
+        one indexed field; the rest checked here."""
+        fields = {"session_id": 1, "status": 1, "sockets": 1}
+        old = [(s["session_id"], "max_age") for s in self.collection.find(
+            {"live_created_at": {"$lt": born_before}}, fields).limit(limit) if s.get("status") != "ended"]
+        idle = [(s["session_id"], "idle") for s in self.collection.find(
+            {"live_activity_at": {"$lt": idle_before}}, fields).limit(limit)
+            if s.get("status") != "ended" and not s.get("sockets")]
+        found = dict(idle)
+        found.update(old)  # max_age first
+        return list(found.items())[:limit]
 
     @blocking
     def abandoned(self, before: float, limit: int = 100) -> list[str]:
         """Sessions whose sockets all closed before `before` and which nobody ended."""
-        raw = {"status": {"$ne": "ended"}, "socket_closed_at": {"$lte": before}, **NO_SOCKET}
-        return [s["session_id"] for s in self.collection.find(raw, {"session_id": 1}).limit(limit)]
+        return [s["session_id"] for s in self.collection.find(
+            {"live_closed_at": {"$lte": before}}, {"session_id": 1, "status": 1, "sockets": 1}).limit(limit)
+            if s.get("status") != "ended" and not s.get("sockets")]
 
     # --- the hand-off to Petya ------------------------------------------------------------------------------------
 
     @blocking
     def lease_flush(self, lease_seconds: float, now: float, session_id: str | None = None) -> Session | None:
         """Take one due flush (pending and due, or delivering with an expired lease) for delivery. The first lease
-        fixes the session's cut-off: reports are refused after it (see owned)."""
-        raw: dict[str, Any] = {"$or": [{"flush_state": "pending", "flush_next_at": {"$lte": now}},
-                                       {"flush_state": "delivering", "flush_lease_until": {"$lte": now}}]}
+        fixes the session's cut-off: reports are refused after it (see owned). Due flushes are found by one indexed
+        time (`flush_due_at`, set only while one is pending or delivering); each is leased by one conditional update
+        by the unique key, whose lease id names the winner."""
         if session_id:
-            raw["session_id"] = session_id
-        return _session(self.collection.find_one_and_update(
-            raw, {"$set": {"flush_state": "delivering", "flush_lease_until": now + lease_seconds},
-                  "$inc": {"flush_attempts": 1}, "$min": {"flush_cutoff": now}},
-            return_document=ReturnDocument.AFTER))
+            candidates = [session_id]
+        else:
+            candidates = [s["session_id"] for s in self.collection.find(
+                {"flush_due_at": {"$lte": now}}, {"session_id": 1}).limit(LEASE_CANDIDATES)]
+        for candidate in candidates:
+            lease = secrets.token_hex(8)
+            due = {"$or": [
+                {"$and": [{"$eq": ["$flush_state", "pending"]}, {"$lte": [{"$ifNull": ["$flush_next_at", 0]}, now]}]},
+                {"$and": [{"$eq": ["$flush_state", "delivering"]},
+                          {"$lte": [{"$ifNull": ["$flush_lease_until", 0]}, now]}]}]}
+            until = now + lease_seconds
+            self.collection.update_one({"session_id": candidate}, [{"$set": {
+                "flush_state": {"$cond": [due, "delivering", "$flush_state"]},
+                "flush_lease_until": {"$cond": [due, until, "$flush_lease_until"]},
+                "flush_due_at": {"$cond": [due, until, "$flush_due_at"]},
+                "flush_lease_id": {"$cond": [due, lease, "$flush_lease_id"]},
+                "flush_attempts": {"$cond": [due, {"$add": [{"$ifNull": ["$flush_attempts", 0]}, 1]},
+                                             "$flush_attempts"]},
+                "flush_cutoff": {"$cond": [due, {"$min": [{"$ifNull": ["$flush_cutoff", now]}, now]},
+                                           "$flush_cutoff"]}}}])
+            session = self._by_key(candidate)
+            if session is not None and session.flush_lease_id == lease and session.flush_state == "delivering":
+                return session
+        return None
 
-    def _delivering(self, session_id: str, update: dict[str, Any]) -> None:
-        self.collection.update_one({"session_id": session_id, "flush_state": "delivering"}, update)
+    def _delivering(self, session_id: str, changes: dict[str, Any]) -> None:
+        """Set `changes` (values, or expressions on the session) only while its flush is delivering."""
+        delivering = {"$eq": ["$flush_state", "delivering"]}
+        self.collection.update_one({"session_id": session_id}, [{"$set": {
+            name: {"$cond": [delivering, value if isinstance(value, dict) else {"$literal": value}, f"${name}"]}
+            for name, value in changes.items()}}])
 
     @blocking
     def flush_defer(self, session_id: str, next_at: float) -> None:
         """Give a leased flush back until `next_at` without counting an attempt (it waits for turns)."""
-        self._delivering(session_id, {"$set": {"flush_state": "pending", "flush_next_at": next_at},
-                                      "$inc": {"flush_attempts": -1}})
+        self._delivering(session_id, {"flush_state": "pending", "flush_next_at": next_at, "flush_due_at": next_at,
+                                      "flush_attempts": {"$add": ["$flush_attempts", -1]}})
 
     @blocking
     def flush_done(self, session_id: str, now: float, note: str | None = None,
                    words_expire_at: float | None = None) -> None:
-        self._delivering(session_id, {"$set": {"flush_state": "delivered", "flushed_at": now, "flush_error": None,
-                                               "transcript_note": note, "words_expire_at": words_expire_at}})
+        self._delivering(session_id, {"flush_state": "delivered", "flushed_at": now, "flush_error": None,
+                                      "transcript_note": note, "words_expire_at": words_expire_at,
+                                      "flush_due_at": None})
 
     @blocking
     def flush_retry(self, session_id: str, next_at: float, error: str) -> None:
-        self._delivering(session_id, {"$set": {"flush_state": "pending", "flush_next_at": next_at,
-                                               "flush_error": error[:500]}})
+        self._delivering(session_id, {"flush_state": "pending", "flush_next_at": next_at, "flush_due_at": next_at,
+                                      "flush_error": error[:500]})
 
     @blocking
     def flush_rejected(self, session_id: str, error: str, words_expire_at: float | None = None) -> None:
-        self._delivering(session_id, {"$set": {"flush_state": "rejected", "flush_error": error[:500],
-                                               "words_expire_at": words_expire_at}})
+        self._delivering(session_id, {"flush_state": "rejected", "flush_error": error[:500],
+                                      "words_expire_at": words_expire_at, "flush_due_at": None})
+
+    @blocking
+    def backfill(self) -> int:
+        """Sessions recorded by a version that kept no live-only fields (a rolling deploy): given them, once, at
+        start (a scan, then none)."""
+        live = self.collection.update_many(
+            {"status": {"$ne": "ended"}, "live_created_at": None},
+            [{"$set": {"live_created_at": "$created_at", "live_activity_at": "$last_activity_at",
+                       "live_closed_at": "$socket_closed_at", "customer_live": "$customer"}}]).modified_count
+        flushing = self.collection.update_many(
+            {"flush_state": {"$in": ["pending", "delivering"]}, "flush_due_at": None},
+            [{"$set": {"flush_due_at": {"$ifNull": ["$flush_next_at", "$flush_lease_until"]}}}]).modified_count
+        return live + flushing
 
     # --- forgetting (services/erasure.py) -------------------------------------------------------------------------
     # Periodic finds by one indexed time each; writes by the unique key alone.
@@ -309,6 +377,7 @@ class SessionRepository(Repository):
             "words_expire_at": {"$cond": [first, second_pass_at, "$words_expire_at"]},
             "flush_cutoff": {"$cond": [first, {"$min": [{"$ifNull": ["$flush_cutoff", now]}, now]}, "$flush_cutoff"]},
             "flush_state": {"$cond": [{"$and": [first, undelivered]}, "cancelled", "$flush_state"]},
+            "flush_due_at": {"$cond": [{"$and": [first, undelivered]}, None, "$flush_due_at"]},
         }
         if upstream:
             changes["upstream_erase_at"] = {"$cond": [first, now, "$upstream_erase_at"]}

@@ -211,7 +211,8 @@ class SocketCloseWrites(monitoring.CommandListener):
     def started(self, event):
         if self.active and event.command_name == "update":
             updates = event.command.get("updates", [])
-            if any("$pull" in u.get("u", {}) and "socket_closed_at" in u["u"].get("$max", {}) for u in updates):
+            if any(isinstance(u.get("u"), list) and "socket_closed_at" in u["u"][0].get("$set", {})
+                   for u in updates):  # the close's update pipeline (models/sessions.py: closed)
                 self.commands.append(len(updates))
 
     def succeeded(self, event):
