@@ -177,10 +177,12 @@ def chat_socket() -> dict[str, Any]:
     return {"get": operation(
         "streamingChatSocket", "HeyGen's streaming-chat WebSocket, relayed",
         "The WebSocket handshake (RFC 6455). The caller must own the session; then the gateway opens HeyGen's "
-        "socket with HeyGen's token substituted (other query parameters pass through) and relays frames both ways, "
-        "unchanged. Upstream failures after the upgrade close the socket (1011; 1013 when MongoDB is away). A "
-        "handshake with a body is refused (400, 413 over MAX_BODY_SIZE). HeyGen's SDK opens it at the root of its "
-        "host, whatever its basePath.",
+        "socket with HeyGen's token substituted (other query parameters pass through) — for a session served by "
+        "LiveAvatar, the socket of the room agent's events — and only once it is open answers 101 and relays "
+        "frames both ways, unchanged, what HeyGen sent meanwhile first. An upstream that refuses the socket or "
+        "cannot be reached is answered 502 (a refusal's status in `upstreamStatus`), one that does not answer in "
+        "time 504, a room changing hands 503 with Retry-After. A handshake with a body is refused (400, 413 over "
+        "MAX_BODY_SIZE). HeyGen's SDK opens it at the root of its host, whatever its basePath.",
         {"101": answer("switching to the WebSocket protocol", headers={
             "Upgrade": {"schema": {"type": "string"}}, "Connection": {"schema": {"type": "string"}},
             "Sec-WebSocket-Accept": {"schema": {"type": "string"}}}),
@@ -193,7 +195,12 @@ def chat_socket() -> dict[str, Any]:
          "426": error("a Sec-WebSocket-Version other than 13, or none", headers={
              "Sec-WebSocket-Version": {"description": "the version spoken", "schema": {"type": "string",
                                                                                        "enum": ["13"]}}}),
-         "503": error("MongoDB unavailable (with Retry-After)", retry_after=True)},
+         "502": error("HeyGen refused the socket (its status in `upstreamStatus`) or could not be reached; the "
+                      "session's room could not be joined", "UpstreamSocketError"),
+         "503": error("MongoDB unavailable, or the session's room changing hands (with Retry-After)",
+                      retry_after=True),
+         "504": error("HeyGen did not answer the socket's handshake within UPSTREAM_REQUEST_TIMEOUT (or the TCP "
+                      "connect within UPSTREAM_CONNECT_TIMEOUT)")},
         security=[{"SessionTokenQuery": []}], parameters=parameters)}
 
 

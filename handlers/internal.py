@@ -6,7 +6,9 @@ only, not in the OpenAPI document; nginx need not (and the example does not) exp
   (503 while it holds it no more: the caller answers its own caller 503 + Retry-After).
 - `GET /internal/rooms/{session_id}/socket` (WebSocket): a bridged session's HeyGen events as text frames, from the
   room this process holds; the HeyGen SDK's binary TextFrames sent on it (its default `speak`) become talks. The
-  browser's streaming.chat socket is relayed here by whichever process it reached (relay/handler.py).
+  browser's streaming.chat socket is relayed here by whichever process it reached (relay/handler.py), which connects
+  it before answering the browser's handshake: 503 + Retry-After here (this process holds the room no more) is
+  503 + Retry-After there.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from domain.errors import BadRequest, NotFound
 from handlers.base import BaseHandler, GatewayHandlerMixin
 from handlers.contracts import Contract, Route
 from relay.pipecat import text_of
+from services.rooms import handing_over
 
 if TYPE_CHECKING:
     from handlers.app import Gateway
@@ -63,11 +66,14 @@ class RoomSocketHandler(GatewayHandlerMixin, WebSocketHandler):
     async def get(self, *args: Any, **kwargs: Any) -> None:
         if not authorized(self.gateway, self.request.headers.get("Authorization")):
             raise NotFound("not found")  # the internal routes do not exist for anyone else
-        await super().get(*args, **kwargs)
+        self.log_session_id = session_id = args[0]
+        if not self.gateway.rooms.hears(session_id):  # answered before the upgrade; the relay answers its browser
+            raise handing_over()  # 503 + Retry-After in turn (relay/handler.py)
+        await super().get(*args, **kwargs)  # no await between the check and open(): the agent is still there then
 
     def open(self, session_id: str) -> None:
-        self.session_id = self.log_session_id = session_id
-        if not self.gateway.rooms.listen(session_id, self):
+        self.session_id = session_id
+        if not self.gateway.rooms.listen(session_id, self):  # checked in get(), with nothing awaited since: defensive
             self.close(1013, "the session's room is being handed over; try again")
 
     def send_event(self, text: str) -> None:

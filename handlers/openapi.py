@@ -29,7 +29,7 @@ SCHEMAS = [
     # request bodies
     "SessionRef", "OptionalSessionRef", "TokenRequest", "NewSession", "Task", "ReportedMessage",
     # errors
-    "GatewayError", "NotReadyError", "ConcurrencyLimitError", "UpstreamError",
+    "GatewayError", "NotReadyError", "UpstreamSocketError", "ConcurrencyLimitError", "UpstreamError",
     # answers
     "HeyGenTokenAnswer", "HeyGenAnswer", "HeyGenSessionAnswer", "HeyGenTaskAnswer", "RecordedAnswer",
     "TranscriptAnswer", "LiveAvatarAnswer", "LiveAvatarTokenAnswer", "LiveAvatarStartAnswer", "Health", "Ready",

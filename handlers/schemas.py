@@ -88,6 +88,13 @@ class NotReadyError(GatewayError):
         ["shutting_down", "lease_lost", "turn_queue_full", "mongodb_unavailable"]))
 
 
+class UpstreamSocketError(GatewayError):
+    """502 from the streaming-chat socket's handshake: the upstream refused its own (or could not be reached)."""
+
+    upstreamStatus = fields.Integer(metadata=doc(
+        "The status the upstream answered the gateway's handshake with, when it answered one."))
+
+
 class ConcurrencyLimitError(Schema):
     """429 when the customer's concurrent sessions (or our upstream account's) are all taken."""
 

@@ -1,9 +1,16 @@
 """The HeyGen streaming-chat WebSocket relay: browser <-> gateway <-> HeyGen, frames unchanged and in order.
 
-The browser presents our session token; HeyGen gets its own. Before the upgrade the handler authenticates the caller
-and checks it owns the session (a plain JSON 4xx otherwise). Once upgraded, the socket is recorded on its session
-against this process's lease (services/leases.py) before HeyGen is reached, and its close is recorded — retried until
-MongoDB takes it — when it ends (services/lifecycle.py).
+The browser presents our session token; HeyGen gets its own. Everything that can fail happens before the browser's
+handshake is answered 101, so a failure is a plain JSON error with the CORS headers, never a 101 followed by a close:
+the handler authenticates the caller and checks it owns the session (4xx), records the socket on its session against
+this process's lease (services/leases.py; 503 + Retry-After while MongoDB is away), then connects the upstream leg —
+HeyGen's socket, or for a session HeyGen's contract serves on LiveAvatar the event socket of the process holding its
+room (services/rooms.py) — answering 502 when the upstream refuses it (its status named) or cannot be reached, 504
+when it does not answer in time, 503 + Retry-After while a bridged session's room changes hands. Only then the 101.
+What the upstream sends between its handshake and the pairing is not lost: nothing reads its leg until a pump takes it
+over (tests/gateway/test_websocket_relay.py sends a message right behind the upstream's 101, through both pumps). The
+socket's close is recorded — retried until MongoDB takes it — when it ends, or when its handshake is answered with an
+error after it was recorded (services/lifecycle.py).
 
 Once both legs are open a pump moves the frames: the fast one (relay/pump.py, bytes chunk by chunk on the sockets
 taken from tornado) or the plain one (relay/plain.py, message by message on tornado's public API), as RELAY_PUMP
@@ -21,14 +28,26 @@ from typing import TYPE_CHECKING, Any, cast
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.iostream import StreamClosedError
+from tornado.simple_httpclient import HTTPTimeoutError
 from tornado.websocket import WebSocketClientConnection, WebSocketHandler
 
-from domain.errors import BadRequest, Forbidden, GatewayError, NotFound, ServiceUnavailable, UnsupportedWebSocketVersion
+from domain.errors import (
+    RETRY_AFTER,
+    BadRequest,
+    Forbidden,
+    GatewayError,
+    NotFound,
+    ServiceUnavailable,
+    UnsupportedWebSocketVersion,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from domain.names import ContractName
 from domain.records import SessionFacts
 from handlers.base import GatewayHandlerMixin, origin_allowed
 from relay import plain, pump
 from relay.transcript import SocketTranscript, never, wanted_from_client, wanted_from_upstream
+from services.rooms import handing_over
 
 if TYPE_CHECKING:
     from handlers.app import Gateway
@@ -82,6 +101,9 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
         self.transcript: SocketTranscript | None = None
         self.socket_id: str | None = None  # set once the socket is recorded on the session
         self.process_id: str | None = None  # the lease it is recorded under
+        self.upgraded = False  # the 101 is out (open() has run)
+        self.left = False  # the client's connection has closed, or the socket was forgotten (on_close has run)
+        self.refusal: GatewayError | None = None  # close() before the upgrade: answered instead of the 101
         self.counts = gateway.metrics.relay  # observability.metrics.RelayCounts
 
     @property
@@ -102,7 +124,9 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
         return None  # frames are relayed as they come; audio does not compress
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
-        """Authenticate and authorize before the upgrade, so a bad caller gets a plain JSON 4xx."""
+        """Authenticate and authorize, record the socket and connect its upstream leg, all before the upgrade: a bad
+        caller gets a plain JSON 4xx, an upstream that refuses or is away a JSON 502/503/504, never a 101 and a
+        close."""
         if (error := handshake_error(self.request)) is not None:
             raise error
         origin = self.request.headers.get("Origin")
@@ -122,70 +146,120 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
         # A bridged session's events are the room agent's translation: their words are recorded where it hears them.
         self.transcript = SocketTranscript(session_id, app.turns, app.sessions.clock,
                                            hears_upstream=not self.session.bridged)
-        await super().get(*args, **kwargs)
-
-    def get_websocket_protocol(self) -> Any:
-        return pump.server_protocol(self) if self.fast else super().get_websocket_protocol()
-
-    async def open(self, *args: Any, **kwargs: Any) -> None:
-        app, session = self.gateway, self.session
-        assert session is not None and self.transcript is not None
-        socket_id, process_id = uuid.uuid4().hex, app.leases.process_id
+        if self.left or not await self.record_open():
+            return  # the client left meanwhile (its close recorded, once its open was)
         try:
-            await app.sessions.socket_opened(session.session_id, socket_id, process_id)
-        except ServiceUnavailable:
-            return self.close(1013, "session database unavailable; try again later")
-        self.socket_id = socket_id
+            self.upstream = await self.connect_upstream()
+        except GatewayError:
+            self.on_close()  # its close recorded: the client may retry within the grace period
+            raise
+        if self.left:  # the client left while the upstream leg was being connected (on_close has run)
+            self.upstream.close(1000)
+            return
+        if self.refusal is not None:  # closed by the gateway meanwhile: shutting down, or its lease lost
+            self.on_close()
+            raise self.refusal
+        await super().get(*args, **kwargs)  # the 101, then open()
+
+    async def record_open(self) -> bool:
+        """Record the socket on its session against this process's lease (services/leases.py), before its upstream is
+        reached: from now on the reaper counts it open (a grace period running out, or the idle timeout, does not
+        end the session while its upstream leg is being connected), and a MongoDB away is a 503 the client reads.
+        False when the client left meanwhile (its close is recorded); ServiceUnavailable to answer."""
+        app, session = self.gateway, self.session
+        assert session is not None
+        socket_id, process_id = uuid.uuid4().hex, app.leases.process_id
+        await app.sessions.socket_opened(session.session_id, socket_id, process_id)
+        self.socket_id, self.process_id = socket_id, process_id
         app.relays.add(self)
         self.counts.sockets += 1
-        if self.ws_connection is None:  # the client left while we were recording it
-            return self.on_close()
-        self.process_id = process_id
-        if process_id != app.leases.process_id:  # recorded under a lease lost meanwhile
-            return self.close(1001, "reconnect: gateway lease renewed")
+        if self.left:  # the client left while we were recording it
+            self.on_close()
+            return False
+        if process_id != app.leases.process_id:  # recorded under a lease lost meanwhile: the client comes again
+            self.on_close()
+            raise ServiceUnavailable("reconnect: gateway lease renewed", retry_after=RETRY_AFTER)
+        return True
+
+    async def connect_upstream(self) -> WebSocketClientConnection:
+        """The upstream leg, connected: HeyGen's socket, or for a bridged session the event socket of the process
+        holding its room. Until a pump takes it over nothing reads it (the fast pump's leg waits for its pairing; the
+        plain pump's tornado queues a message and stops reading), so what it sends before the browser's side is open
+        waits there. A GatewayError to answer the browser's handshake with when it cannot be connected."""
+        app, session = self.gateway, self.session
+        assert session is not None
         settings = app.settings
         if session.bridged:  # HeyGen's events come from the gateway's room agent, wherever it is
             try:
-                address = await app.rooms.socket_address(session)
-            except GatewayError as exc:  # the room could not be joined; MongoDB away
+                address = await app.rooms.socket_address(session)  # the agent joins here when nobody holds the room
+            except GatewayError as exc:  # the room could not be joined (502); MongoDB away (503)
                 log.warning("no room events for the socket of %s: %s", session.session_id, exc.message)
-                return self.close(1011, _reason(exc.message))
-            if address is None:
-                return self.close(1013, "the session's room is being handed over; try again")
+                raise
+            if address is None:  # its holder is not live: a hand-over is under way
+                raise handing_over()
             url, headers = app.rooms.socket_url(address, session.session_id)
+            upstream = "the gateway process holding the session's room"
         else:
             query = [(k, v.decode()) for k, values in self.request.query_arguments.items() for v in values]
             url, headers = app.heygen.websocket_url(session.session_id, session.upstream_token, query), {}
+            upstream = "HeyGen"
         request = HTTPRequest(url, headers=headers, connect_timeout=settings.upstream_connect_timeout,
                               request_timeout=settings.upstream_request_timeout)
         ping, size = settings.ws_ping_interval or None, settings.ws_max_message_size
         try:
             if self.fast:
-                self.upstream = await pump.pump_connect(request, self.upstream_closed, ping, ping, size)
-            else:
-                self.upstream = await plain.connect(request, ping, ping, size)
-        except HTTPClientError as exc:
-            log.warning("HeyGen refused the socket of %s: %s", session.session_id, exc.code)
-            return self.close(1011, _reason(f"upstream refused the connection ({exc.code})"))
-        except Exception as exc:  # refused, unreachable, timed out
-            log.warning("HeyGen socket of %s failed: %s", session.session_id, type(exc).__name__)
-            return self.close(1011, "upstream connection failed")
-        if self.ws_connection is None:  # the client left while we were connecting
-            self.upstream.close(1000)
+                return cast(WebSocketClientConnection,
+                            await pump.pump_connect(request, self.upstream_closed, ping, ping, size))
+            return await plain.connect(request, ping, ping, size)
+        except HTTPTimeoutError:  # no TCP connection within the connect timeout, or no answer within the request's
+            log.warning("%s's socket of %s timed out", upstream, session.session_id)
+            raise UpstreamTimeout(f"{upstream} did not answer the socket's handshake in time") from None
+        except HTTPClientError as exc:  # it answered, not 101 (599: it closed the connection without an answer)
+            log.warning("%s refused the socket of %s: %s", upstream, session.session_id, exc.code)
+            if session.bridged and exc.code in (503, 599):  # the holder lost the room, or is going away
+                raise handing_over() from None
+            if exc.code == 599:
+                raise UpstreamUnavailable(f"{upstream} closed the connection without answering the socket's "
+                                          "handshake") from None
+            raise UpstreamUnavailable(f"{upstream} refused the socket (HTTP {exc.code})",
+                                      details={"upstreamStatus": exc.code}) from None
+        except Exception as exc:  # refused, unreachable, an answer that is no WebSocket's
+            log.warning("%s's socket of %s failed: %s", upstream, session.session_id, type(exc).__name__)
+            if session.bridged:  # its holder is going away: commands are answered the same (services/rooms.py)
+                raise handing_over() from None
+            raise UpstreamUnavailable(f"{upstream} unreachable for the socket") from None
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        """Close the browser's socket; before the upgrade (the gateway shutting down, its lease lost), the handshake
+        is answered 503 + Retry-After instead of the 101."""
+        if not self.upgraded:
+            if self.refusal is None:
+                self.refusal = ServiceUnavailable(reason or "the gateway is closing the socket",
+                                                  retry_after=RETRY_AFTER)
             return
+        super().close(code, reason)
+
+    def get_websocket_protocol(self) -> Any:
+        return pump.server_protocol(self) if self.fast else super().get_websocket_protocol()
+
+    async def open(self, *args: Any, **kwargs: Any) -> None:
+        """The 101 is out and both legs are open: a pump takes them over, what the upstream sent meanwhile first."""
+        self.upgraded = True
+        upstream, session, transcript = self.upstream, self.session, self.transcript
+        assert upstream is not None and session is not None and transcript is not None
         if not self.fast:
-            plain.relay_upstream(self, self.upstream, self.transcript, self.counts.upstream)
+            plain.relay_upstream(self, upstream, transcript, self.counts.upstream)
             return
         try:
             await pump.pair(cast(pump.PumpProtocol, self.ws_connection),
-                            cast(pump.PumpProtocol, self.upstream.protocol),
+                            cast(pump.PumpProtocol, upstream.protocol),
                             inspect_client=wanted_from_client,
                             inspect_upstream=never if session.bridged else wanted_from_upstream,
-                            on_client_messages=self.transcript.from_client,
-                            on_upstream_messages=self.transcript.from_upstream,
+                            on_client_messages=transcript.from_client,
+                            on_upstream_messages=transcript.from_upstream,
                             client_tally=self.counts.client, upstream_tally=self.counts.upstream)
         except StreamClosedError:  # either side left just now: closing the other ends both
-            self.upstream.close(1000)
+            upstream.close(1000)
             self.close(1011, "upstream connection failed")
             return
         self.request.server_connection = None  # the HTTP connection the handshake came on (and its IOStream)
@@ -203,6 +277,9 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
             self.close(relay_close_code(upstream.close_code), _reason(upstream.close_reason))
 
     def on_close(self) -> None:
+        """The browser's socket has closed, or (tornado calls this too) its connection before the upgrade: the upstream
+        leg is closed and the socket's close recorded. Called once more by get() itself when it answers an error."""
+        self.left = True
         app = self.gateway
         if not app.relays.discard(self):
             return  # never recorded, or already closed

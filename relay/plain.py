@@ -27,6 +27,8 @@ log = logging.getLogger("gateway.websocket")
 
 async def connect(request: HTTPRequest, ping_interval: float | None, ping_timeout: float | None,
                   max_message_size: int) -> WebSocketClientConnection:
+    """The upstream leg. Until `relay_upstream` reads it, tornado queues its first message and reads no further: what
+    the upstream sends before the browser's side is open waits (on the socket, beyond the first)."""
     return await websocket_connect(request, ping_interval=ping_interval, ping_timeout=ping_timeout,
                                    max_message_size=max_message_size)
 

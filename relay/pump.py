@@ -296,8 +296,10 @@ def server_protocol(handler: Any) -> PumpProtocol:
 
 def pump_connect(request: HTTPRequest, on_close: Callable[[], None], ping_interval: float | None,
                  ping_timeout: float | None, max_message_size: int) -> Future[Any]:
-    """`websocket_connect` for the upstream leg. `on_close()` is called when it has closed (before pairing, any
-    message it receives is ignored)."""
+    """`websocket_connect` for the upstream leg. Nothing reads it until `pair()` takes its socket: what the upstream
+    sends meanwhile waits there (or in the IOStream's buffer, which goes with the socket), however long the browser's
+    side takes. `on_close()` is called when it has closed (a leg closed unpaired is read by tornado, and what it
+    receives then is ignored)."""
     return connect_client(
         request, _upstream_protocol,
         on_message=lambda message: on_close() if message is None else None,

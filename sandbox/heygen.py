@@ -154,6 +154,12 @@ class HeyGenEmulator:
         self.response_delay = response_delay
         self.recorder = Recorder()
         self.on_task = None  # tests: `f(session, body)` called after a task is queued, before the answer
+        # tests: `async f(session)` awaited before a socket's handshake is answered: None goes on, (status, body)
+        # refuses it; one that never returns is an upstream that accepted the connection and never answers.
+        self.on_socket_handshake = None
+        # tests: `f(socket)` called once a socket is open and registered, before anything it receives is read (a
+        # message written then goes out right behind the 101).
+        self.on_socket_open = None
         self.sessions = {}
         self.tokens = {}
         self._idle_sweeper = None
@@ -575,21 +581,31 @@ class StreamingChatSocket(tornado.websocket.WebSocketHandler):
         self.voice_watch = None
         self.closed = asyncio.Event()
 
-    def prepare(self):
+    async def prepare(self):
         self.emulator.recorder.record(self.request)
         session = self.emulator.sessions.get(self.get_query_argument("session_id", ""))
         if session is None or not self.emulator.may_join(session, self.get_query_argument("session_token", "")):
-            self.set_status(401)
-            self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps(UNAUTHORIZED))
+            self._refuse(401, UNAUTHORIZED)
             return
+        if self.emulator.on_socket_handshake is not None:  # tests: a refusal, or a handshake never answered
+            refusal = await self.emulator.on_socket_handshake(session)
+            if refusal is not None:
+                self._refuse(*refusal)
+                return
         self.session = session
+
+    def _refuse(self, status, body):
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body))
 
     def check_origin(self, origin):
         return True  # the SDK connects straight from the web page, whatever its origin
 
     def open(self):
         self.session.sockets.add(self)
+        if self.emulator.on_socket_open is not None:
+            self.emulator.on_socket_open(self)
 
     def on_ping(self, data):
         self.session.ws_pings += 1

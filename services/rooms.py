@@ -75,6 +75,11 @@ class Listener(Protocol):
         """The room is left: no more events."""
 
 
+def handing_over() -> ServiceUnavailable:
+    """What a caller is answered while the session's room changes hands (nothing was done: its retry is safe)."""
+    return ServiceUnavailable("the session's room is being handed over: try again shortly", retry_after=HAND_OVER_RETRY)
+
+
 def internal_key(secret: str) -> str:
     """The key gateway processes present to each other (never one a customer or the browser holds)."""
     return hmac.new(secret.encode(), b"ilianaai-avatar internal calls v1", hashlib.sha256).hexdigest()
@@ -381,6 +386,11 @@ class RoomAgents:
         url = f"{'wss' if scheme == 'https' else 'ws'}://{rest.rstrip('/')}{INTERNAL_PREFIX}/" \
               f"{quote(session_id, safe='')}/socket"
         return url, {"Authorization": f"Bearer {self.key}"}
+
+    def hears(self, session_id: str) -> bool:
+        """Whether this process holds an agent in the bridged session's room (its events can be listened to here)."""
+        agent = self.agents.get(session_id)
+        return agent is not None and agent.bridged
 
     def listen(self, session_id: str, listener: Listener) -> bool:
         """Send the bridged session's HeyGen events to `listener`; False when this process holds no agent there."""

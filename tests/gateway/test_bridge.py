@@ -6,14 +6,17 @@ import asyncio
 import json
 
 import pytest
+from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
+from handlers.app import Gateway
 from sandbox.liveavatar import sandbox_reply
 from sandbox.stack import DEMO_API_KEY
 from tests.helpers.client import eventually
 from tests.helpers.flows import assert_error, read_events, ws_url
 
 WORD = 0.02  # seconds per word of the LiveAvatar avatar
+ALLOWED = "https://shop.example.com"
 
 
 @pytest.fixture
@@ -34,11 +37,10 @@ async def new_session(client, prefix="", conversation_id="bridge-conv"):
 
 
 async def socket(sandbox, session_id, token, prefix=""):
-    """The browser's socket, once the gateway relays it to the room agent's events (the handshake is answered before
-    the gateway's own leg is connected: issue 18)."""
+    """The browser's socket: answered 101 only once the gateway's own leg listens to the room agent's events."""
     ws = await websocket_connect(ws_url(sandbox, session_id, token, prefix))
     rooms = sandbox.gateway.rooms
-    await eventually(lambda: session_id in rooms.agents and rooms.agents[session_id].listeners)
+    assert session_id in rooms.agents and rooms.agents[session_id].listeners
     return ws
 
 
@@ -171,6 +173,54 @@ async def test_a_room_server_gone_ends_the_start_and_the_session(bridged, client
     assert session_id not in sandbox.gateway.rooms.agents
     said = await petya_transcript(sandbox, "room-gone")  # the hand-off still happens, once
     assert said == [] and len(sandbox.petya.deliveries("room-gone")) == 1
+
+
+async def refused_handshake(sandbox, session_id, token):
+    """The JSON error the browser's handshake was answered instead of a 101 (with the CORS headers)."""
+    with pytest.raises(HTTPClientError) as refused:
+        ws = await websocket_connect(HTTPRequest(ws_url(sandbox, session_id, token), headers={"Origin": ALLOWED}))
+        ws.close()
+    response = refused.value.response
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.headers["Access-Control-Allow-Origin"] == ALLOWED
+    return response.code, json.loads(response.body), response.headers
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_socket_while_the_room_changes_hands_is_answered_503_with_retry_after(bridged, client):
+    """The room's holder is not live (a hand-over under way), or is live but holds the room no more (its internal
+    socket answers 503): the browser's handshake is answered 503 + Retry-After, not 101 and 1013; once the room is
+    back, the same browser's retry is relayed."""
+    sandbox = bridged
+    token, session = await new_session(client, conversation_id="handed-over")
+    session_id = session["session_id"]
+    sessions = sandbox.gateway.sessions.repository
+    assert await sessions.hold_room(session_id, "a-process-gone")  # its lease expired: no address
+    status, body, headers = await refused_handshake(sandbox, session_id, token)
+    assert (status, body["code"], headers["Retry-After"]) == (503, 503, "2") and "handed over" in body["message"]
+
+    other = await Gateway.build(sandbox.settings).start()  # a live process that holds the room and has no agent there
+    try:
+        assert await sessions.hold_room(session_id, other.leases.process_id, ("a-process-gone",))
+        status, body, headers = await refused_handshake(sandbox, session_id, token)
+        assert (status, headers["Retry-After"]) == (503, "2") and "handed over" in body["message"]
+        assert not other.rooms.agents and not sandbox.gateway.rooms.agents
+    finally:
+        await other.stop()
+    await sessions.release_room(session_id, other.leases.process_id)  # given back: the socket brings the agent in
+    ws = await socket(sandbox, session_id, token)
+    ws.close()
+    await eventually(lambda: not sandbox.gateway.relays)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_socket_whose_room_cannot_be_joined_is_answered_502(bridged, client):
+    sandbox = bridged
+    token, session = await new_session(client, conversation_id="no-room-socket")
+    sandbox.rooms.max_participants = 2  # the avatar and LiveAvatar's agent are in: the room refuses the gateway's
+    status, body, _ = await refused_handshake(sandbox, session["session_id"], token)
+    assert status == 502 and "room" in body["message"]
+    assert not sandbox.gateway.relays and sandbox.gateway.metrics.relay.sockets == 0
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -387,9 +387,25 @@ def test_fault_answers_are_as_documented(running, contract):
     finally:
         sandbox.liveavatar.rate_limit = None
 
+    # The socket's upstream refusing it, or away: answered before the upgrade (a session of its own: each refusal
+    # records a socket closed, and the grace period then ends the session).
+    token = send("POST", "/v1/streaming.create_token", 200)["data"]["token"]
+    opened = send("POST", "/v1/streaming.new", 200, {}, headers={"Authorization": f"Bearer {token}", "Origin": ALLOWED})
+    chat = f"{WEBSOCKET}?session_id={opened['data']['session_id']}&session_token={token}"
+
+    async def refuse(_session):
+        return 403, {"code": 403, "message": "no"}
+
+    sandbox.heygen.on_socket_handshake = refuse
+    try:
+        assert send("GET", chat, 502, headers=handshake)["upstreamStatus"] == 403
+    finally:
+        sandbox.heygen.on_socket_handshake = None
+
     back = take_down("heygen")
     try:
         send("POST", "/v1/streaming.create_token", 502)
+        assert "upstreamStatus" not in send("GET", chat, 502, headers=handshake)
     finally:
         back()
 

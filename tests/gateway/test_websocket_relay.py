@@ -2,6 +2,7 @@
 import asyncio
 import json
 import os
+import time
 
 import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -61,24 +62,205 @@ async def test_stop_closes_the_browser_socket_normally(sandbox, client):
     assert ws.close_code == 1000  # never 1005/1006
 
 
+ALLOWED = "https://shop.example.com"
+
+
+async def refused(url):
+    """The error a browser's handshake was answered instead of a 101: (status, JSON body, headers). As every error of
+    the gateway's, JSON with the CORS headers."""
+    try:
+        ws = await websocket_connect(HTTPRequest(url, headers={"Origin": ALLOWED}))
+    except HTTPClientError as exc:
+        assert exc.response is not None, exc
+        headers = exc.response.headers
+        assert headers["Content-Type"].startswith("application/json")
+        assert headers["Access-Control-Allow-Origin"] == ALLOWED
+        body = json.loads(exc.response.body)
+        assert body["code"] == exc.code and isinstance(body["message"], str)
+        return exc.code, body, headers
+    ws.close()
+    raise AssertionError("the handshake was answered 101")
+
+
+async def nothing_left_behind(sandbox, session_id):
+    """No relay held, none counted, and the socket's close recorded on the session (it had been recorded open)."""
+    assert len(sandbox.gateway.relays) == 0 and sandbox.gateway.metrics.relay.sockets == 0
+
+    async def close_recorded():
+        record = await sandbox.gateway.sessions.get(session_id)
+        return not record.sockets and record.socket_closed_at
+
+    await eventually(close_recorded)
+
+
 @pytest.mark.gen_test(timeout=20)
-async def test_upstream_connect_failure_closes_with_1011_and_a_reason(sandbox, client):
+async def test_upstream_unreachable_is_answered_502_before_the_upgrade(sandbox, client):
     token, session = await open_session(client)
     await sandbox.served["heygen"].stop()
-    ws = await websocket_connect(ws_url(sandbox, session["session_id"], token))
-    assert await ws.read_message() is None
-    ws.close()
-    assert ws.close_code == 1011 and "upstream" in ws.close_reason
+    status, body, _ = await refused(ws_url(sandbox, session["session_id"], token))
+    assert status == 502 and body["message"] == "HeyGen unreachable for the socket"
+    await nothing_left_behind(sandbox, session["session_id"])
 
 
-@pytest.mark.gen_test(timeout=20)
-async def test_upstream_refusing_the_socket_closes_with_1011(sandbox, client):
+@pytest.mark.parametrize("pump", ["fast", "plain"])
+@pytest.mark.gen_test(timeout=30)
+async def test_upstream_refusing_the_socket_is_answered_502_naming_its_status(make_sandbox, pump):
+    sandbox = await make_sandbox(RELAY_PUMP=pump, SOCKET_GRACE_PERIOD="30")  # the session outlives the refusals
+    client = GatewayClient(sandbox.gateway_url)
     token, session = await open_session(client)
-    sandbox.heygen.sessions[session["session_id"]].token = "something-else"  # HeyGen will refuse our token
-    ws = await websocket_connect(ws_url(sandbox, session["session_id"], token))
-    assert await ws.read_message() is None
+    session_id = session["session_id"]
+    heygen_session = sandbox.heygen.sessions[session_id]
+    heygen_token, heygen_session.token = heygen_session.token, "something-else"  # HeyGen refuses ours: 401
+    status, body, _ = await refused(ws_url(sandbox, session_id, token))
+    assert (status, body["message"], body["upstreamStatus"]) == (502, "HeyGen refused the socket (HTTP 401)", 401)
+    heygen_session.token = heygen_token
+
+    for upstream_status in (403, 500):
+        async def refuse(_session, upstream_status=upstream_status):
+            return upstream_status, {"code": upstream_status, "message": "no"}
+
+        sandbox.heygen.on_socket_handshake = refuse
+        status, body, _ = await refused(ws_url(sandbox, session_id, token))
+        assert status == 502 and body["upstreamStatus"] == upstream_status
+        assert body["message"] == f"HeyGen refused the socket (HTTP {upstream_status})"
+    await nothing_left_behind(sandbox, session_id)
+    sandbox.heygen.on_socket_handshake = None
+    ws = await websocket_connect(ws_url(sandbox, session_id, token))  # HeyGen accepts again: so does the gateway
+    assert sandbox.heygen.sessions[session_id].sockets
     ws.close()
-    assert ws.close_code == 1011 and "401" in ws.close_reason
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_upstream_that_never_answers_its_handshake_is_answered_504_in_time(make_sandbox):
+    """HeyGen accepts the connection, reads the handshake and never answers: 504 once UPSTREAM_REQUEST_TIMEOUT is
+    up (the whole handshake's bound; UPSTREAM_CONNECT_TIMEOUT bounds only the TCP connect, which succeeded)."""
+    sandbox = await make_sandbox(UPSTREAM_REQUEST_TIMEOUT="1.5", UPSTREAM_CONNECT_TIMEOUT="0.5")
+    client = GatewayClient(sandbox.gateway_url)
+    token, session = await open_session(client)
+    release = asyncio.Event()
+    handshakes = []
+
+    async def hang(session):
+        handshakes.append(session.session_id)
+        await release.wait()
+        return 503, {"code": 503, "message": "too late"}  # to a connection the gateway has closed meanwhile
+
+    sandbox.heygen.on_socket_handshake = hang
+    started = time.monotonic()
+    status, body, _ = await refused(ws_url(sandbox, session["session_id"], token))
+    elapsed = time.monotonic() - started
+    release.set()
+    assert status == 504 and body["message"] == "HeyGen did not answer the socket's handshake in time"
+    assert handshakes == [session["session_id"]]  # it was reached, and kept waiting
+    assert 1.5 <= elapsed < 1.5 + 1.0, elapsed
+    await nothing_left_behind(sandbox, session["session_id"])
+
+
+@pytest.mark.parametrize("pump", ["fast", "plain"])
+@pytest.mark.gen_test(timeout=30)
+async def test_a_browser_leaving_before_its_handshake_is_answered_leaves_nothing_behind(make_sandbox, pump, caplog):
+    """The browser gives up while the gateway is connecting HeyGen (its handshake unanswered): once HeyGen's socket
+    opens, the gateway closes it; no relay is held and the socket's close is recorded."""
+    sandbox = await make_sandbox(RELAY_PUMP=pump)
+    client = GatewayClient(sandbox.gateway_url)
+    token, session = await open_session(client)
+    session_id = session["session_id"]
+    reached, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(_session):
+        reached.set()
+        await release.wait()  # HeyGen answers once the browser has gone
+
+    sandbox.heygen.on_socket_handshake = slow
+    host, port = sandbox.gateway_url.split("//")[1].split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    path = ws_url(sandbox, session_id, token).split(f":{port}", 1)[1]
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    await asyncio.wait_for(reached.wait(), 5)
+    writer.close()
+    await eventually(lambda: sandbox.gateway.metrics.relay.sockets == 0)  # the gateway heard it leave
+    release.set()
+    heygen = sandbox.heygen.sessions[session_id]
+    await eventually(lambda: heygen.ws_closes and not heygen.sockets)  # HeyGen's socket opened, and was closed
+    await nothing_left_behind(sandbox, session_id)
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text
+
+
+@pytest.mark.parametrize("pump", ["fast", "plain"])
+@pytest.mark.gen_test(timeout=120)
+async def test_what_heygen_sends_at_once_after_its_handshake_reaches_the_browser_every_time(make_sandbox, pump):
+    """HeyGen writes the moment its socket opens (the emulator's on_socket_open: right behind its 101, often in the
+    TCP segment the gateway reads the 101 from), and again the moment the browser has its 101. The gateway connects
+    HeyGen before answering the browser, and nothing reads HeyGen's leg until a pump takes it over: each of 200
+    browsers (10 at a time) finds HeyGen's side of its socket there when answered, and gets both, in order."""
+    sandbox = await make_sandbox(RELAY_PUMP=pump, SOCKET_GRACE_PERIOD="30")
+    client = GatewayClient(sandbox.gateway_url)
+    token, session = await open_session(client)
+    session_id = session["session_id"]
+    heygen = sandbox.heygen.sessions[session_id]
+
+    def greet(socket):  # the browser's own query parameters reach HeyGen: `probe` says which browser it is
+        probe = socket.get_query_argument("probe")
+        socket.write_message(json.dumps({"event_type": "greeting", "probe": probe}))
+        socket.write_message(probe.encode(), binary=True)
+
+    sandbox.heygen.on_socket_open = greet
+
+    async def browser(probe):
+        ws = await websocket_connect(ws_url(sandbox, session_id, token) + f"&probe={probe}")
+        try:
+            upstream = [s for s in heygen.sockets if s.get_query_argument("probe") == probe]
+            assert len(upstream) == 1, f"HeyGen's side of socket {probe} is not there when the browser is answered"
+            await upstream[0].send_json({"event_type": "user_start", "probe": probe})
+            return [await asyncio.wait_for(ws.read_message(), 5) for _ in range(3)]
+        finally:
+            ws.close()
+
+    for batch in range(20):
+        probes = [str(batch * 10 + i) for i in range(10)]
+        for probe, messages in zip(probes, await asyncio.gather(*map(browser, probes)), strict=True):
+            assert messages == [json.dumps({"event_type": "greeting", "probe": probe}), probe.encode(),
+                                json.dumps({"event_type": "user_start", "probe": probe})], messages
+    await eventually(lambda: len(sandbox.gateway.relays) == 0)
+
+
+@pytest.mark.parametrize("pump", ["fast", "plain"])
+@pytest.mark.gen_test(timeout=30)
+async def test_what_heygen_sends_before_the_browser_is_answered_waits_unread_for_the_pump(make_sandbox, pump,
+                                                                                          monkeypatch):
+    """Held between HeyGen's handshake and the browser's 101 (a slowed gateway): HeyGen's messages, a big one among
+    them, and its close arrive meanwhile. Nothing reads or drops them: the browser gets them all, in order, then
+    HeyGen's close code."""
+    from relay.handler import StreamingChatRelay
+
+    connect = StreamingChatRelay.connect_upstream
+
+    async def slowly(self):
+        upstream = await connect(self)
+        await asyncio.sleep(0.3)  # HeyGen writes and closes meanwhile (below)
+        return upstream
+
+    monkeypatch.setattr(StreamingChatRelay, "connect_upstream", slowly)
+    sandbox = await make_sandbox(RELAY_PUMP=pump)
+    client = GatewayClient(sandbox.gateway_url)
+    token, session = await open_session(client)
+    big = os.urandom(300_000)
+    sent = [json.dumps({"event_type": "user_start"}), big, json.dumps({"event_type": "user_stop"})]
+
+    def write_and_close(socket):
+        for message in sent:
+            socket.write_message(message, binary=isinstance(message, bytes))
+        socket.close(4003, "said my piece")
+
+    sandbox.heygen.on_socket_open = write_and_close
+    ws = await websocket_connect(ws_url(sandbox, session["session_id"], token))
+    got = []
+    while (message := await asyncio.wait_for(ws.read_message(), 5)) is not None:
+        got.append(message)
+    ws.close()
+    assert got == sent
+    assert (ws.close_code, ws.close_reason) == (4003, "said my piece")
 
 
 async def handshake_status(url, origin=None):

@@ -76,13 +76,12 @@ async def open_session(client, prefix="", conversation_id="conv-1"):
 
 
 async def connected(sandbox, client, **kwargs):
-    """A new, started session with the browser's socket open and relayed: (session_id, token, socket). The browser's
-    handshake is answered before the gateway has reached HeyGen's socket; this waits until it has, so a test that then
-    acts on HeyGen's side of the socket finds it there."""
+    """A new, started session with the browser's socket open and relayed: (session_id, token, socket). The gateway
+    answers the browser's handshake only once HeyGen's socket is connected, so HeyGen's side is there already."""
     token, session = await open_session(client)
     ws = await websocket_connect(ws_url(sandbox, session["session_id"], token), **kwargs)
+    assert sandbox.heygen.sessions[session["session_id"]].sockets
     await client.call("/v1/streaming.start", {"session_id": session["session_id"]})
-    await eventually(lambda: sandbox.heygen.sessions[session["session_id"]].sockets)
     return session["session_id"], token, ws
 
 
