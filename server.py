@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import signal
 import sys
 
@@ -18,7 +19,30 @@ from observability.logs import configure_logging
 log = logging.getLogger("gateway")
 
 
+# Descriptors besides the sockets' two each: MongoDB's pool, the curl client's, the room agents' (a few each), files.
+SPARE_DESCRIPTORS = 1024
+
+
+def raise_open_files(sockets: int) -> tuple[int, int]:
+    """Raise the soft open-files limit to what `sockets` relayed sockets need (as far as the hard limit allows);
+    returns (what they need, the soft limit now)."""
+    needed = 2 * sockets + SPARE_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+    return needed, resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 async def serve(settings: Settings) -> int:
+    needed, limit = raise_open_files(settings.max_sockets)
+    if limit < needed:
+        log.warning("open files limit %d is below the %d that MAX_SOCKETS=%d needs: sockets beyond ~%d will fail; "
+                    "raise the hard limit (supervisor: minfds; shell: ulimit -n) or lower MAX_SOCKETS", limit, needed,
+                    settings.max_sockets, max(0, (limit - SPARE_DESCRIPTORS) // 2))
     gateway = Gateway.build(settings)
     try:
         await gateway.start()

@@ -262,6 +262,10 @@ GROUPS: tuple[Group, ...] = (
     Group("WebSocket relay", "The streaming-chat socket.", (
         Setting("WS_PING_INTERVAL", "25", _float(0), "Seconds between WebSocket pings on both legs (0 disables)."),
         Setting("WS_MAX_MESSAGE_SIZE", "1048576", _int(1024), "Largest WebSocket message relayed, in bytes."),
+        Setting("MAX_SOCKETS", "10000", _int(1),
+                "Browser sockets one process relays at once; beyond: the handshake answers 503 + Retry-After. At start "
+                "the process raises its open-files limit to cover them (two descriptors each, plus 1024), and says "
+                "so clearly when the hard limit is lower (raise it: supervisor's minfds, ulimit -n)."),
         Setting("RELAY_PUMP", "fast", _choice("fast", "plain"),
                 "How the socket relay moves frames: fast (bytes on the sockets taken from tornado, relay/pump.py) or "
                 "plain (message by message on tornado's public API, relay/plain.py; slower). fast falls back to plain, "

@@ -61,6 +61,7 @@ class Settings:
     # --- WebSocket relay
     ws_ping_interval: float
     ws_max_message_size: int
+    max_sockets: int
     relay_pump: Literal['fast', 'plain']
     # --- Rooms
     room_join_timeout: float

@@ -136,6 +136,9 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
         token = self.get_query_argument("session_token", "")
         if not session_id or not token:
             raise BadRequest("session_id and session_token are required")
+        if len(self.gateway.relays) >= self.gateway.settings.max_sockets:  # MAX_SOCKETS: the bound, stated
+            raise ServiceUnavailable("this gateway process holds all the sockets it may (MAX_SOCKETS): try again",
+                                     retry_after=RETRY_AFTER)
         self.log_session_id = session_id
         app = self.gateway
         customer = await app.customers.authenticate(None, token, contract=ContractName.HEYGEN)

@@ -1,6 +1,10 @@
 """LiveAvatar's rate limit and per-customer session quotas under a burst of concurrent starts from several customers,
 over two gateway processes sharing MongoDB."""
 import asyncio
+import json
+import pathlib
+import subprocess
+import sys
 import time
 
 import pytest
@@ -12,6 +16,8 @@ from sandbox.liveavatar import DEFAULT_AVATAR_ID
 from services.ratelimit import RateLimiter
 from tests.helpers.client import GatewayClient, eventually
 from tests.helpers.flows import open_session
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 QUOTAS = {"quota-a": 2, "quota-b": 2, "quota-c": 1, "quota-d": None}  # None: MAX_CONCURRENT_SESSIONS (2)
 
@@ -142,3 +148,42 @@ async def test_limiter_keeps_any_one_second_within_its_share_and_refuses_past_it
     clock[0] += 2
     with pytest.raises(TooManyRequests):
         await limiter.acquire("sessions/token", max_wait=1)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_max_sockets_is_the_relays_bound_and_the_next_handshake_is_told_to_retry(make_sandbox):
+    from tornado.httpclient import HTTPClientError
+    from tornado.websocket import websocket_connect
+
+    from tests.helpers.client import GatewayClient
+    from tests.helpers.flows import open_session, ws_url
+
+    sandbox = await make_sandbox(MAX_SOCKETS="2")
+    client = GatewayClient(sandbox.gateway_url)
+    held = []
+    for i in range(2):
+        token, session = await open_session(client, conversation_id=f"bound-{i}")
+        held.append(await websocket_connect(ws_url(sandbox, session["session_id"], token)))
+    token, session = await open_session(client, conversation_id="bound-2")
+    with pytest.raises(HTTPClientError) as refused:
+        await websocket_connect(ws_url(sandbox, session["session_id"], token))
+    assert refused.value.code == 503
+    assert refused.value.response.headers["Retry-After"]
+    assert "MAX_SOCKETS" in json.loads(refused.value.response.body)["message"]
+    held.pop().close()
+    await asyncio.sleep(0.2)
+    third = await websocket_connect(ws_url(sandbox, session["session_id"], token))  # room again
+    third.close()
+    for ws in held:
+        ws.close()
+
+
+def test_the_process_raises_its_open_files_limit_for_max_sockets():
+    """At start (server.py): the soft limit raised to what MAX_SOCKETS needs, as far as the hard limit allows."""
+    script = ("import json, resource; soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
+              "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)); import server; "
+              "print(json.dumps([*server.raise_open_files(5000), hard]))")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    needed, now, hard = json.loads(result.stdout)
+    assert needed == 2 * 5000 + 1024
+    assert now == (needed if hard == -1 or hard >= needed else hard) and now > 256
