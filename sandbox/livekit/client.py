@@ -49,6 +49,7 @@ class ClientParticipant(PeerConnections, Participant):
                          attributes=claims.attributes)
         self.handler = handler
         self.single_pc = single_pc
+        room.server.clients.add(self)
         self.can_publish_data = claims.video.can_publish_data
         self.publisher = None  # the peer connection the client offers (its only one in single-PC mode)
         self.subscriber = None  # the peer connection the server offers (two-PC mode)
@@ -155,7 +156,7 @@ class ClientParticipant(PeerConnections, Participant):
             log.info("%s: no peer connection within %ss", self.identity, JOIN_TIMEOUT)
             await self.leave(models.DisconnectReason.CONNECTION_TIMEOUT)
             return
-        while not self.left:
+        while not self.left and not self.room.closed:
             await asyncio.sleep(PING_INTERVAL)
             if time.monotonic() - self.last_heard > PING_TIMEOUT:
                 log.info("%s: silent for %ss", self.identity, PING_TIMEOUT)
@@ -163,15 +164,17 @@ class ClientParticipant(PeerConnections, Participant):
                 return
 
     async def close(self, reason):
+        self.room.server.clients.discard(self)
+        # Its tasks first, awaited: nothing of it may be left pending should the loop close during the grace below.
+        current = asyncio.current_task()
+        pending = [task for task in (self._watchdog, self._negotiation) if task is not None and task is not current]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         handler, self.handler = self.handler, None
         if handler is not None and reason != models.DisconnectReason.CLIENT_INITIATED:
             write(handler, leave_request(reason))
             await asyncio.sleep(LEAVE_GRACE)
         if handler is not None:
             handler.close(1000)
-        current = asyncio.current_task()
-        pending = [task for task in (self._watchdog, self._negotiation) if task is not None and task is not current]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)  # done before the loop may close under them
         await self._close_peers()

@@ -1,6 +1,7 @@
 """The room server: its rooms, its access tokens (AccessTokens) and its signalling routes, served on a loopback port
 or mounted on another tornado Application."""
 import tornado.web
+from livekit.protocol import models
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
@@ -26,6 +27,7 @@ class RoomServer(AccessTokens):
         self.max_rooms = max_rooms
         self.max_participants = max_participants
         self.rooms = {}  # name -> Room
+        self.clients = set()  # every ClientParticipant not closed yet, whatever room it is (or was) in
         self.url = None  # ws://host:port once listening (or set by whoever serves make_app())
         self._http = None
 
@@ -62,6 +64,8 @@ class RoomServer(AccessTokens):
     async def close(self):
         for room in list(self.rooms.values()):
             await room.close()
+        for client in list(self.clients):  # left no room but not closed yet (a leave spawned, not yet run)
+            await client.leave(models.DisconnectReason.ROOM_DELETED)
         if self._http:
             self._http.stop()
             await self._http.close_all_connections()
