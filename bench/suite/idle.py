@@ -1,0 +1,191 @@
+"""7. Many idle relayed sockets in one process (issue 18): `--idle-sockets` (default 10,000) browser sockets through
+the gateway, each a session's streaming.chat, opened `--open-concurrency` at a time and held idle for `--idle-hold`
+seconds. RSS per socket of the gateway and of its MongoDB apart, the gateway's CPU while they idle, and whether it
+keeps answering: `GET /healthz` every 0.1 s throughout (before, while opening, while holding, while closing).
+
+If the machine cannot hold them, the part says what failed and at which count (the first errors are kept) and goes
+on with the sockets it has."""
+import asyncio
+import time
+
+from suite.client import connect, gateway_closes_recorded, gateway_pool
+from suite.common import log, wait_for
+from suite.measure import BenchGcPaused, latency_summary, proc_fds, proc_nofile_limit, proc_status
+
+HEALTH_EVERY = 0.1  # seconds between /healthz probes
+GIVE_UP_AFTER = 20  # failed opens before the part stops opening more
+
+
+class HealthProbe:
+    """GET /healthz every HEALTH_EVERY s in the background; latencies kept per phase."""
+
+    def __init__(self, world):
+        self.world = world
+        self.phase = "before"
+        self.latencies = {}
+        self.failures = {}
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self):
+        url = self.world.gateway_url + "/healthz"
+        while True:
+            phase = self.phase
+            t0 = time.perf_counter()
+            try:
+                response = await self.world.http.fetch(url, raise_error=False, request_timeout=10)
+                ok = response.code == 200
+            except Exception:
+                ok = False
+            took = time.perf_counter() - t0
+            if ok:
+                self.latencies.setdefault(phase, []).append(took)
+            else:
+                self.failures[phase] = self.failures.get(phase, 0) + 1
+            await asyncio.sleep(max(0.0, HEALTH_EVERY - took))
+
+    def stop(self):
+        self.task.cancel()
+        return {phase: {**latency_summary(lat), "failures": self.failures.get(phase, 0)}
+                for phase, lat in self.latencies.items()} | {
+            phase: {"n": 0, "failures": count} for phase, count in self.failures.items()
+            if phase not in self.latencies}
+
+
+async def idle(world):
+    args = world.args
+    n = args.idle_sockets
+    gw, mongo = world.gateway.pid, world.mongo.process.pid
+    have = len(world.gateway_sessions)
+    t0 = time.perf_counter()
+    pairs = await gateway_pool(world, n)
+    made_s = time.perf_counter() - t0
+    sessions = [world.heygen.sessions[s] for s, _ in pairs]
+    upstream_open = lambda: sum(len(s.sockets) for s in sessions)  # noqa: E731
+    await wait_for(lambda: upstream_open() == 0, 60, "earlier sockets to close")
+
+    async def reading(label):
+        await world.gateway_idle(timeout=60)
+        await asyncio.sleep(args.settle)
+        state = {"state": label, "gateway": {**proc_status(gw), "fds": proc_fds(gw)},
+                 "mongo": {**proc_status(mongo), "fds": proc_fds(mongo)}, "relays_open": upstream_open()}
+        log(f"idle sockets: {label}: gateway RSS {state['gateway']['VmRSS'] / 1024:.1f} MiB, "
+            f"{state['gateway']['fds']} fds; MongoDB RSS {state['mongo']['VmRSS'] / 1024:.1f} MiB")
+        return state
+
+    probe = HealthProbe(world)
+    await asyncio.sleep(3)  # /healthz with nothing open
+    readings = [await reading("no sockets")]
+    clients, handshakes, errors = [], [], []
+    opened_at_first_error = None
+
+    async def open_one(session_id, token):
+        nonlocal opened_at_first_error
+        if len(errors) >= GIVE_UP_AFTER:
+            return
+        t = time.perf_counter()
+        try:
+            ws = await connect(world, world.ws_url("gateway", session_id, token))
+        except Exception as exc:
+            if not errors:
+                opened_at_first_error = len(clients)
+            errors.append(f"{type(exc).__name__}: {exc}"[:200])
+            return
+        handshakes.append(time.perf_counter() - t)
+        clients.append(ws)
+        if len(clients) % 1000 == 0:
+            log(f"idle sockets: {len(clients)} open")
+
+    log(f"idle sockets: opening {n} relayed sockets ({args.open_concurrency} at a time)")
+    probe.phase = "opening"
+    t0 = time.perf_counter()
+    with BenchGcPaused():  # this process holds tens of thousands of objects per 1000 sockets
+        await bounded_opens(open_one, pairs, args.open_concurrency)
+        try:
+            await wait_for(lambda: upstream_open() >= len(clients), 120,
+                           f"{len(clients)} relays to reach HeyGen")
+        except RuntimeError as exc:
+            errors.append(f"{exc} (HeyGen saw {upstream_open()})")
+    open_s = time.perf_counter() - t0
+    if errors:
+        log(f"idle sockets: {len(errors)} failed; first at {opened_at_first_error} open: {errors[0]}")
+    probe.phase = "held idle"
+    opened = await reading(f"{len(clients)} relays open")
+    meter = world.meter()
+    before = meter.snapshot()
+    await asyncio.sleep(args.idle_hold)
+    hold_cpu = meter.diff(before, meter.snapshot())
+    held = await reading(f"after {args.idle_hold:.0f} s idle")
+    probe.phase = "closing"
+    t0 = time.perf_counter()
+    for ws in clients:
+        ws.close()
+    closed_ok = True
+    try:
+        await wait_for(lambda: upstream_open() == 0, 120, "relays to close")
+    except RuntimeError:
+        closed_ok = False
+    close_s = time.perf_counter() - t0
+    settle_s = await gateway_closes_recorded(world, [s for s, _ in pairs], timeout=300)
+    probe.phase = "after"
+    closed = await reading("all closed")
+    health = probe.stop()
+
+    k = max(1, len(clients))
+    base = readings[0]
+    world.results["idle"] = {
+        "sockets": n, "opened": len(clients), "open_s": round(open_s, 1), "handshake": latency_summary(handshakes),
+        "errors": len(errors), "first_errors": sorted(set(errors))[:5], "opened_at_first_error": opened_at_first_error,
+        "sessions_made": max(0, n - have), "sessions_made_s": round(made_s, 1),
+        "readings": [base, opened, held, closed], "hold_s": args.idle_hold, "hold_cpu": hold_cpu,
+        "gateway_kib_per_socket": round((opened["gateway"]["VmRSS"] - base["gateway"]["VmRSS"]) / k, 2),
+        "gateway_anon_kib_per_socket": round((opened["gateway"]["RssAnon"] - base["gateway"]["RssAnon"]) / k, 2),
+        "mongo_kib_per_socket": round((opened["mongo"]["VmRSS"] - base["mongo"]["VmRSS"]) / k, 2),
+        "gateway_fds_per_socket": round((opened["gateway"]["fds"] - base["gateway"]["fds"]) / k, 3),
+        "close_s": round(close_s, 1), "closed_ok": closed_ok, "close_records_settle_s": settle_s,
+        "health": health, "gateway_nofile_limit": proc_nofile_limit(gw),
+        "bench_fd_limit": world.results["meta"].get("fd_limit")}
+
+
+async def bounded_opens(open_one, pairs, concurrency):
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def run(session_id, token):
+        async with semaphore:
+            await open_one(session_id, token)
+    await asyncio.gather(*(run(s, t) for s, t in pairs))
+
+
+def report_lines(results, fmt, table):
+    """Section 7 of the report."""
+    r = results.get("idle")
+    if not r:
+        return []
+    out = ["", f"7. Idle relayed sockets in one process (issue 18): {r['opened']} of {r['sockets']} opened through the "
+               f"gateway (each a session's streaming.chat, 1 browser + 1 upstream socket in the gateway), held idle "
+               f"{r['hold_s']:.0f} s; RSS of the gateway and of its MongoDB apart; GET /healthz every "
+               f"{HEALTH_EVERY} s throughout."]
+    rows = [[s["state"], f"{s['gateway']['VmRSS'] / 1024:.1f}", f"{s['gateway']['RssAnon'] / 1024:.1f}",
+             s["gateway"]["fds"], s["gateway"]["Threads"], f"{s['mongo']['VmRSS'] / 1024:.1f}", s["relays_open"]]
+            for s in r["readings"]]
+    out.append(table(["state", "gateway RSS MiB", "gateway anon MiB", "gateway fds", "threads", "MongoDB RSS MiB",
+                      "relays open"], rows))
+    h = r["handshake"]
+    cpu = r["hold_cpu"]
+    out.append(f"   => gateway {r['gateway_kib_per_socket']:.1f} KiB RSS per socket (anonymous "
+               f"{r['gateway_anon_kib_per_socket']:.1f}), {r['gateway_fds_per_socket']:.2f} fds per socket; MongoDB "
+               f"{r['mongo_kib_per_socket']:.1f} KiB per socket. While idle: gateway {cpu['gateway_cpu_pct']:.1f} % "
+               f"of a core, MongoDB {cpu['mongo_cpu_pct']:.1f} %.")
+    out.append(f"   opened in {r['open_s']} s (handshake p50 {fmt(h['p50_ms'], 1)} ms, p99 {fmt(h['p99_ms'], 1)} ms, "
+               f"max {fmt(h['max_ms'], 1)} ms); closed in {r['close_s']} s, every close recorded in MongoDB "
+               f"{r['close_records_settle_s']} s later. {r['sessions_made']} more sessions minted for it in "
+               f"{r['sessions_made_s']} s. Open-files limit: gateway {r['gateway_nofile_limit']['soft']}, bench "
+               f"{r['bench_fd_limit']['soft_after']} (hard {r['bench_fd_limit']['hard_before']} -> "
+               f"{r['bench_fd_limit']['hard']})")
+    if r["errors"]:
+        out.append(f"   FAILED: {r['errors']} sockets did not open (the first with {r['opened_at_first_error']} "
+                   f"open): " + " | ".join(r["first_errors"]))
+    rows = [[phase, v["n"], fmt(v.get("p50_ms"), 2), fmt(v.get("p99_ms"), 2), fmt(v.get("max_ms"), 1),
+             v["failures"]] for phase, v in r["health"].items()]
+    out.append("   GET /healthz while:")
+    out.append(table(["phase", "probes", "p50 ms", "p99 ms", "max ms", "failed"], rows))
+    return out
