@@ -1,19 +1,23 @@
 """7. Many idle relayed sockets in one process (issue 18): `--idle-sockets` (default 10,000) browser sockets through
 the gateway, each a session's streaming.chat, opened `--open-concurrency` at a time and held idle for `--idle-hold`
-seconds. RSS per socket of the gateway and of its MongoDB apart, the gateway's CPU while they idle, and whether it
-keeps answering: `GET /healthz` every 0.1 s throughout (before, while opening, while holding, while closing).
+seconds. The browsers' side is a child process (bench/suite/holder.py; the emulator's side stays in this
+process), so each holds one descriptor per socket. RSS per socket of the gateway and of its MongoDB apart, the
+gateway's CPU while they idle, and whether it keeps answering: `GET /healthz` every 0.1 s throughout (before, while
+opening, while holding, while closing).
 
 If the machine cannot hold them, the part says what failed and at which count (the first errors are kept) and goes
 on with the sockets it has."""
 import asyncio
+import json
+import os
+import sys
 import time
 
-from suite.client import connect, gateway_closes_recorded, gateway_pool
-from suite.common import log, wait_for
-from suite.measure import BenchGcPaused, latency_summary, proc_fds, proc_nofile_limit, proc_status
+from suite.client import gateway_closes_recorded, gateway_pool
+from suite.common import RESULTS_DIR, log, wait_for
+from suite.measure import latency_summary, proc_fds, proc_nofile_limit, proc_status
 
 HEALTH_EVERY = 0.1  # seconds between /healthz probes
-GIVE_UP_AFTER = 20  # failed opens before the part stops opening more
 
 
 class HealthProbe:
@@ -75,41 +79,24 @@ async def idle(world):
     probe = HealthProbe(world)
     await asyncio.sleep(3)  # /healthz with nothing open
     readings = [await reading("no sockets")]
-    clients, handshakes, errors = [], [], []
-    opened_at_first_error = None
-
-    async def open_one(session_id, token):
-        nonlocal opened_at_first_error
-        if len(errors) >= GIVE_UP_AFTER:
-            return
-        t = time.perf_counter()
-        try:
-            ws = await connect(world, world.ws_url("gateway", session_id, token))
-        except Exception as exc:
-            if not errors:
-                opened_at_first_error = len(clients)
-            errors.append(f"{type(exc).__name__}: {exc}"[:200])
-            return
-        handshakes.append(time.perf_counter() - t)
-        clients.append(ws)
-        if len(clients) % 1000 == 0:
-            log(f"idle sockets: {len(clients)} open")
-
-    log(f"idle sockets: opening {n} relayed sockets ({args.open_concurrency} at a time)")
+    holder = await Holder.start(world)
+    log(f"idle sockets: opening {n} relayed sockets ({args.open_concurrency} at a time, from holder child pid "
+        f"{holder.process.pid})")
     probe.phase = "opening"
     t0 = time.perf_counter()
-    with BenchGcPaused():  # this process holds tens of thousands of objects per 1000 sockets
-        await bounded_opens(open_one, pairs, args.open_concurrency)
-        try:
-            await wait_for(lambda: upstream_open() >= len(clients), 120,
-                           f"{len(clients)} relays to reach HeyGen")
-        except RuntimeError as exc:
-            errors.append(f"{exc} (HeyGen saw {upstream_open()})")
+    opened_report = await holder.open([world.ws_url("gateway", s, t) for s, t in pairs], args.open_concurrency,
+                                      args.nodelay)
+    count, handshakes = opened_report["opened"], opened_report["handshakes"]
+    errors, opened_at_first_error = opened_report["errors"], opened_report["opened_at_first_error"]
+    try:
+        await wait_for(lambda: upstream_open() >= count, 120, f"{count} relays to reach HeyGen")
+    except RuntimeError as exc:
+        errors.append(f"{exc} (HeyGen saw {upstream_open()})")
     open_s = time.perf_counter() - t0
     if errors:
-        log(f"idle sockets: {len(errors)} failed; first at {opened_at_first_error} open: {errors[0]}")
+        log(f"idle sockets: {len(errors)} failed; the first with {opened_at_first_error} open: {errors[0]}")
     probe.phase = "held idle"
-    opened = await reading(f"{len(clients)} relays open")
+    opened = await reading(f"{count} relays open")
     meter = world.meter()
     before = meter.snapshot()
     await asyncio.sleep(args.idle_hold)
@@ -117,8 +104,7 @@ async def idle(world):
     held = await reading(f"after {args.idle_hold:.0f} s idle")
     probe.phase = "closing"
     t0 = time.perf_counter()
-    for ws in clients:
-        ws.close()
+    await holder.close()
     closed_ok = True
     try:
         await wait_for(lambda: upstream_open() == 0, 120, "relays to close")
@@ -129,11 +115,13 @@ async def idle(world):
     probe.phase = "after"
     closed = await reading("all closed")
     health = probe.stop()
+    await holder.exit()
 
-    k = max(1, len(clients))
+    k = max(1, count)
     base = readings[0]
     world.results["idle"] = {
-        "sockets": n, "opened": len(clients), "open_s": round(open_s, 1), "handshake": latency_summary(handshakes),
+        "sockets": n, "opened": count, "holder_pid": holder.process.pid, "open_s": round(open_s, 1),
+        "handshake": latency_summary(handshakes),
         "errors": len(errors), "first_errors": sorted(set(errors))[:5], "opened_at_first_error": opened_at_first_error,
         "sessions_made": max(0, n - have), "sessions_made_s": round(made_s, 1),
         "readings": [base, opened, held, closed], "hold_s": args.idle_hold, "hold_cpu": hold_cpu,
@@ -146,13 +134,57 @@ async def idle(world):
         "bench_fd_limit": world.results["meta"].get("fd_limit")}
 
 
-async def bounded_opens(open_one, pairs, concurrency):
-    semaphore = asyncio.Semaphore(concurrency)
+class Holder:
+    """The browsers' side of part 7's sockets, in a child process (bench/suite/holder.py), pinned with the load."""
 
-    async def run(session_id, token):
-        async with semaphore:
-            await open_one(session_id, token)
-    await asyncio.gather(*(run(s, t) for s, t in pairs))
+    def __init__(self, process):
+        self.process = process
+
+    @classmethod
+    async def start(cls, world):
+        load_cpus = world.load_cpus
+
+        def pin():
+            if load_cpus:
+                os.sched_setaffinity(0, load_cpus)
+        with open(os.path.join(RESULTS_DIR, "holder.log"), "wb") as errors:  # its stderr, should it fail
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "holder.py"),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=errors, preexec_fn=pin,
+                limit=1 << 26)
+        return cls(process)
+
+    async def send(self, command):
+        self.process.stdin.write((json.dumps(command) + "\n").encode())
+        await self.process.stdin.drain()
+
+    async def answer(self, key):
+        while True:
+            line = await self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the socket holder (pid {self.process.pid}) exited with "
+                                   f"{await self.process.wait()}; see bench/results/holder.log")
+            message = json.loads(line)
+            if "progress" in message:
+                log(f"idle sockets: {message['progress']} open")
+            if key in message:
+                return message
+
+    async def open(self, urls, concurrency, nodelay):
+        await self.send({"open": urls, "concurrency": concurrency, "nodelay": nodelay})
+        return await self.answer("opened")
+
+    async def close(self):
+        await self.send({"close": True})
+        return await self.answer("closed")
+
+    async def exit(self):
+        await self.send({"exit": True})
+        try:
+            await asyncio.wait_for(self.process.wait(), 10)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
 
 
 def report_lines(results, fmt, table):

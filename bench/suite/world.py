@@ -68,19 +68,19 @@ class World:
 
     async def start(self):
         args = self.args
-        # fds: this process holds a client and an emulator-side socket per relayed socket; the gateway holds two
-        # (it raises its own soft limit up to the hard one it inherits from here: server.py raise_open_files).
+        # fds: this process holds a client and an emulator-side socket per relayed socket (part 7: the emulator's
+        # side only, its browsers are a child process); the gateway holds two (it raises its own soft limit up to
+        # the hard one it inherits from here: server.py raise_open_files).
         parts = set(args.parts.split(","))
-        held = max(args.sockets, args.sessions, args.idle_sockets if "idle" in parts else 0)
+        held = max(args.sockets, args.sessions, (args.idle_sockets + 1) // 2 if "idle" in parts else 0)
         needed = 2 * held + (3 * args.flows if "flows" in parts else 0) + 1024
         before, after, hard_before, hard = raise_fd_limit(needed)
         self.results["meta"]["fd_limit"] = {"soft_before": before, "soft_after": after, "hard_before": hard_before,
                                             "hard": hard, "needed": needed}
-        log(f"RLIMIT_NOFILE soft {before} -> {after} (hard {hard_before} -> {hard}); needed ~{needed} for {held} "
-            f"relayed sockets")
+        log(f"RLIMIT_NOFILE soft {before} -> {after} (hard {hard_before} -> {hard}); this process needs ~{needed}")
         if after != resource.RLIM_INFINITY and after < needed:
-            raise SystemExit(f"bench: the open-files limit (hard {hard}) is too low for {held} relayed sockets "
-                             f"(--sockets, --sessions, --idle-sockets); lower them or raise `ulimit -Hn`")
+            raise SystemExit(f"bench: the open-files limit (hard {hard}) is too low for the sockets this process holds "
+                             f"(--sockets, --sessions, --idle-sockets, --flows); lower them or raise `ulimit -Hn`")
 
         if self.pinned:
             # The load client and every emulator share this process: all of it (every thread) on the load CPU.
