@@ -127,8 +127,8 @@ async def firstcall(world):
                "warm_added_p50_ms": round(warm["p50_ms"] - direct["p50_ms"], 3),
                "warm_added_p99_ms": round(warm["p99_ms"] - direct["p99_ms"], 3),
                "cold_minus_warm_p50_ms": round(cold["p50_ms"] - warm["p50_ms"], 3)}
-    summary["meets_goal"] = bool(summary["cold_over_warm_cpu"] is not None and summary["cold_over_warm_cpu"] <= 3
-                                 and summary["cold_added_p50_ms"] <= 2)
+    summary["meets_cpu_goal"] = bool(summary["cold_over_warm_cpu"] is not None and summary["cold_over_warm_cpu"] <= 3)
+    summary["meets_latency_goal"] = summary["cold_added_p50_ms"] <= 2
     world.results["firstcall"] = {"sessions": n, "concurrency": c, "minting": minting,
                                   "restart_s": round(restart_s, 1), "rows": rows, **summary}
 
@@ -155,11 +155,14 @@ def report_lines(results, fmt, table, cpu_pcts, other):
                      fmt(r.get("req_per_gw_db_cpu_s"), 0), cpu_pcts(r, "gateway" if gw else "direct"), other(r)])
     out.append(table(["pass", "reqs", "req/s", "p50", "p99", "max", "+p50", "+p99", "err", "gw cpu ms/req",
                       "db cpu ms/req", "req/(gw+db) cpu-s", "%cpu gw/db/bench", "other %cpu L/R"], rows))
-    verdict = "meets" if f["meets_goal"] else "MISSES"
-    out.append(f"   => first call costs {fmt(f['cold_over_warm_cpu'], 2)}x the gateway+MongoDB CPU of a warm one and "
-               f"adds {fmt(f['cold_added_p50_ms'], 3)} ms at p50 ({fmt(f['cold_added_p99_ms'], 3)} at p99) over "
-               f"direct; warm adds {fmt(f['warm_added_p50_ms'], 3)} / {fmt(f['warm_added_p99_ms'], 3)} (cold - warm "
-               f"p50: {fmt(f.get('cold_minus_warm_p50_ms'), 3)} ms). Goal <= 3x and <= 2 ms added p50: {verdict}")
+    verdict = lambda ok: "meets" if ok else "MISSES"  # noqa: E731
+    out.append(f"   => first call costs {fmt(f['cold_over_warm_cpu'], 2)}x the gateway+MongoDB CPU of a warm one (goal "
+               f"<= 3x: {verdict(f['meets_cpu_goal'])}) and adds {fmt(f['cold_added_p50_ms'], 3)} ms at p50 "
+               f"({fmt(f['cold_added_p99_ms'], 3)} at p99) over direct (goal <= 2 ms: "
+               f"{verdict(f['meets_latency_goal'])}); warm adds {fmt(f['warm_added_p50_ms'], 3)} / "
+               f"{fmt(f['warm_added_p99_ms'], 3)}, so the first call's own extra at p50 is cold - warm = "
+               f"{fmt(f.get('cold_minus_warm_p50_ms'), 3)} ms (at 16 connections the added p50 is mostly queueing "
+               f"in the gateway, warm or cold)")
     out.append(f"   minting: {m['sessions']} sessions (create_token + streaming.new, {m['concurrency']} at a time) in "
                f"{m['seconds']} s = {m['per_s']}/s; streaming.new p50 {fmt(m['new']['p50_ms'], 1)} ms, p99 "
                f"{fmt(m['new']['p99_ms'], 1)} ms, max {fmt(m['new']['max_ms'], 1)} ms (p50 first 10% -> last 10%: "
