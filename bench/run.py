@@ -14,6 +14,10 @@
 3. Memory: N relayed sockets held open; the gateway process's RSS before/after, KiB and file descriptors per socket.
 4. Side by side: the same figures for two anchor relays the bench starts in front of the same emulator, nginx and a
    Node `ws` + `http-proxy` relay (bench/anchors, bench/relays.py), and the ratios gateway / anchor.
+6. A session's first call in a process: keep_alive over N sessions the gateway process has never met (it is
+   restarted after minting them) against the same calls warm and direct; CPU per call, added latency, minting time.
+7. Idle relayed sockets: 10,000 held through one gateway process; RSS per socket (gateway, MongoDB), /healthz.
+8. Concurrent full sessions: 500 whole plugin flows at once; the avatar's events HeyGen -> browser latency.
 5. Room agents (optional: `--rooms`, or `--parts rooms` alone): the gateway's data-only LiveKit participant per
    session room, our aiortc client against the official `livekit` SDK, idle and with talking avatars; RSS, CPU and
    threads per room against issue 16's budget (bench/suite/rooms.py). Runs after the others, with the gateway stopped.
@@ -40,6 +44,9 @@ import tornado
 from suite.client import gateway_pool, gateway_session
 from suite.common import RESULTS_DIR, bounded_gather, log
 from suite.echo import echo
+from suite.firstcall import firstcall
+from suite.flows import flows
+from suite.idle import idle
 from suite.measure import proc_status
 from suite.memory import memory
 from suite.openloop import openloop
@@ -49,6 +56,8 @@ from suite.rooms import add_arguments as add_room_arguments
 from suite.rooms import rooms_part
 from suite.websocket import UTTERANCE_FRAMES, websocket
 from suite.world import World
+
+GATEWAY_PARTS = ("rest", "ws", "echo", "openloop", "memory", "firstcall", "idle", "flows")
 
 
 async def run(args):
@@ -96,16 +105,24 @@ async def gateway_parts(world, args, parts):
             await gateway_pool(world, pool)
             meta["gateway_pool"] = {"sessions": pool, "seconds": round(time.perf_counter() - t0, 2)}
         timings = meta["part_seconds"] = {}
+        loads = meta["loadavg"] = {"start": loadavg()}
         for part, method in (("rest", rest_part), ("ws", websocket), ("echo", echo), ("openloop", openloop),
-                             ("memory", memory)):
+                             ("memory", memory), ("firstcall", firstcall), ("idle", idle), ("flows", flows)):
             if part in parts and not (part == "memory" and args.sockets <= 0):
                 world.part = part
                 t0 = time.perf_counter()
                 await method(world, *([sessions_by_call, ids] if part == "rest" else []))
                 timings[part] = round(time.perf_counter() - t0, 1)
+                loads[part] = loadavg()
         meta["gateway_rss_end_kib"] = proc_status(world.gateway.pid)["VmRSS"]
     finally:
         await world.stop()
+
+
+def loadavg():
+    """The machine's load averages (1, 5, 15 min) from /proc/loadavg: how busy the shared machine was."""
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
 
 
 def parse_args(argv=None):
@@ -149,8 +166,18 @@ def parse_args(argv=None):
     parser.add_argument("--settle", type=float, default=2.0, help="seconds to wait before each RSS reading")
     parser.add_argument("--gateway-log-level", default="INFO", help="the gateway's LOG_LEVEL (default INFO, as "
                         "deployed: one access line per request)")
-    parser.add_argument("--parts", default="rest,ws,echo,openloop,memory", help="which parts to run (default "
-                        "rest,ws,echo,openloop,memory; 'rooms' is part 5, not run by default)")
+    parser.add_argument("--parts", default=",".join(GATEWAY_PARTS), help="which parts to run (default "
+                        f"{','.join(GATEWAY_PARTS)}; 'rooms' is part 5, not run by default)")
+    parser.add_argument("--first-sessions", type=int, default=2000, help="part 6 (firstcall): sessions minted, "
+                        "then met for the first time by a restarted gateway (default 2000; the issue's 10000)")
+    parser.add_argument("--first-concurrency", type=int, default=16, help="part 6: keep_alive clients at once")
+    parser.add_argument("--idle-sockets", type=int, default=10000, help="part 7 (idle): relayed sockets held "
+                        "idle in one gateway process (default 10000; above it the gateway's MAX_SOCKETS is raised)")
+    parser.add_argument("--idle-hold", type=float, default=10.0, help="part 7: seconds the sockets are held idle")
+    parser.add_argument("--flows", type=int, default=500, help="part 8 (flows): full sessions run at once "
+                        "(default 500)")
+    parser.add_argument("--flow-timeout", type=float, default=30.0, help="part 8: seconds a client waits for its "
+                        "avatar's events")
     parser.add_argument("--rooms", action="store_true", help="also run part 5, room agents (about 2 minutes; "
                         "bench/suite/rooms.py), after the others")
     parser.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
@@ -168,7 +195,9 @@ def parse_args(argv=None):
     if args.sessions < 1 or args.fps < 1 or args.openloop_seconds < 1 or args.echo_sockets < 1 or \
             args.echo_window < 1:
         parser.error("--sessions, --fps, --openloop-seconds, --echo-sockets and --echo-window must be positive")
-    unknown = set(args.parts.split(",")) - {"rest", "ws", "echo", "openloop", "memory", "rooms"}
+    if args.first_sessions < 1 or args.first_concurrency < 1 or args.idle_sockets < 1 or args.flows < 1:
+        parser.error("--first-sessions, --first-concurrency, --idle-sockets and --flows must be positive")
+    unknown = set(args.parts.split(",")) - {*GATEWAY_PARTS, "rooms"}
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     return args

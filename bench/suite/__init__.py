@@ -11,6 +11,9 @@
     echo        2b. WebSocket echo at saturation
     openloop    2c. open loop
     memory      3. memory per idle relayed socket
+    firstcall   6. a session's first call in a process (the gateway restarted), against warm and direct
+    idle        7. 10,000 idle relayed sockets in one process: RSS per socket, /healthz meanwhile
+    flows       8. 500 concurrent full sessions: the avatar's events HeyGen -> browser
     report      4. the ratios gateway / anchor, and the report text
 
 Importing this package puts the repository root (for `sandbox` and the gateway's modules) and bench/ (for

@@ -112,10 +112,19 @@ class CpuMeter:
 
 
 def raise_fd_limit(needed):
-    """Raise this process's soft RLIMIT_NOFILE to `needed` (children inherit it); returns (before, after, hard)."""
+    """Raise this process's soft RLIMIT_NOFILE to `needed` (children inherit it), and the hard limit too when it is
+    lower and this process may (root: CAP_SYS_RESOURCE, up to fs.nr_open); returns (soft before, soft after, hard
+    before, hard after)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard_before = hard
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, needed))
+            hard = needed
+        except (ValueError, OSError):
+            pass
     target = soft
     if soft != resource.RLIM_INFINITY and soft < needed:
         target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard
+    return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard_before, hard

@@ -1,5 +1,6 @@
 """4. The headline figures side by side with the ratios gateway / anchor (ratios), and the report text printed at the
 end of a run and stored under "table" in latest.json (report). Both read only the results dict."""
+from suite import firstcall, flows, idle
 from suite.rooms import report_lines as rooms_report_lines
 
 
@@ -93,6 +94,9 @@ def report(results):
         out.append("parts (s): " + ", ".join(f"{k} {v}" for k, v in meta["part_seconds"].items())
                    + (f"; {meta['gateway_pool']['sessions']} gateway sessions made in "
                       f"{meta['gateway_pool']['seconds']} s" if meta.get("gateway_pool") else ""))
+    if meta.get("loadavg"):
+        out.append("load average 1/5/15 min (/proc/loadavg) at the start and after each part: "
+                   + "; ".join(f"{k} {v}" for k, v in meta["loadavg"].items()))
     anchors = meta.get("anchors") or {}
     if anchors:
         out.append("anchors, started by the bench in front of the same HeyGen emulator: "
@@ -128,6 +132,9 @@ def report(results):
     if results["ws"]:
         section_ws(out, results, args)
     section_rest_of(out, results, meta, args, anchors, cpu_pcts, other)
+    out.extend(firstcall.report_lines(results, fmt, table, cpu_pcts, other))
+    out.extend(idle.report_lines(results, fmt, table))
+    out.extend(flows.report_lines(results, fmt, table))
     out.extend(rooms_report_lines(results))
     return "\n".join(out)
 

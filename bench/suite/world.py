@@ -37,7 +37,7 @@ class World:
         self.max_concurrency = max(self.concurrencies)
         self.results = {"meta": {}, "rest": [], "rest_overhead": [], "breakdown": [], "ws": [], "ws_overhead": [],
                         "ws_handshake": [], "memory": None, "echo": [], "openloop": [], "anchor_memory": [],
-                        "ratios": []}
+                        "firstcall": None, "idle": None, "flows": None, "ratios": []}
         self.anchor_names = [a for a in args.anchors.split(",") if a]
         self.anchors = {}  # name -> relays.Anchor (started)
         self.pinned = args.pin == "on" or (args.pin == "auto" and len(os.sched_getaffinity(0)) >= 2
@@ -68,15 +68,19 @@ class World:
 
     async def start(self):
         args = self.args
-        # fds: this process holds a client and an emulator-side socket per relayed socket; the gateway holds two.
-        needed = 2 * max(args.sockets, args.sessions) + 1024
-        before, after, hard = raise_fd_limit(needed)
-        self.results["meta"]["fd_limit"] = {"soft_before": before, "soft_after": after, "hard": hard,
-                                            "needed": needed}
-        log(f"RLIMIT_NOFILE soft {before} -> {after} (hard {hard}); needed ~{needed} for {args.sockets} sockets")
+        # fds: this process holds a client and an emulator-side socket per relayed socket (part 7: the emulator's
+        # side only, its browsers are a child process); the gateway holds two (it raises its own soft limit up to
+        # the hard one it inherits from here: server.py raise_open_files).
+        parts = set(args.parts.split(","))
+        held = max(args.sockets, args.sessions, (args.idle_sockets + 1) // 2 if "idle" in parts else 0)
+        needed = 2 * held + (3 * args.flows if "flows" in parts else 0) + 1024
+        before, after, hard_before, hard = raise_fd_limit(needed)
+        self.results["meta"]["fd_limit"] = {"soft_before": before, "soft_after": after, "hard_before": hard_before,
+                                            "hard": hard, "needed": needed}
+        log(f"RLIMIT_NOFILE soft {before} -> {after} (hard {hard_before} -> {hard}); this process needs ~{needed}")
         if after != resource.RLIM_INFINITY and after < needed:
-            raise SystemExit(f"bench: the open-files limit (hard {hard}) is too low for --sockets {args.sockets}; "
-                             f"(and --sessions {args.sessions}); lower them or raise `ulimit -Hn`")
+            raise SystemExit(f"bench: the open-files limit (hard {hard}) is too low for the sockets this process holds "
+                             f"(--sockets, --sessions, --idle-sockets, --flows); lower them or raise `ulimit -Hn`")
 
         if self.pinned:
             # The load client and every emulator share this process: all of it (every thread) on the load CPU.
@@ -92,8 +96,9 @@ class World:
         # Emulated sessions: REST (keep_alive + task) and the two WebSocket sessions, the gateway's pool (memory,
         # open loop, echo) and as many made in the emulator itself for direct and anchor sockets.
         extra = 2 * self.max_concurrency + 2
-        pool = max(args.sockets, args.sessions, args.echo_sockets)
-        self.heygen = HeyGenEmulator(max_sessions=2 * pool + extra + 10, idle_timeout=3600)
+        pool = max(args.sockets, args.sessions, args.echo_sockets, args.idle_sockets)
+        scale = args.first_sessions + args.first_concurrency + args.flows  # parts 6 and 8 make their own
+        self.heygen = HeyGenEmulator(max_sessions=2 * pool + extra + scale + 10, idle_timeout=3600)
         self.petya = PetyaReference(with_database(self.mongo.uri, PETYA_DB), PETYA_DB)
         self.db = pymongo.MongoClient(with_database(self.mongo.uri, GATEWAY_DB))
         self.petya.create_account(CUSTOMER_KEY, name="Bench customer")
@@ -163,19 +168,21 @@ class World:
             "MAX_CONCURRENT_SESSIONS": "100000",  # one bench customer holds every session
             "SHUTDOWN_TIMEOUT": "3",
         })
+        if self.args.idle_sockets > 10000:  # MAX_SOCKETS keeps its default (10000) unless part 7 needs more
+            env["MAX_SOCKETS"] = str(self.args.idle_sockets)
         for item in self.args.gateway_env:
             name, _, value = item.partition("=")
             env[name.strip().upper()] = value
         return env
 
-    async def start_gateway(self):
+    async def start_gateway(self, append_log=False):
         port = free_port()
         python = os.path.join(ROOT, ".venv", "bin", "python")
         if not os.path.exists(python):
             python = sys.executable
         os.makedirs(RESULTS_DIR, exist_ok=True)
         log_path = os.path.join(RESULTS_DIR, "gateway.log")
-        self.gateway_log = open(log_path, "wb")
+        self.gateway_log = open(log_path, "ab" if append_log else "wb")
         command = [python, "server.py", "--env-file", ""]
         if self.args.profile_gateway:
             command = [python, os.path.join(ROOT, "bench", "profiled_gateway.py"),
@@ -205,12 +212,19 @@ class World:
             await asyncio.sleep(0.1)
         log(f"gateway pid {self.gateway.pid} at {self.gateway_url} (log: {os.path.relpath(log_path, ROOT)})")
 
-    async def stop(self):
-        for anchor in self.anchors.values():
-            try:
-                anchor.stop()
-            except Exception as exc:
-                log(f"warning: stopping {anchor.name}: {exc}")
+    async def restart_gateway(self):
+        """Stop the gateway child (SIGTERM: its graceful stop) and start a new one on the same MongoDB: every session
+        made so far is then new to the process (part 6). Its log goes on in the same file."""
+        old = self.gateway.pid
+        await self.stop_gateway()
+        await self.start_gateway(append_log=True)
+        if self.pinned:
+            self.results["meta"].setdefault("affinity", {})["gateway"] = relays.affinity(self.gateway.pid)
+        self.results["meta"].setdefault("gateway_restarts", []).append(
+            {"part": self.part, "old_pid": old, "new_pid": self.gateway.pid})
+        self.results["meta"]["gateway_pid"] = self.gateway.pid
+
+    async def stop_gateway(self):
         if self.gateway is not None and self.gateway.poll() is None:
             self.gateway.send_signal(signal.SIGTERM)
             for _ in range(100):
@@ -222,6 +236,15 @@ class World:
                 self.gateway.wait()
         if self.gateway_log:
             self.gateway_log.close()
+            self.gateway_log = None
+
+    async def stop(self):
+        for anchor in self.anchors.values():
+            try:
+                anchor.stop()
+            except Exception as exc:
+                log(f"warning: stopping {anchor.name}: {exc}")
+        await self.stop_gateway()
         for served in self.served.values():
             await served.stop()
         if self.heygen:
