@@ -131,11 +131,18 @@ class GatewayToken(Document):
     upstream_token = StringField()
     config = DictField()  # the customer's avatar config when the token was minted
     session_id = StringField()  # bound at streaming.new (HeyGen) or at mint (LiveAvatar)
+    # The customer while the token is not bound to a session, unset once it is: streaming.new finds the customer's
+    # unused tokens by this one field (a query on customer and session_id is a collection scan for SecantusDB, and
+    # one on customer alone would read every token the customer ever had).
+    customer_unbound = StringField()
     created_at = FloatField(required=True)
     expires_at = FloatField(required=True)
+    expire_at = DateTimeField()  # expires_at as a date: MongoDB's TTL monitor deletes the record after it
 
     COLLECTION = "gateway_tokens"
-    meta = {"collection": COLLECTION, "strict": False, "indexes": [("customer", "session_id", "created_at")]}
+    meta = {"collection": COLLECTION, "strict": False,
+            "indexes": [{"fields": ["customer_unbound"], "sparse": True},
+                        {"fields": ["expire_at"], "expireAfterSeconds": 0}]}
 
 
 class SessionClaims(Document):

@@ -16,7 +16,7 @@ from domain.errors import Conflict, NotFound
 from domain.names import LIVE_STATUSES
 from domain.records import Session, from_document
 from models.documents import AvatarSession
-from models.store import Repository, blocking
+from models.store import Repository, blocking, essential
 
 LEASE_CANDIDATES = 10  # due flushes looked at per lease_flush
 _LIVE = {"$ne": ["$status", "ended"]}
@@ -45,7 +45,7 @@ def _session(document: dict[str, Any] | None) -> Session | None:
 class SessionRepository(Repository):
     document = AvatarSession
 
-    @blocking
+    @essential  # after the provider acted: not refused for a busy queue (a retry could not redo it)
     def create(self, session_id: str, provider: str, contract: str, conversation_id: str | None, customer: str,
                upstream_token: str | None, now: float, room_url: str | None = None,
                agent_token: str | None = None, account_id: str | None = None,
@@ -87,7 +87,7 @@ class SessionRepository(Repository):
             "last_activity_at": {"$cond": [open_, {"$max": ["$last_activity_at", now]}, "$last_activity_at"]}}}],
         ).modified_count)
 
-    @blocking
+    @essential  # after the provider acted: not refused for a busy queue (a retry could not redo it)
     def mark_started(self, session_id: str, now: float) -> None:
         """created -> started, once (by the unique key alone; the condition is in the update)."""
         created = {"$eq": ["$status", "created"]}
@@ -174,7 +174,7 @@ class SessionRepository(Repository):
     def release_room(self, session_id: str, process_id: str) -> None:
         self._hand_over(session_id, process_id, "")
 
-    @blocking
+    @essential  # after the provider acted: not refused for a busy queue (a retry could not redo it)
     def set_room(self, session_id: str, room_url: str, agent_token: str) -> Session | None:
         """Record the room a started session got (LiveAvatar's contract learns it at start), unheld."""
         self.collection.update_one({"session_id": session_id}, {"$set": {
@@ -215,7 +215,7 @@ class SessionRepository(Repository):
 
     # --- ending ---------------------------------------------------------------------------------------------------
 
-    @blocking
+    @essential  # after the provider acted: not refused for a busy queue (a retry could not redo it)
     def claim_end(self, session_id: str, reason: str, now: float,
                   abandoned_before: float | None = None, hand_off: bool = True) -> Session | None:
         """Atomically end a live session and queue its flush; returns the session as it was just before (its status,

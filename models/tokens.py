@@ -1,11 +1,12 @@
 """The `gateway_tokens` collection: the server-side records of gateway tokens (domain/tokens.py), found by hash."""
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from domain.records import TokenRecord, from_document
 from models.documents import GatewayToken
-from models.store import Repository, blocking
+from models.store import Repository, blocking, essential
 
 CLAIMING = "__claiming__"  # the session_id of a token reserved by a streaming.new under way
 CLAIM_TRIES = 5  # tokens tried before giving up, when racing calls take the newest ones
@@ -19,7 +20,9 @@ class TokenRepository(Repository):
              config: dict[str, Any], created_at: float, expires_at: float, session_id: str | None = None) -> None:
         record = GatewayToken(token_hash=token_hash, customer=customer, provider=str(provider),
                               contract=str(contract), upstream_token=upstream_token, config=config,
-                              session_id=session_id, created_at=created_at, expires_at=expires_at)
+                              session_id=session_id, customer_unbound=None if session_id else customer,
+                              created_at=created_at, expires_at=expires_at,
+                              expire_at=datetime.fromtimestamp(expires_at, UTC))
         record.validate()
         self.collection.insert_one(record.to_mongo().to_dict())
 
@@ -31,13 +34,13 @@ class TokenRepository(Repository):
     @blocking
     def claim(self, customer: str, provider: str, now: float, token_id: Any = None) -> TokenRecord | None:
         """Reserve a minted, unused token for a new session: the one given, else the customer's newest. Each try is
-        one conditional update by _id (the conditions inside it), so of two racing calls one reserves a token: the
-        customer's tokens are found by the customer alone (a findAndModify, or a filter with more predicates, is a
-        collection scan for SecantusDB)."""
+        one conditional update by _id (the conditions inside it), so of two racing calls one reserves a token. The
+        customer's unused tokens are found by one field, `customer_unbound` (a findAndModify, or a filter with more
+        predicates, is a collection scan for SecantusDB); expired ones are deleted by the TTL index."""
         if token_id is not None:
             candidates = [token_id]
         else:
-            found = self.collection.find({"customer": customer},
+            found = self.collection.find({"customer_unbound": customer},
                                          {"_id": 1, "provider": 1, "session_id": 1, "expires_at": 1, "created_at": 1})
             candidates = [t["_id"] for t in sorted(found, key=lambda t: t.get("created_at", 0), reverse=True)
                           if t.get("provider") == str(provider) and t.get("session_id") is None
@@ -51,9 +54,9 @@ class TokenRepository(Repository):
                 return from_document(TokenRecord, found_one) if found_one is not None else None
         return None
 
-    @blocking
+    @essential  # after the provider acted: not refused for a busy queue
     def bind(self, token_id: Any, session_id: str) -> None:
-        self.collection.update_one({"_id": token_id}, {"$set": {"session_id": session_id}})
+        self.collection.update_one({"_id": token_id}, {"$set": {"session_id": session_id, "customer_unbound": None}})
 
     @blocking
     def release(self, token_id: Any) -> None:
