@@ -103,6 +103,9 @@ class DataParticipant:
         except TimeoutError:
             await self._close("join timed out", notify=False)
             raise RoomJoinError(f"not in the room within {timeout:g}s") from None
+        except asyncio.CancelledError:  # the gateway stopping: nothing of it may stay open
+            await asyncio.shield(self._close("join cancelled", notify=False))
+            raise
         except Exception as exc:
             await self._close("join failed", notify=False)
             raise RoomJoinError(f"join failed: {type(exc).__name__}") from None

@@ -11,6 +11,9 @@ from tornado.ioloop import PeriodicCallback
 log = logging.getLogger("gateway.background")
 
 
+CANCEL_WAIT = 2.0  # seconds a graceful stop waits for cancelled tasks to clean up
+
+
 class Background:
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -51,6 +54,9 @@ class Background:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
         self._closed = True
-        for task in list(self._tasks):
+        left = list(self._tasks)
+        for task in left:
             task.cancel()
+        if left:  # their clean-up runs now, not after the loop is gone
+            await asyncio.wait(left, timeout=CANCEL_WAIT)
 

@@ -134,6 +134,7 @@ class RoomAgents:
         self.end_session: Callable[[str, str], Coroutine[Any, Any, Any]] | None = None
         self._joining: dict[str, asyncio.Future[None]] = {}
         self._adopting: asyncio.Task[None] | None = None
+        self._closed = False  # stopping: no more joins
 
     @property
     def process_id(self) -> str:
@@ -197,6 +198,13 @@ class RoomAgents:
             except ServiceUnavailable:
                 pass  # the claim lapses with this process's lease
             raise RoomUnavailable(f"the gateway could not join the session's room: {exc}") from None
+        if self._closed:  # the process began stopping during the join: the room goes back to nobody
+            await participant.leave()
+            try:
+                await self.repository.release_room(session.session_id, self.process_id)
+            except ServiceUnavailable:
+                pass
+            raise RoomUnavailable("the gateway process is stopping")
         agent = RoomAgent(session, participant)
         self.agents[session.session_id] = agent
         log.info("room agent joined the room of %s", session.session_id)
@@ -229,7 +237,12 @@ class RoomAgents:
         log.info("room agent left the room of %s", session_id)
 
     async def close(self) -> None:
-        """Graceful stop: every agent leaves (its room is taken over by another process, or rejoined at restart)."""
+        """Graceful stop: no more joins; every agent leaves (the others adopt its rooms at their next sweep)."""
+        self._closed = True
+        adopting, self._adopting = self._adopting, None
+        if adopting is not None:
+            adopting.cancel()
+            await asyncio.gather(adopting, return_exceptions=True)
         await asyncio.gather(*(self.leave(sid) for sid in list(self.agents)), return_exceptions=True)
 
     async def take_over(self, dead_process: str) -> int:
@@ -262,7 +275,7 @@ class RoomAgents:
         if self.agents:
             for session_id in await self.repository.ended_among(list(self.agents)):
                 await self.leave(session_id)
-        if self._adopting is None:  # joins take seconds when a room server is away: not in the sweep's way
+        if self._adopting is None and not self._closed:  # joins take seconds when a room server is away
             self._adopting = self.background.spawn(self._adopt_orphans())
 
     async def _adopt_orphans(self) -> None:
