@@ -132,7 +132,7 @@ class RoomAgents:
         self.agents: dict[str, RoomAgent] = {}
         # Ends a session for a reason the room gave (LiveAvatar's session.stopped): set by the lifecycle.
         self.end_session: Callable[[str, str], Coroutine[Any, Any, Any]] | None = None
-        self._joining: dict[str, asyncio.Future[None]] = {}
+        self._joining: dict[str, asyncio.Future[bool]] = {}  # session id -> the claim and join under way
         self._adopting: asyncio.Task[None] | None = None
         self._closed = False  # stopping: no more joins
 
@@ -153,25 +153,32 @@ class RoomAgents:
             return False
         if session.session_id in self.agents:
             return True
-        joining = self._joining.get(session.session_id)
-        if joining is not None:  # a racing call of this process: one join
-            await asyncio.shield(joining)
-            return True
-        claimed = await self.repository.hold_room(session.session_id, self.process_id, dead)
-        if claimed is None:  # ended, or another process holds it
-            stored = await self.repository.get(session.session_id)
-            return stored is not None and stored.status != "ended" and stored.room_holder is not None
+        while (joining := self._joining.get(session.session_id)) is not None:
+            # A racing call of this process (a task, the socket, the sweep): one claim, one join. A take-over goes
+            # on with its own claim when the racing call found the room held (by the dead process it takes over).
+            held = await asyncio.shield(joining)
+            if session.session_id in self.agents:
+                return True
+            if not dead:
+                return held
+        # Marked before the first await: two joins with the same identity would make LiveKit drop the first.
         future = self._joining[session.session_id] = asyncio.get_running_loop().create_future()
         try:
-            await self._join(session)
-            future.set_result(None)
+            claimed = await self.repository.hold_room(session.session_id, self.process_id, dead)
+            if claimed is None:  # ended, or another process holds it
+                stored = await self.repository.get(session.session_id)
+                held = stored is not None and stored.status != "ended" and stored.room_holder is not None
+            else:
+                await self._join(session)
+                held = True
+            future.set_result(held)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: racing callers see it through their own await
             raise
         finally:
             del self._joining[session.session_id]
-        return True
+        return held
 
     async def _join(self, session: SessionFacts) -> None:
         assert session.room_url and session.agent_token
