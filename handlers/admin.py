@@ -7,12 +7,11 @@ without ADMIN_TOKEN it is off and answers 404.
 """
 from __future__ import annotations
 
-import hmac
 import math
 from typing import Any
 
 from domain.errors import BadRequest, NotFound, Unauthorized
-from handlers.base import BaseHandler
+from handlers.base import BaseHandler, bearer_is
 from handlers.contracts import Contract, Route
 from handlers.openapi import FRAMING, answer, error, operation, statuses
 
@@ -25,8 +24,7 @@ class AdminHandler(BaseHandler):
         token = self.gateway.settings.admin_token
         if not token:
             raise NotFound("not found")  # the admin API is off
-        scheme, _, presented = self.request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token.encode()):
+        if not bearer_is(self.request.headers.get("Authorization"), token):
             raise Unauthorized("the admin API needs Authorization: Bearer <ADMIN_TOKEN>")
 
     def seconds(self, name: str, default: float) -> float:

@@ -2,6 +2,7 @@
 the body limit (handlers/body.py), and the caller's credentials."""
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from http.client import responses
@@ -25,6 +26,12 @@ log = logging.getLogger("gateway")
 
 ALLOWED_METHODS = "GET, POST, OPTIONS"
 ALLOWED_HEADERS = "Content-Type, X-Api-Key, X-api-key, Authorization"
+
+
+def bearer_is(header: str | None, secret: str) -> bool:
+    """Whether an Authorization header presents `secret` as its Bearer token (compared in constant time)."""
+    scheme, _, presented = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), secret.encode())
 
 
 def origin_allowed(allowed: tuple[str, ...], origin: str | None) -> bool:

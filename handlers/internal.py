@@ -12,7 +12,6 @@ only, not in the OpenAPI document; nginx need not (and the example does not) exp
 """
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from domain import bridge
 from domain.errors import BadRequest, NotFound
-from handlers.base import BaseHandler, GatewayHandlerMixin
+from handlers.base import BaseHandler, GatewayHandlerMixin, bearer_is
 from handlers.contracts import Contract, Route
 from relay.pipecat import text_of
 from services.rooms import handing_over
@@ -33,8 +32,7 @@ log = logging.getLogger("gateway.rooms")
 
 
 def authorized(gateway: Gateway, header: str | None) -> bool:
-    scheme, _, key = (header or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(key.strip().encode(), gateway.rooms.key.encode())
+    return bearer_is(header, gateway.rooms.key)
 
 
 class CommandHandler(BaseHandler):

@@ -63,7 +63,7 @@ class SessionRepository(Repository):
 
     @blocking
     def get(self, session_id: str) -> Session | None:
-        return _session(self.collection.find_one({"session_id": session_id}))
+        return self._by_key(session_id)
 
     @blocking
     def owned(self, session_id: str, customer: str, now: float, before_cutoff: bool = False) -> Session:

@@ -25,12 +25,11 @@ from domain.names import ContractName, ProviderName
 from domain.records import Customer, SessionFacts, Turn
 from domain.transcript import new_turn
 from services.lifecycle import Lifecycle
-from services.rooms import RoomAgents
+from services.rooms import LISTEN_JOIN_WAIT, RoomAgents
 from services.sessions import Sessions
 from services.turns import TurnQueue
 
 CONTRACT = ContractName.HEYGEN
-HEYGEN_JOIN_WAIT = 2.0  # seconds streaming.start waits for the room agent to be in HeyGen's room
 # Tokens the browser has no use for: HeyGen's agent token lets its holder join the room as an agent.
 SERVER_SIDE_FIELDS = ("livekit_agent_token",)
 TURN_WRITE_WAIT = 0.5  # seconds a task's answer waits for its turn to be stored before answering anyway
@@ -113,7 +112,7 @@ class HeyGenOnHeyGen:
         if name == "start" and response.ok and session.agent_token and self.rooms is not None:
             # Usually in the room within ~0.1 s, before the first task; a slow room server does not hold the start
             # up for long (the agent goes on joining), and one away leaves the transcript to the client's reports.
-            await self.rooms.hold_soon(session, HEYGEN_JOIN_WAIT)
+            await self.rooms.hold_soon(session, LISTEN_JOIN_WAIT)
         return response
 
 

@@ -19,11 +19,10 @@ from domain.names import ContractName, ProviderName
 from domain.records import Customer, Session, SessionFacts
 from domain.tokens import mirrored
 from services.lifecycle import Lifecycle
-from services.rooms import RoomAgents
+from services.rooms import LISTEN_JOIN_WAIT, RoomAgents
 from services.sessions import Sessions
 
 CONTRACT = ContractName.LIVEAVATAR
-ROOM_JOIN_WAIT = 2.0  # seconds sessions/start waits for the room agent (it goes on joining after)
 # Tokens the browser has no use for: LiveAvatar's agent token lets its holder join the room as the avatar's agent.
 SERVER_SIDE_FIELDS = ("livekit_agent_token",)
 # What the gateway answers a stop of a session that has already ended, in LiveAvatar's envelope.
@@ -81,7 +80,7 @@ class LiveAvatarOnLiveAvatar:
                 and data.get("livekit_agent_token"):
             stored = await self.sessions.set_room(session.session_id, data["livekit_url"], data["livekit_agent_token"])
             if stored is not None:
-                await self.rooms.hold_soon(SessionFacts.of(stored), ROOM_JOIN_WAIT)
+                await self.rooms.hold_soon(SessionFacts.of(stored), LISTEN_JOIN_WAIT)
         return response
 
     async def keep_alive(self, session: SessionFacts) -> UpstreamResponse:

@@ -55,6 +55,7 @@ log = logging.getLogger("gateway.rooms")
 
 REJOIN_ATTEMPTS = 3
 REJOIN_DELAY = 1.0  # seconds before the first rejoin, doubling
+LISTEN_JOIN_WAIT = 2.0  # seconds a start waits for a listening agent's join (it goes on joining after)
 TAKE_OVER_BATCH = 1000  # rooms looked at per sweep
 TAKE_OVER_JOINS = 50  # joins under way at once
 HAND_OVER_RETRY = 2  # seconds a caller is told to wait while a room changes hands

@@ -344,3 +344,20 @@ async def test_liveavatar_contract_words_are_recorded_as_they_are_said(bridged, 
     stored = await sandbox.gateway.sessions.get(session_id)
     assert stored.end_reason == "stopped"  # LiveAvatar's session.stopped echoing the stop is not the reason
     await eventually(lambda: session_id not in sandbox.gateway.rooms.agents)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_internal_routes_exist_only_for_the_gateways_processes(sandbox, client):
+    """No key, a wrong one (a customer's API key, a gateway token): a plain 404. With the key: a body that is not a
+    command is a 400, and a room this process does not hold is a 503 (the caller answers its own caller 503)."""
+    path = "/internal/rooms/some-session/command"
+    command = {"command": {"event_id": "e1", "event_type": "avatar.speak_text", "text": "x"}}
+    token = (await client.call("/v1/streaming.create_token")).data["token"]
+    for headers in ({}, {"Authorization": f"Bearer {DEMO_API_KEY}"}, {"Authorization": f"Bearer {token}"}):
+        assert_error(await client.call(path, command, headers=headers, api_key=None), 404)
+    key = {"Authorization": f"Bearer {sandbox.gateway.rooms.key}"}
+    assert_error(await client.call(path, {"command": "speak"}, headers=key, api_key=None), 400, "command")
+    refused = await client.call(path, command, headers=key, api_key=None)
+    assert_error(refused, 503, "handed over")
+    assert refused.headers["Retry-After"]
+    assert_error(await client.call("/api/v1/avatar" + path, command, headers=key, api_key=None), 404)  # root only
