@@ -16,17 +16,21 @@ class TrackRelay:
     def __init__(self):
         self._subscribers = {}  # source -> set of RelayedTrack
         self._readers = {}  # source -> Task
+        self.closed = False
 
     def subscribe(self, source):
         return RelayedTrack(self, source)
 
     async def close(self):
+        self.closed = True  # no reader starts after this (a peer still sending would start one, left pending)
         readers = list(self._readers.values())
         for reader in readers:
             reader.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
 
     def _start(self, proxy):
+        if self.closed:
+            raise MediaStreamError
         subscribers = self._subscribers.setdefault(proxy.source, set())
         subscribers.add(proxy)
         if proxy.source not in self._readers:
