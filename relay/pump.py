@@ -99,7 +99,9 @@ class Leg(asyncio.Protocol):
         self.ws = ws  # the leg's PumpProtocol; it writes through a TransportStream
         self.scanner = scanner
         self.on_messages = on_messages  # inspected messages -> None, or an awaitable while turns wait for room
-        self.buffered: bytes | None = buffered  # bytes the IOStream had read but not delivered: they come first
+        # Bytes the IOStream had read but not delivered, and any that arrive before start(): they come first. None
+        # once started.
+        self.buffered: bytes | None = buffered
         self.other: Leg = self  # the other Leg, once paired
         self.transport: Any = None
         self.pauses = 0  # reasons not to read now: the other leg's buffer is full; a turn waits for room
@@ -118,6 +120,9 @@ class Leg(asyncio.Protocol):
         self.resume()
 
     def data_received(self, data: bytes) -> None:
+        if self.buffered is not None:  # not started: bytes that came though reading was paused wait with the rest
+            self.buffered += data
+            return
         if self.ended:
             return
         try:

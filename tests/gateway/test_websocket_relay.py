@@ -226,6 +226,32 @@ async def test_what_heygen_sends_at_once_after_its_handshake_reaches_the_browser
 
 
 @pytest.mark.parametrize("pump", ["fast", "plain"])
+@pytest.mark.gen_test(timeout=120)
+async def test_what_the_browser_sends_at_once_after_its_handshake_reaches_heygen_every_time(make_sandbox, pump):
+    """The browser writes the moment it has its 101, while the gateway is still pairing the two legs (its bytes can
+    arrive before the other leg's transport exists: they wait, in order): each of 100 browsers' frames reach HeyGen,
+    once each and in order."""
+    sandbox = await make_sandbox(RELAY_PUMP=pump, SOCKET_GRACE_PERIOD="30")
+    client = GatewayClient(sandbox.gateway_url)
+    token, session = await open_session(client)
+    heygen = sandbox.heygen.sessions[session["session_id"]]
+
+    async def browser(probe):
+        ws = await websocket_connect(ws_url(sandbox, session["session_id"], token))
+        ws.write_message(f"first {probe}")
+        ws.write_message(f"second {probe}")
+        await eventually(lambda: (False, f"second {probe}") in heygen.ws_received)
+        ws.close()
+
+    for batch in range(10):
+        await asyncio.gather(*(browser(batch * 10 + i) for i in range(10)))
+    texts = [payload for binary, payload in heygen.ws_received if not binary]
+    for probe in range(100):
+        assert texts.count(f"first {probe}") == 1 and texts.count(f"second {probe}") == 1, probe
+        assert texts.index(f"first {probe}") < texts.index(f"second {probe}")
+
+
+@pytest.mark.parametrize("pump", ["fast", "plain"])
 @pytest.mark.gen_test(timeout=30)
 async def test_what_heygen_sends_before_the_browser_is_answered_waits_unread_for_the_pump(make_sandbox, pump,
                                                                                           monkeypatch):
