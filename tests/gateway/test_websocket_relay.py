@@ -249,6 +249,7 @@ async def test_what_the_browser_sends_at_once_after_its_handshake_reaches_heygen
     for probe in range(100):
         assert texts.count(f"first {probe}") == 1 and texts.count(f"second {probe}") == 1, probe
         assert texts.index(f"first {probe}") < texts.index(f"second {probe}")
+    await eventually(lambda: len(sandbox.gateway.relays) == 0 and not heygen.sockets)  # every leg closed
 
 
 @pytest.mark.parametrize("pump", ["fast", "plain"])
