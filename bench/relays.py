@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -338,3 +339,29 @@ class NodeAnchor(Anchor):
             self.process.send_signal(signal.SIGUSR2)
             return True
         return False
+
+
+# --- the design card's layers alone (REST references) ---------------------------------------------------------------
+
+class LayerAnchor(Anchor):
+    """bench/anchors/layers.py in `mode` (tornado, tornado+curl, tornado+gwcurl) under the venv's Python: what the
+    gateway's stack costs per REST call before any of the gateway's own code. REST keep_alive only."""
+    stop_signal = signal.SIGTERM
+
+    def __init__(self, mode, directory, upstream_port, cpus=None):
+        super().__init__(directory, upstream_port, cpus)
+        self.name = mode
+
+    def start(self):
+        os.makedirs(self.directory, exist_ok=True)
+        import pycurl
+        import tornado
+        self.version = f"tornado {tornado.version}, {pycurl.version.split()[0]}"
+        log_path = os.path.join(self.directory, "layers.log")
+        with open(log_path, "wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, os.path.join(ANCHORS_DIR, "layers.py"), self.name, str(self.port),
+                 f"http://127.0.0.1:{self.upstream_port}"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, preexec_fn=self._preexec())
+        wait_port(self.port, self.process, 15, f"the {self.name} layer reference", log_path)
+        return self

@@ -132,6 +132,10 @@ def parse_args(argv=None):
     parser.add_argument("--concurrency", default="1,16", help="REST client concurrencies (default 1,16)")
     parser.add_argument("--anchors", default="nginx,node", help="anchor relays to start and measure beside the "
                         "gateway (default nginx,node; '' for none)")
+    parser.add_argument("--layers", default="tornado,tornado+curl,tornado+gwcurl",
+                        help="the gateway's stack alone, as REST keep_alive references (bench/anchors/layers.py): a "
+                             "bare tornado handler, plus tornado's stock curl client, plus the gateway's curl client "
+                             "(empty: none)")
     parser.add_argument("--pin", choices=("auto", "on", "off"), default="auto", help="pin the relays to "
                         "--relay-cpu and the bench + MongoDB to --load-cpu (auto: when 2+ CPUs are allowed)")
     parser.add_argument("--relay-cpu", type=int, default=1)

@@ -122,7 +122,8 @@ def report(results):
         if not meta.get("pinned") or f"cpu{args['load_cpu']}_busy_pct" not in cpu:
             return "-"
         ours_load = cpu["bench_cpu_pct"] + cpu["mongo_cpu_pct"]
-        ours_relay = cpu["gateway_cpu_pct"] + sum(cpu.get(f"{name}_cpu_pct", 0) for name in anchors)
+        ours_relay = cpu["gateway_cpu_pct"] + sum(cpu.get(f"{name}_cpu_pct", 0)
+                                                  for name in [*anchors, *(meta.get("layers") or {})])
         o_load = max(0.0, cpu[f"cpu{args['load_cpu']}_busy_pct"] - ours_load)
         o_relay = max(0.0, cpu[f"cpu{args['relay_cpu']}_busy_pct"] - ours_relay)
         return f"{o_load:.0f}/{o_relay:.0f}"
@@ -170,6 +171,48 @@ def section_rest(out, results, meta, args, cpu_pcts, other):
     rows = [[b["what"], fmt(b["p50_ms"], 3), fmt(b["p99_ms"], 3), f"{fmt(b['cpu_ms_per_iter'], 3)} ({b['cpu_of']})"]
             for b in results["breakdown"]]
     out.append(table(["what", "p50", "p99", "cpu ms/iter"], rows))
+    out.extend(layer_lines(results))
+
+
+def layer_lines(results):
+    """1b. Where a warm keep_alive's relay CPU goes, per layer: the layer references (bench/anchors/layers.py) beside
+    the gateway and Node, at each concurrency. Each layer's cost is the difference between two rows measured in the
+    same run; the gateway's row counts its MongoDB too."""
+    layers = list((results["meta"].get("layers") or {}).keys())
+    rest = [r for r in results["rest"] if r["call"] == "streaming.keep_alive"]
+    if not layers or not rest:
+        return []
+    out = ["", "1b. Where a warm keep_alive's CPU goes, per layer (ms of relay CPU per request; gateway = its process "
+               "+ its MongoDB). tornado = a bare RequestHandler answering itself; +curl = forwarding through "
+               "tornado's stock curl client; +gwcurl = through the gateway's (clients/http.py)"]
+    rows = []
+    for c in sorted({r["concurrency"] for r in rest}):
+        by = {r["target"]: r for r in rest if r["concurrency"] == c}
+
+        def ms(target, by=by):
+            r = by.get(target)
+            if not r or r.get("relay_cpu_ms_per_req") is None:
+                return None
+            return r["relay_cpu_ms_per_req"] + (r.get("mongo_cpu_ms_per_req") or 0 if target == "gateway" else 0)
+
+        def minus(a, b):
+            return None if a is None or b is None else a - b
+
+        tornado, curl, gwcurl, gateway, node = (ms(t) for t in ("tornado", "tornado+curl", "tornado+gwcurl",
+                                                                 "gateway", "node"))
+        ceiling = 1 / gwcurl if gwcurl else None
+        node_rate = 1 / node if node else None
+        rows.append([c, fmt(tornado, 3), fmt(minus(curl, tornado), 3), fmt(minus(gwcurl, tornado), 3),
+                     fmt(minus(gateway, gwcurl), 3), fmt(gateway, 3), fmt(node, 3),
+                     fmt(ceiling / node_rate if ceiling and node_rate else None, 2),
+                     fmt((1 / gateway) / node_rate if gateway and node_rate else None, 2)])
+    out.append(table(["conc", "tornado server+handler", "stock curl call", "gateway's curl call",
+                      "gateway's own code", "gateway (total)", "node (total)", "stack alone / node",
+                      "gateway / node"], rows))
+    out.append("   'stack alone / node' = requests per CPU-second of tornado+gwcurl over Node's: what the gateway "
+               "could reach with none of its own code. A saturated row (its %cpu near 100) batches more per wake-up, "
+               "so rows at different %cpu compare loosely; negative differences are within that noise.")
+    return out
 
 
 def section_ws(out, results, args):

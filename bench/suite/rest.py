@@ -87,7 +87,7 @@ async def rest(world, sessions_by_call):
         for concurrency in world.concurrencies:
             rows = {}
             # The anchors relay keep_alive (a pure proxy call) only: they have no transcript to record.
-            targets = ["direct", "gateway"] + (list(world.anchors) if call == "keep_alive" else [])
+            targets = ["direct", "gateway"] + (list(world.relays()) if call == "keep_alive" else [])
             for target in targets:
                 log(f"REST streaming.{call} {target} c={concurrency} for {world.args.rest_seconds}s")
                 rows[target] = await rest_run(world, call, target, concurrency, sessions_by_call[call],

@@ -40,6 +40,8 @@ class World:
                         "firstcall": None, "idle": None, "flows": None, "ratios": []}
         self.anchor_names = [a for a in args.anchors.split(",") if a]
         self.anchors = {}  # name -> relays.Anchor (started)
+        self.layer_names = [name for name in args.layers.split(",") if name]
+        self.layers = {}  # name -> relays.LayerAnchor (started): REST references only
         self.pinned = args.pin == "on" or (args.pin == "auto" and len(os.sched_getaffinity(0)) >= 2
                                            and (os.cpu_count() or 1) >= 2)
         self.relay_cpus = {args.relay_cpu} if self.pinned else None
@@ -144,6 +146,17 @@ class World:
             log(f"anchor {name} ({anchor.version}) pids {anchor.pids()} at {anchor.url}")
         self.results["meta"]["anchors"] = {name: {"version": a.version, "pids": a.pids(), "url": a.url}
                                            for name, a in self.anchors.items()}
+        for name in self.layer_names:
+            layer = relays.LayerAnchor(name, os.path.join(self.tmp.name, "layer-" + name.replace("+", "-")),
+                                       upstream_port, self.relay_cpus).start()
+            self.layers[name] = layer
+            log(f"layer reference {name} ({layer.version}) pids {layer.pids()} at {layer.url}")
+        self.results["meta"]["layers"] = {name: {"version": a.version, "pids": a.pids(), "url": a.url}
+                                          for name, a in self.layers.items()}
+
+    def relays(self):
+        """Every relay process the bench started beside the gateway: the anchors, then the layer references."""
+        return {**self.anchors, **self.layers}
 
     def gateway_environment(self, port):
         """Production-style settings pointed at the emulators; every other setting at its default (settings in
@@ -239,7 +252,7 @@ class World:
             self.gateway_log = None
 
     async def stop(self):
-        for anchor in self.anchors.values():
+        for anchor in self.relays().values():
             try:
                 anchor.stop()
             except Exception as exc:
@@ -267,7 +280,7 @@ class World:
         work left over from one measurement (background transcript writes, closing sockets) does not leak into the
         next."""
         deadline = time.monotonic() + timeout
-        trees = [lambda: [self.gateway.pid]] + [anchor.pids for anchor in self.anchors.values()]
+        trees = [lambda: [self.gateway.pid]] + [anchor.pids for anchor in self.relays().values()]
         while time.monotonic() < deadline:
             used = [relays.cpu_seconds(tree()) for tree in trees]
             await asyncio.sleep(window)
@@ -278,15 +291,15 @@ class World:
 
     def meter(self):
         pids = {"gateway": self.gateway.pid, "mongo": self.mongo.process.pid}
-        pids.update({name: anchor.pids for name, anchor in self.anchors.items()})
+        pids.update({name: anchor.pids for name, anchor in self.relays().items()})
         return CpuMeter(pids)
 
     def relay_pids(self, target):
         """The process tree that relays for `target` ("direct": none)."""
         if target in ("gateway", "relayed"):
             return [self.gateway.pid]
-        if target in self.anchors:
-            return self.anchors[target].pids()
+        if target in self.relays():
+            return self.relays()[target].pids()
         return []
 
     def base_url(self, target):
@@ -294,7 +307,7 @@ class World:
             return self.served["heygen"].url
         if target in ("gateway", "relayed"):
             return self.gateway_url
-        return self.anchors[target].url
+        return self.relays()[target].url
 
     def ws_url(self, path, session_id, token):
         base = self.base_url(path)
