@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import resource
 import signal
@@ -14,7 +15,9 @@ import sys
 from conf import ConfigError, Settings, load_settings
 from domain.errors import ServiceUnavailable
 from handlers.app import Gateway
+from observability import metrics
 from observability.logs import configure_logging
+from observability.stalls import StallWatch
 
 log = logging.getLogger("gateway")
 
@@ -57,12 +60,19 @@ async def serve(settings: Settings) -> int:
     if not gateway.fast_relay:
         log.info("the socket relay moves frames with its plain pump (RELAY_PUMP)")
     log.info("settings: %s", settings.public())
+    metrics.time_gc_pauses()
+    stalls = StallWatch()
+    stalls.start()
+    # What exists now (modules, settings, routes, clients) lives as long as the process: out of the collector's sight,
+    # so a full collection walks only the objects of sockets and requests (gc.freeze).
+    gc.freeze()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     await stopping.wait()
     log.info("stopping")
+    stalls.stop()
     await gateway.stop()
     return 0
 

@@ -97,9 +97,22 @@ QUOTA_REFUSED = Counter(
     PREFIX + "quota_refused", "New sessions refused because the customer's concurrent-session quota was taken "
     "(429 concurrency_limit_exceeded).", registry=None)
 
+GC_PAUSES = Histogram(
+    PREFIX + "gc_pause_seconds", "Pauses of Python's cyclic garbage collector, by generation: the event loop stands "
+    "still meanwhile (a full collection walks every tracked object: its pause grows with the open sockets).",
+    ["generation"], buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=None)
+
+LOOP_LAG = Histogram(
+    PREFIX + "event_loop_lag_seconds", "How much later than asked the event loop woke a task that sleeps 0.1 s "
+    "(observability/stalls.py): the time any callback waits for the loop.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=None)
+LOOP_STALLS = Histogram(
+    PREFIX + "event_loop_stalls_seconds", "Stalls of the event loop over 1 s (no callback ran), by length; the stack "
+    "of each is logged.", buckets=(1.0, 2.0, 5.0, 10.0, 30.0), registry=None)
+
 EVENT_METRICS = (SESSIONS_ENDED, SESSION_SECONDS,
                  HANDOFFS, HANDOFF_ATTEMPTS, UPSTREAM_LATENCY, REAPER_ACTIONS, MONGODB_ERRORS,
-                 RATE_LIMITED, QUOTA_REFUSED)
+                 RATE_LIMITED, QUOTA_REFUSED, GC_PAUSES, LOOP_LAG, LOOP_STALLS)
 
 # Label values known in advance start at 0, so a rate() over them works from the first scrape.
 for _provider in PROVIDERS:
@@ -113,6 +126,38 @@ for _kind in REAPER_KINDS:
 for _upstream in UPSTREAMS:
     RATE_LIMITED.labels(upstream=_upstream)
 MONGODB_ERRORS.labels(kind="busy")
+for _generation in ("0", "1", "2"):
+    GC_PAUSES.labels(generation=_generation)
+
+
+# --- the garbage collector's pauses -------------------------------------------------------------------------------
+
+GC_PAUSE_WARNING = 0.5  # seconds: a collection pausing the process longer than this is logged
+
+
+class GcPauseTimer:
+    """Times every collection of Python's cyclic garbage collector into GC_PAUSES (a `gc.callbacks` hook: a
+    perf_counter() read at its start and stop) and logs a warning for one over GC_PAUSE_WARNING."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        paused = time.perf_counter() - self.started
+        GC_PAUSES.labels(generation=str(info.get("generation"))).observe(paused)
+        if paused > GC_PAUSE_WARNING:
+            log.warning("garbage collection of generation %s paused the process for %.2f s (%d objects collected)",
+                        info.get("generation"), paused, info.get("collected", 0))
+
+
+def time_gc_pauses() -> None:
+    """Install the GcPauseTimer, once per process."""
+    import gc
+    if not any(isinstance(callback, GcPauseTimer) for callback in gc.callbacks):
+        gc.callbacks.append(GcPauseTimer())
 
 
 # --- upstream calls -----------------------------------------------------------------------------------------------
