@@ -117,7 +117,7 @@ class AvatarSession(Document):
             "conversation_id",
             "words_expire_at",
             "upstream_erase_at",
-            "created_at",
+            {"fields": ["ended_at"], "sparse": True},  # usage: the sessions ended in or after a window
         ],
     }
 

@@ -86,6 +86,58 @@ async def test_usage_per_account_and_provider_matches_what_was_done(make_sandbox
 
 
 @pytest.mark.gen_test(timeout=60)
+async def test_usage_counts_live_ended_and_edge_spanning_sessions_once(make_sandbox):
+    """Sessions recorded at chosen times around the window [100, 200): live, ended, spanning either edge, ended
+    before it, created at its end, ended by a version that left the live-only fields, and recorded by a version that
+    kept none (given them by the backfill at start); the whole report and per account."""
+    sandbox, _ = await admin_sandbox(make_sandbox)
+    sessions, usage = sandbox.gateway.sessions.repository, sandbox.gateway.usage
+
+    async def record(sid, created, started=None, ended=None, account=None, customer="cust-X"):
+        await sessions.create(sid, "liveavatar", "liveavatar", None, customer, None, created, account_id=account,
+                              started_at=started)
+        if ended is not None:
+            assert await sessions.claim_end(sid, "stopped", ended, hand_off=False)
+
+    await record("before", 50, 51, 99, account="acct-A")  # ended before the window: not counted
+    await record("over-start", 90, 91, 120, account="acct-A")  # 20 s in the window
+    await record("on-start", 95, 95, 100, account="acct-A")  # ended as it opens: counted, 0 s
+    await record("inside", 110, 115, 125, account="acct-B")  # 10 s
+    await record("over-end", 190, 195, 260, account="acct-A")  # 5 s
+    await record("at-end", 200, 200, 210, account="acct-A")  # created as it closes: not counted
+    await record("live", 150, 160)  # live, no accountId: counted under its customer, up to the window's end: 40 s
+    await record("live-unstarted", 170, customer="cust-Y")  # live, never started: counted, 0 s
+    await record("live-later", 250, 250)  # created after the window: not counted
+    await record("old-end", 120, 130, 140, account="acct-B")  # 10 s
+    await record("old-end-before", 60, 60, 90, account="acct-B")  # ended before the window: not counted
+    raw = pymongo.MongoClient(sandbox.settings.mongodb_uri)
+    try:
+        collection = raw.get_default_database()["avatar_sessions"]
+        # An older version's end left the live-only fields; a session of a version that kept none, live and ended.
+        for sid, created in (("old-end", 120.0), ("old-end-before", 60.0)):
+            collection.update_one({"session_id": sid}, {"$set": {"live_created_at": created}})
+        for sid, created, ended in (("older-live", 105.0, None), ("older-ended", 80.0, 150.0)):
+            document = {"session_id": sid, "provider": "heygen", "conversation_id": sid, "customer": "cust-Z",
+                        "status": "started" if ended is None else "ended", "created_at": created,
+                        "last_activity_at": created, "started_at": created, "ended_at": ended}
+            collection.insert_one({k: v for k, v in document.items() if v is not None})
+    finally:
+        raw.close()
+    await sessions.backfill()  # what every process does at start
+
+    report = await usage.report(100.0, 200.0)
+    got = {row["accountId"]: {p: (t["sessions"], t["seconds"]) for p, t in row["providers"].items()}
+           for row in report["accounts"]}
+    assert got == {"acct-A": {"liveavatar": (3, 25.0)}, "acct-B": {"liveavatar": (2, 20.0)},
+                   "cust-X": {"liveavatar": (1, 40.0)}, "cust-Y": {"liveavatar": (1, 0.0)},
+                   "cust-Z": {"heygen": (2, 145.0)}}  # older-live: 95 s, older-ended: 50 s
+    for account in ("acct-A", "acct-B", "cust-X", "cust-Z", "nobody"):
+        only = await usage.report(100.0, 200.0, account)
+        assert {row["accountId"] for row in only["accounts"]} == ({account} & set(got))
+        assert [row for row in report["accounts"] if row["accountId"] == account] == only["accounts"]
+
+
+@pytest.mark.gen_test(timeout=60)
 async def test_admin_api_needs_its_token_and_is_off_without_one(make_sandbox):
     _, client = await admin_sandbox(make_sandbox)
     for headers in ({}, {"Authorization": "Bearer wrong-token-wrong-token"}, {"Authorization": ADMIN_TOKEN}):

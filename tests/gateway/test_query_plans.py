@@ -115,6 +115,18 @@ async def sweeps_and_hand_offs(gateway):
     await leases.remove("p-gone", 1.0)
 
 
+ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+async def admin_usage(client):
+    """The admin usage query (services/usage.py), with and without an account and a window, over live and ended
+    sessions."""
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    for query in ("", "?from=0.5&to=1e12", "?accountId=acct-1&from=1"):
+        reply = await client.call(f"/admin/usage{query}", method="GET", headers=admin, api_key=None)
+        assert reply.status == 200, reply.json
+
+
 def filter_of(command):
     name = next(iter(command))
     if name == "find":
@@ -134,14 +146,16 @@ def filter_of(command):
 async def test_every_query_shape_uses_an_index(make_sandbox):
     """The calls a plugin makes during a session (both contracts: tokens, new, start, tasks, keep-alives, a report,
     the socket's open and close, the transcript read), then every query of the room holder, forgetting, the sweep,
-    the hand-off and the leases, called on records of their own. SecantusDB, measured (2026-12-07): a find or
-    update by one indexed field uses its index; a filter with more predicates is scanned; a findAndModify is
-    scanned whatever its filter (6.5 ms at 20,000 sessions, against 0.3 ms for the same update_one); and explaining
-    an update reports a scan even when it uses the index. So an update's and a findAndModify's filter are explained
-    as a find, and a findAndModify is a failure in itself unless KNOWN_SCANS names it."""
+    the hand-off and the leases, called on records of their own, and the admin usage query. SecantusDB, measured
+    (2026-12-07): a find or update by one indexed field uses its index; a filter with more predicates is scanned; a
+    findAndModify is scanned whatever its filter (6.5 ms at 20,000 sessions, against 0.3 ms for the same
+    update_one); and explaining an update reports a scan even when it uses the index. So an update's and a
+    findAndModify's filter are explained as a find, and a findAndModify is a failure in itself unless KNOWN_SCANS
+    names it."""
     from tests.helpers.client import GatewayClient
 
-    sandbox = await make_sandbox(SWEEP_INTERVAL="600", LEASE_HEARTBEAT="600", LEASE_TTL="3600")
+    sandbox = await make_sandbox(SWEEP_INTERVAL="600", LEASE_HEARTBEAT="600", LEASE_TTL="3600",
+                                 ADMIN_TOKEN=ADMIN_TOKEN)
     client = GatewayClient(sandbox.gateway_url)
     await asyncio.sleep(0.3)  # the sweep every process runs at start, done
     COMMANDS.sent.clear()
@@ -163,8 +177,13 @@ async def test_every_query_shape_uses_an_index(make_sandbox):
         await asyncio.sleep(0.3)  # the socket's close recorded
         await room_holder_and_forgetting(sandbox.gateway.sessions.repository)
         await sweeps_and_hand_offs(sandbox.gateway)
+        before_usage = len(COMMANDS.sent)
+        await admin_usage(client)
+        usage_finds = [command for _, command in COMMANDS.sent[before_usage:]
+                       if command.get("find") == "avatar_sessions"]
     finally:
         COMMANDS.recording = False
+    assert usage_finds, "the usage query was not captured"
     gateway_db = sandbox.settings.mongodb_uri.rsplit("/", 1)[-1].split("?")[0]
     sent = [(db, command) for db, command in COMMANDS.sent if db == gateway_db]
     assert len(sent) > 10, "the gateway's commands were not captured"

@@ -8,9 +8,11 @@ import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from tests.helpers.client import GatewayClient, eventually
-from tests.helpers.flows import connected, open_session, read_events, socket_says, ws_url
+from sandbox.stack import Sandbox
+from tests.helpers.client import FAST, GatewayClient, eventually
+from tests.helpers.flows import WS_PARAMS, connected, open_session, read_events, socket_says, ws_url
 from tests.helpers.frames import frame, masked_frames
+from tests.helpers.processes import GatewayProcess, in_background
 
 
 @pytest.mark.gen_test(timeout=20)
@@ -225,19 +227,11 @@ async def test_what_heygen_sends_at_once_after_its_handshake_reaches_the_browser
     await eventually(lambda: len(sandbox.gateway.relays) == 0)
 
 
-@pytest.mark.parametrize("pump", ["fast", "plain"])
-@pytest.mark.gen_test(timeout=120)
-async def test_what_the_browser_sends_at_once_after_its_handshake_reaches_heygen_every_time(make_sandbox, pump):
-    """The browser writes the moment it has its 101, while the gateway is still pairing the two legs (its bytes can
-    arrive before the other leg's transport exists: they wait, in order): each of 100 browsers' frames reach HeyGen,
-    once each and in order."""
-    sandbox = await make_sandbox(RELAY_PUMP=pump, SOCKET_GRACE_PERIOD="30")
-    client = GatewayClient(sandbox.gateway_url)
-    token, session = await open_session(client)
-    heygen = sandbox.heygen.sessions[session["session_id"]]
-
+async def browsers_writing_at_once(heygen, url):
+    """100 browsers on one session's socket `url`, ten at a time, each writing two frames the moment it has its 101:
+    each frame reaches HeyGen (the emulator's session `heygen`), once and in order."""
     async def browser(probe):
-        ws = await websocket_connect(ws_url(sandbox, session["session_id"], token))
+        ws = await websocket_connect(url)
         ws.write_message(f"first {probe}")
         ws.write_message(f"second {probe}")
         await eventually(lambda: (False, f"second {probe}") in heygen.ws_received)
@@ -249,7 +243,51 @@ async def test_what_the_browser_sends_at_once_after_its_handshake_reaches_heygen
     for probe in range(100):
         assert texts.count(f"first {probe}") == 1 and texts.count(f"second {probe}") == 1, probe
         assert texts.index(f"first {probe}") < texts.index(f"second {probe}")
+
+
+@pytest.mark.parametrize("pump", ["fast", "plain"])
+@pytest.mark.gen_test(timeout=120)
+async def test_what_the_browser_sends_at_once_after_its_handshake_reaches_heygen_every_time(make_sandbox, pump):
+    """The browser writes the moment it has its 101, while the gateway is still pairing the two legs (its bytes can
+    arrive before the other leg's transport exists: they wait, in order): each of 100 browsers' frames reach HeyGen,
+    once each and in order."""
+    sandbox = await make_sandbox(RELAY_PUMP=pump, SOCKET_GRACE_PERIOD="30")
+    client = GatewayClient(sandbox.gateway_url)
+    token, session = await open_session(client)
+    heygen = sandbox.heygen.sessions[session["session_id"]]
+    await browsers_writing_at_once(heygen, ws_url(sandbox, session["session_id"], token))
     await eventually(lambda: len(sandbox.gateway.relays) == 0 and not heygen.sockets)  # every leg closed
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_what_the_browser_sends_at_once_after_its_handshake_reaches_heygen_under_uvloop(
+        mongodb_server_uri, db_name, tmp_path):
+    """The same on uvloop (EVENT_LOOP's default; the in-process gateways of these tests run on the tests' asyncio
+    loop), so with the gateway as a process of its own, on the fast pump: uvloop delivered a browser's first frame to
+    its leg before the other leg had a transport (an AttributeError, and the frame lost). No error in the gateway's
+    log."""
+    sandbox = Sandbox(mongodb_server_uri, database=db_name,
+                      **{**FAST, "EVENT_LOOP": "uvloop", "RELAY_PUMP": "fast", "SOCKET_GRACE_PERIOD": "30"})
+    sandbox.start_upstreams()
+    gateway = GatewayProcess(sandbox.env, str(tmp_path / "gateway.log"))
+    try:
+        await in_background(gateway.start)
+        token, session = await open_session(GatewayClient(gateway.url))
+        sid = session["session_id"]
+        heygen = sandbox.heygen.sessions[sid]
+        url = f"{gateway.url.replace('http://', 'ws://')}/v1/ws/streaming.chat?session_id={sid}&session_token={token}" \
+              f"&{WS_PARAMS}"
+        try:
+            await browsers_writing_at_once(heygen, url)
+            await eventually(lambda: not heygen.sockets)  # every leg closed
+        except AssertionError as failure:
+            raise AssertionError(f"{failure}; the gateway's log ends:\n{gateway.log()[-3000:]}") from failure
+    finally:
+        await in_background(gateway.terminate)
+        await sandbox.stop()
+    log = gateway.log()
+    assert "'EVENT_LOOP': 'uvloop'" in log and "plain pump" not in log, log[-3000:]  # (fast: no fallback)
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
 
 
 @pytest.mark.parametrize("pump", ["fast", "plain"])
