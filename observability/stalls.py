@@ -70,5 +70,5 @@ class StallWatch:
             if stood > self.stall and not self.reported:
                 self.reported = True
                 frame = sys._current_frames().get(self.loop_thread)
-                stack = "".join(traceback.format_stack(frame, limit=-STACK_FRAMES)) if frame else "(no stack)"
+                stack = "".join(traceback.format_stack(frame, limit=STACK_FRAMES)) if frame else "(no stack)"
                 log.warning("the event loop has stood still for %.2f s; it is in:\n%s", stood, stack.rstrip())
