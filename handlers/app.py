@@ -241,6 +241,7 @@ class Gateway:
         except ServiceUnavailable:
             pass  # the lease expires instead, and this process's sockets count as closed then
         self.http.close()
+        await self.store.close_reads()
         self.store.close()
         if self.admin_server:  # last: /readyz answered 503 (shutting down) while the rest drained
             self.admin_server.stop()

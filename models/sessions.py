@@ -65,21 +65,22 @@ class SessionRepository(Repository):
     def get(self, session_id: str) -> Session | None:
         return self._by_key(session_id)
 
-    @blocking
-    def owned(self, session_id: str, customer: str, now: float, before_cutoff: bool = False) -> Session:
+    async def owned(self, session_id: str, customer: str, now: float, before_cutoff: bool = False) -> Session:
         """The session, if this customer created it; NotFound otherwise: unknown and foreign sessions look the same.
         Found by its unique key alone, the owner checked here: a query with more predicates is planned as a
-        collection scan by SecantusDB (tests/gateway/test_query_plans.py). With before_cutoff, then confirmed
+        collection scan by SecantusDB (tests/gateway/test_query_plans.py). Read on the event loop (Store.find_one:
+        the first call of a session in a process waits on no executor thread). With before_cutoff, then confirmed
         atomically while its flush has not fixed its cut-off (Conflict after it): what is accepted then is in the
         hand-off."""
-        found = self.collection.find_one({"session_id": session_id})
+        found = await self.store.find_one(self.document, {"session_id": session_id})
         if found is None or found.get("customer") != customer:
             raise NotFound("session not found")
-        if before_cutoff and (found.get("flush_cutoff") is not None or not self._count_report(session_id, now)):
+        if before_cutoff and (found.get("flush_cutoff") is not None or not await self.count_report(session_id, now)):
             raise Conflict("session has ended and its transcript was handed over")
         return from_document(Session, found)
 
-    def _count_report(self, session_id: str, now: float) -> bool:
+    @blocking
+    def count_report(self, session_id: str, now: float) -> bool:
         """Count a report on the session, atomically only while its cut-off is not fixed; whether it was."""
         open_ = {"$eq": [{"$ifNull": ["$flush_cutoff", None]}, None]}
         return bool(self.collection.update_one({"session_id": session_id}, [{"$set": {
