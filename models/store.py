@@ -201,8 +201,9 @@ class Store:
         every call but essential ones — a refused call is answered 503 "session database busy" with Retry-After:
 
         - the count bound: while `max_queued` calls (workers x QUEUED_CALLS_PER_WORKER, 2048 with 8 workers) wait,
-          a new call is refused at once. It bounds memory only: a burst that MongoDB serves within the wait bound
-          (say 500 sessions started at once, bench part 8) fits under it, and is served, later.
+          a new call is refused at once. It bounds memory only: a burst that MongoDB serves within the wait bound fits
+          under it (a request waits on one call at a time: 500 sessions started at once queue about 500), and is
+          served, later.
         - the wait bound: a call waits for a worker at most `max_wait` (DB_TIMEOUT x QUEUE_WAIT_SHARE: 2.5 s by
           default); still waiting then, it is taken off the queue and refused. So every caller is answered within
           max_wait plus its own call's time on MongoDB (bounded by pymongo's timeouts, from DB_TIMEOUT), whatever

@@ -178,11 +178,14 @@ async def test_a_full_database_queue_refuses_calls_but_never_the_lease_heartbeat
         reply = await client.call("/v1/streaming.create_token")
         assert reply.status == 503 and reply.headers["Retry-After"]  # the database's bound holds for calls
         assert "busy" in reply.json["message"]
-        renewed = asyncio.ensure_future(leases.repository.renew(leases.process_id, leases.clock(), leases.ttl, None))
+        now = leases.clock()
+        renewed = asyncio.ensure_future(leases.repository.renew(leases.process_id, now, leases.ttl, None))
         await asyncio.sleep(0.1)
         assert not renewed.done()  # waiting for a worker, not refused
         held.released.set()  # the held calls end: the first free worker goes to the heartbeat's write
-        assert await renewed is True
+        await renewed  # not refused (that would raise); False only when the process's own heartbeat wrote after it
         assert sum(not call.done() for call in held.calls) > store.max_queued // 2  # it did not wait its turn
+        lease = await store.run(leases.repository.collection.find_one, {"process_id": leases.process_id})
+        assert lease["heartbeat_at"] >= now
     finally:
         await held.release()
