@@ -232,7 +232,8 @@ GROUPS: tuple[Group, ...] = (
                 secret=True),
         Setting("DB_WORKERS", "8", _int(1, 256), "Threads running MongoDB calls (and pymongo's pool size)."),
         Setting("DB_TIMEOUT", "5", _float(0.1),
-                "Seconds a MongoDB call may wait for the server (selection, connect); meanwhile callers get 503."),
+                "Seconds a MongoDB call may wait for the server (selection, connect); meanwhile callers get 503. A "
+                "call waits at most half of it for a free DB_WORKERS thread, else it is refused (503, busy)."),
         Setting("DB_WRITE_CONCERN", "journaled", _choice("journaled", "majority"),
                 "How durable an acknowledged write is: journaled (w=1, j=true) or majority (w=majority, j=true; "
                 "replica sets)."),

@@ -7,7 +7,8 @@
   `turn_queue_full` (TURN_QUEUE_MAX turns wait for MongoDB); `mongodb_unavailable`, when the last ping of the store's
   probe failed or none succeeded within PROBE_STALE (2 s), or the lease heartbeat has not succeeded for
   3 x LEASE_HEARTBEAT + 1 s (MongoDB is not answering this process's own calls: they hang, or queue behind calls
-  that do), or the store's call queue is full (its calls would be refused "busy").
+  that do), or the store's call queue refuses new calls (models/store.py Store.run: calls have waited longer than
+  its wait bound for a worker, or as many as its count bound wait; they would be refused "busy").
   It reads only state the process keeps: nothing it does waits on MongoDB or on the store's executor, so it answers
   at once whatever MongoDB does. The probe (models/store.py, Probe) pings MongoDB every PROBE_INTERVAL (0.5 s) from a
   thread and a one-connection client of its own, each ping bounded by PROBE_TIMEOUT (0.3 s): MongoDB refusing or
@@ -64,7 +65,9 @@ def not_ready(gateway: Gateway) -> NotReady | None:
         return NotReady("mongodb_unavailable", f"MongoDB: no answer to this process's lease heartbeat for "
                                                f"{since:.1f} s")
     if store.busy:
-        return NotReady("mongodb_unavailable", "MongoDB: session database busy (its call queue is full)")
+        why = (f"its calls wait longer than {store.max_wait:g} s for a worker" if store.stalled
+               else "its call queue is full")
+        return NotReady("mongodb_unavailable", f"MongoDB: session database busy ({why})")
     return None
 
 

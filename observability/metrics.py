@@ -87,7 +87,8 @@ REAPER_ACTIONS = Counter(
 MONGODB_ERRORS = Counter(
     PREFIX + "mongodb_errors", "MongoDB calls answered 503 because the database was not there or saturated, by kind: "
     "the pymongo error's class (ServerSelectionTimeoutError, AutoReconnect, NotPrimaryError, WriteConcernError, ...) "
-    "or busy (more calls waiting for a worker than allowed).", ["kind"], registry=None)
+    "or busy (refused by the store's call queue: waited too long for a worker, or too many waiting).", ["kind"],
+    registry=None)
 
 RATE_LIMITED = Counter(
     PREFIX + "rate_limited", "Calls refused (429) or held back by our rate limiter in front of an upstream, or "

@@ -54,7 +54,7 @@ async def flows(world):
     retries = {}  # step -> 503s answered and retried
 
     async def call(step, path, body, headers):
-        """One call; a 503 (the gateway's MongoDB queue full: "session database busy") is retried after its
+        """One call; a 503 (refused by the gateway's MongoDB call queue: "session database busy") is retried after its
         Retry-After (at most RETRY_503_CAP s), up to RETRIES_503 times, as a client would; the retries are counted."""
         for attempt in range(RETRIES_503 + 1):
             response = await http.fetch(HTTPRequest(gw + path, method="POST", body=json.dumps(body),
@@ -164,9 +164,9 @@ def report_lines(results, fmt, table):
     rows.append(["whole flow", f["n"], fmt(f["p50_ms"], 1), fmt(f["p99_ms"], 1), fmt(f["max_ms"], 1),
                  sum(retries.values()), r["flows"] - r["completed"]])
     out.append(table(["step", "done", "p50", "p99", "max", "503s retried", "failed"], rows))
-    out.append(f"   a 503 (the gateway's MongoDB queue full, 'session database busy') is retried after its Retry-After "
-               f"(at most {RETRY_503_CAP:.0f} s), up to {RETRIES_503} times, as a client would; a step's time includes "
-               f"its retries")
+    out.append(f"   a 503 (refused by the gateway's MongoDB call queue, 'session database busy') is retried after its "
+               f"Retry-After (at most {RETRY_503_CAP:.0f} s), up to {RETRIES_503} times, as a client would; a step's "
+               f"time includes its retries")
     e = r["event_latency"]
     verdict = "meets" if r["meets_goal"] else "MISSES"
     out.append(f"   => avatar events HeyGen -> browser: {r['events_received']} of {r['events_sent']} received; p50 "

@@ -10,6 +10,7 @@ from tornado.websocket import websocket_connect
 from handlers.app import Gateway
 from tests.helpers.client import GatewayClient, eventually
 from tests.helpers.flows import bearer, minted, open_session, ws_url
+from tests.helpers.store import HeldWorkers
 
 
 @pytest.mark.gen_test(timeout=120)
@@ -166,16 +167,25 @@ async def test_a_conversation_over_two_sessions_holds_both_when_the_first_hand_o
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_full_database_queue_refuses_calls_but_never_the_lease_heartbeat(sandbox, client):
-    store = sandbox.gateway.store
-    store.in_flight += store.max_queued  # as if a burst of socket closes had filled the queue
+    """Every worker held and the queue at its count bound (models/store.py Store.run): a browser's call is refused at
+    once, an essential call (the lease heartbeat's write) waits and gets the first free worker, ahead of the calls
+    that waited before it."""
+    store, leases = sandbox.gateway.store, sandbox.gateway.leases
+    held = HeldWorkers(store)
     try:
+        await held.hold(store.workers + store.max_queued)  # as if a burst of socket closes had filled the queue
+        assert store.running == store.workers and store.waiting == store.max_queued and store.busy
         reply = await client.call("/v1/streaming.create_token")
         assert reply.status == 503 and reply.headers["Retry-After"]  # the database's bound holds for calls
-        leases = sandbox.gateway.leases
-        before, renewed = leases.process_id, leases.renewed_at
-        await asyncio.sleep(0.01)
-        await leases.beat()
-        assert leases.renewed_at > renewed  # the heartbeat still gets through
-        assert leases.process_id == before
+        assert "busy" in reply.json["message"]
+        now = leases.clock()
+        renewed = asyncio.ensure_future(leases.repository.renew(leases.process_id, now, leases.ttl, None))
+        await asyncio.sleep(0.1)
+        assert not renewed.done()  # waiting for a worker, not refused
+        held.released.set()  # the held calls end: the first free worker goes to the heartbeat's write
+        await renewed  # not refused (that would raise); False only when the process's own heartbeat wrote after it
+        assert sum(not call.done() for call in held.calls) > store.max_queued // 2  # it did not wait its turn
+        lease = await store.run(leases.repository.collection.find_one, {"process_id": leases.process_id})
+        assert lease["heartbeat_at"] >= now
     finally:
-        store.in_flight -= store.max_queued
+        await held.release()

@@ -13,6 +13,7 @@ from sandbox.stack import Sandbox
 from tests.helpers.client import FAST, GatewayClient, eventually
 from tests.helpers.flows import WS_PARAMS, avatar_done, open_session, read_events, socket_says, ws_url
 from tests.helpers.processes import GatewayProcess
+from tests.helpers.store import HeldWorkers
 
 P = "ilianaai_avatar_"
 
@@ -191,13 +192,19 @@ async def test_readyz_reads_the_probe_the_heartbeat_and_the_call_queue(sandbox):
         assert (status, why) == (503, "mongodb_unavailable") and "lease heartbeat" in message
     finally:
         del leases.since_renewed
-    store.in_flight += store.max_queued
+    held = HeldWorkers(store)  # every worker held, and the queue filled to its count bound behind them
     try:
+        await held.hold(store.workers + store.max_queued)
+        assert store.busy
         status, why, message = await reason()
-        assert (status, why) == (503, "mongodb_unavailable") and "busy" in message
+        assert (status, why) == (503, "mongodb_unavailable") and "busy" in message and "full" in message
     finally:
-        store.in_flight -= store.max_queued
-    assert (await reason())[:2] == (200, None)
+        await held.release()
+    await eventually(lambda: _ready(reason))
+
+
+async def _ready(reason):
+    return (await reason())[:2] == (200, None)
 
 
 @pytest.mark.gen_test(timeout=60)
