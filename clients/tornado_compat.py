@@ -1,10 +1,11 @@
 """Every private or undocumented tornado name the gateway relies on, each named once, here (tornado==6.6.1).
 
-Two parts of the gateway reach below tornado's public API, for speed:
+Three parts of the gateway reach below tornado's public API, for speed (and the relay for memory):
 
 - the socket relay's fast pump (relay/pump.py, relay/frames.py): it takes both legs' sockets from their IOStreams
   once the handshakes are done, keeps tornado's WebSocketProtocol13 for the close handshake and keep-alive pings, and
-  moves bytes itself;
+  moves bytes itself; what an idle relayed socket keeps is kept small (the handshake's leftovers released, the
+  attributes tornado sets on its objects in their classes' shared key tables: `share_keys`);
 - the upstream curl client (clients/http.py): a leaner per-request setup and header parsing than tornado's;
 - the lingering close of a connection whose request body was answered unread (handlers/linger.py): the stream a
   request arrived on (`connection_stream`).
@@ -17,9 +18,10 @@ tornado upgrade fails there, in one place, loudly. At run time the relay falls b
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from tornado import http1connection, httpclient, util, websocket
@@ -27,6 +29,7 @@ from tornado.concurrent import Future
 from tornado.curl_httpclient import CurlAsyncHTTPClient
 from tornado.httputil import HTTPHeaders
 from tornado.iostream import IOStream
+from tornado.tcpclient import TCPClient
 from tornado.websocket import WebSocketClientConnection, WebSocketHandler, WebSocketProtocol13
 
 # (owner, name, what for): every private or undocumented name used below, checked by missing().
@@ -56,7 +59,34 @@ ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("WebSocketClientConnection", "connect_future"), ("WebSocketClientConnection", "tcp_client"),
     ("WebSocketClientConnection", "read_queue"),
     ("HTTP1Connection", "stream"),
+    ("RequestHandler", "_headers"), ("RequestHandler", "_write_buffer"), ("RequestHandler", "_transforms"),
+    ("WebSocketClientConnection", "parsed"), ("WebSocketClientConnection", "parsed_hostname"),
+    ("WebSocketClientConnection", "key"), ("WebSocketClientConnection", "chunks"),
+    ("WebSocketClientConnection", "release_callback"), ("WebSocketClientConnection", "_sockaddr"),
 )
+
+# Every instance attribute tornado sets on a relayed socket's objects, in the order it sets them, for share_keys():
+# a browser's handler (RequestHandler, WebSocketHandler; the last seven are the methods it disables at the 101), a leg
+# (WebSocketProtocol13) and an upstream connection (WebSocketClientConnection, simple_httpclient._HTTPConnection).
+# tests/unit/test_tornado_compat.py checks tornado still assigns each; tests/gateway/test_relay_memory.py that a
+# relayed socket's objects carry no other.
+HANDLER_KEYS = (
+    "application", "request", "_headers_written", "_finished", "_auto_finish", "_prepared_future", "ui", "_headers",
+    "_write_buffer", "_status_code", "_reason", "ws_connection", "close_code", "close_reason", "_on_close_called",
+    "_transforms", "path_args", "path_kwargs", "open_args", "open_kwargs",
+    "write", "redirect", "set_header", "set_cookie", "set_status", "flush", "finish")
+PROTOCOL_KEYS = (
+    "handler", "stream", "client_terminated", "server_terminated", "mask_outgoing", "params", "_final_frame",
+    "_frame_opcode", "_masked_frame", "_frame_mask", "_frame_length", "_fragmented_message_buffer",
+    "_fragmented_message_opcode", "_waiting", "_compression_options", "_decompressor", "_compressor",
+    "_frame_compressed", "_message_bytes_in", "_message_bytes_out", "_wire_bytes_in", "_wire_bytes_out",
+    "_received_pong", "_pong_future", "_pending_pong", "close_code", "close_reason", "_ping_coroutine",
+    "_selected_subprotocol")
+CONNECTION_KEYS = (
+    "connect_future", "read_queue", "key", "_on_message_callback", "close_code", "close_reason", "params",
+    "tcp_client", "io_loop", "start_time", "start_wall_time", "client", "request", "release_callback",
+    "final_callback", "max_buffer_size", "max_header_size", "max_body_size", "code", "headers", "chunks",
+    "_decompressor", "_timeout", "_sockaddr", "parsed", "parsed_hostname", "stream", "connection", "protocol")
 # Signatures of the hooked methods as this module calls them.
 SIGNATURES: dict[tuple[type, str], tuple[str, ...]] = {
     (WebSocketProtocol13, "_write_frame"): ("self", "fin", "opcode", "data", "flags"),
@@ -80,6 +110,19 @@ def missing() -> list[str]:
 
 
 websocket_mask: Callable[[bytes, bytes], bytes] = getattr(util, "_websocket_mask", util._websocket_mask_python)
+
+
+def share_keys(cls: type, names: Iterable[str]) -> None:
+    """Have every instance of `cls` keep the attributes `names` in one key table shared by the class (CPython's
+    key-sharing instance dicts, PEP 412): a few hundred bytes an instance, not a dict of its own (1.5 KiB past 21
+    attributes). CPython fills a class's table from its first instances and closes it as more are made, to at most
+    30 names: an attribute first set once it is closed (tornado sets a handler's last ten after awaiting; sockets
+    open concurrently) gives every instance that sets it a dict of its own. Set on a throwaway instance made before
+    any other, the names are all there from the start. Call it once, right after the class is defined; `cls`'s own
+    attributes are best in `__slots__`, leaving the table to tornado's (29 at most)."""
+    probe: Any = object.__new__(cls)
+    for name in names:
+        object.__setattr__(probe, name, None)
 
 
 # --- the relay's legs -------------------------------------------------------------------------------------------
@@ -135,8 +178,10 @@ class HookedProtocol(WebSocketProtocol13):
         self.handler.on_ws_connection_close(self.close_code, self.close_reason)
 
 
+@functools.lru_cache(maxsize=8)
 def protocol_params(ping_interval: float | None, ping_timeout: float | None, max_message_size: int) -> Any:
-    """The parameters a WebSocketProtocol13 is built with (permessage-deflate never negotiated)."""
+    """The parameters a WebSocketProtocol13 is built with (permessage-deflate never negotiated): one object for all
+    the legs that have the same (tornado only reads them)."""
     return websocket._WebSocketParams(ping_interval=ping_interval, ping_timeout=ping_timeout,
                                       max_message_size=max_message_size, compression_options=None)
 
@@ -144,13 +189,21 @@ def protocol_params(ping_interval: float | None, ping_timeout: float | None, max
 class _Connection(WebSocketClientConnection):
     """A client connection whose protocol its creator makes. (One class for all: a class per connection would cost
     a couple of kilobytes per socket.)"""
+    __slots__ = ("make_protocol",)
 
     def __init__(self, make_protocol: Callable[[WebSocketClientConnection], Any], *args: Any, **kwargs: Any) -> None:
         self.make_protocol = make_protocol
         super().__init__(*args, **kwargs)
+        self.params = protocol_params(self.params.ping_interval, self.params.ping_timeout,
+                                      self.params.max_message_size)
 
     def get_websocket_protocol(self) -> Any:
         return self.make_protocol(self)
+
+
+share_keys(_Connection, CONNECTION_KEYS)
+_CLOSED_CLIENT = TCPClient()  # what a released connection closes again when it closes (nothing)
+_CLOSED_CLIENT.close()
 
 
 def connect_client(request: httpclient.HTTPRequest, protocol: Callable[[WebSocketClientConnection], Any],
@@ -177,10 +230,24 @@ def take_socket(stream: IOStream) -> tuple[socket.socket, bytes]:
 
 def release_handshake(connection: WebSocketClientConnection) -> None:
     """Drop what a client connection's handshake left on it (request, response headers, HTTP connection, inert
-    IOStream, message queue): a few kilobytes per socket that a relay never reads again."""
+    IOStream, message queue, parsed URL, handshake key, its own TCP client): a few kilobytes per socket that a relay
+    never reads again. What it still does once released: close, and tell its message callback when it has."""
     connection.request = connection.headers = connection.connection = connection.stream = None  # type: ignore
     connection.read_queue = None  # type: ignore[assignment]
+    connection.parsed = connection.parsed_hostname = connection.key = connection.chunks = None  # type: ignore
+    connection.release_callback = connection._sockaddr = None  # type: ignore[assignment]
     connection.tcp_client.close()
+    connection.tcp_client = _CLOSED_CLIENT  # on_connection_close() closes it again
+
+
+_NO_HEADERS = HTTPHeaders()  # what a handler's 101 leaves of its response: nothing but frames is sent after it
+
+
+def release_response(handler: WebSocketHandler) -> None:
+    """Drop what a handler's 101 leaves once it is out (its headers, write buffer and output transforms): nothing
+    but frames is sent after it, and tornado disables the methods that would use them."""
+    handler._headers = _NO_HEADERS
+    handler._write_buffer = handler._transforms = ()  # type: ignore[assignment]
 
 
 # --- the curl client --------------------------------------------------------------------------------------------

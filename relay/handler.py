@@ -21,16 +21,21 @@ reading while the other's write buffer is full, or while the turn queue is full 
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
-import uuid
+import secrets
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.httputil import HTTPHeaders
 from tornado.iostream import StreamClosedError
 from tornado.simple_httpclient import HTTPTimeoutError
 from tornado.websocket import WebSocketClientConnection, WebSocketHandler
 
+from clients.tornado_compat import HANDLER_KEYS, release_response, share_keys
 from domain.errors import (
     RETRY_AFTER,
     BadRequest,
@@ -56,6 +61,11 @@ log = logging.getLogger("gateway.websocket")
 
 # Codes that must never be sent on the wire (RFC 6455 §7.4.1) and what a relay sends instead.
 _NOT_ON_WIRE = {None: 1000, 1005: 1000, 1006: 1011, 1015: 1011}
+
+
+# What a relayed socket's request keeps of its headers and arguments once a pump holds it (they are never read again).
+_NO_HEADERS = HTTPHeaders()
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
 
 
 def relay_close_code(code: int | None) -> int:
@@ -92,10 +102,16 @@ def handshake_error(request: Any) -> GatewayError | None:
 
 
 class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
+    """One browser's socket and its upstream leg. (Its own attributes in slots, tornado's in the class's shared key
+    table: one per relayed socket, thousands of them.)"""
+    __slots__ = ("counts", "gateway", "left", "log_session_id", "plain_task", "process_id", "refusal", "session",
+                 "socket_id", "transcript", "upgraded", "upstream")
     gateway: Gateway
 
     def initialize(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.log_session_id: str | None = None  # the session the request is about, for the access line
+        self.plain_task: asyncio.Task[None] | None = None  # the plain pump's upstream reader, while it runs
         self.session: SessionFacts | None = None
         self.upstream: WebSocketClientConnection | None = None
         self.transcript: SocketTranscript | None = None
@@ -146,8 +162,9 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
         if session.status == "ended":
             raise NotFound("session not found")
         self.session = app.sessions.remember(session)  # its facts: the document is not kept per socket
+        self.log_session_id = self.session.session_id  # the same string, not a copy of it per socket
         # A bridged session's events are the room agent's translation: their words are recorded where it hears them.
-        self.transcript = SocketTranscript(session_id, app.turns, app.sessions.clock,
+        self.transcript = SocketTranscript(self.session.session_id, app.turns, app.sessions.clock,
                                            hears_upstream=not self.session.bridged)
         if self.left or not await self.record_open():
             return  # the client left meanwhile (its close recorded, once its open was)
@@ -171,7 +188,8 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
         False when the client left meanwhile (its close is recorded); ServiceUnavailable to answer."""
         app, session = self.gateway, self.session
         assert session is not None
-        socket_id, process_id = uuid.uuid4().hex, app.leases.process_id
+        # 64 random bits: unique among a session's sockets, and 16 bytes less in each record than a UUID's hex
+        socket_id, process_id = secrets.token_hex(8), app.leases.process_id
         await app.sessions.socket_opened(session.session_id, socket_id, process_id)
         self.socket_id, self.process_id = socket_id, process_id
         app.relays.add(self)
@@ -251,7 +269,8 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
         upstream, session, transcript = self.upstream, self.session, self.transcript
         assert upstream is not None and session is not None and transcript is not None
         if not self.fast:
-            plain.relay_upstream(self, upstream, transcript, self.counts.upstream)
+            self.plain_task = plain.relay_upstream(self, upstream, transcript, self.counts.upstream)
+            self.forget_handshake()
             return
         try:
             await pump.pair(cast(pump.PumpProtocol, self.ws_connection),
@@ -265,7 +284,24 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
             upstream.close(1000)
             self.close(1011, "upstream connection failed")
             return
-        self.request.server_connection = None  # the HTTP connection the handshake came on (and its IOStream)
+        self.forget_handshake()
+
+    def forget_handshake(self) -> None:
+        """Once a pump holds both legs, drop what only the handshake needed: kilobytes per socket otherwise kept as
+        long as it is open. The request's headers, parsed query and the HTTP connection it came on (and its
+        IOStream); its method, uri, path and times stay, for log lines. The 101's headers and buffers, the handler's
+        arguments, and tornado's template namespace (dropped at the close otherwise: RequestHandler._break_cycles).
+        The arguments left are read-only (a write would fail loudly); the headers left, one empty set for all sockets
+        (nothing writes a request's headers)."""
+        request = self.request
+        request.server_connection = request.connection = None
+        request.headers = _NO_HEADERS
+        request.query = ""
+        request.arguments = request.query_arguments = request.body_arguments = _NOTHING
+        request.files = _NOTHING
+        self.path_args, self.path_kwargs, self.open_kwargs = (), _NOTHING, _NOTHING  # type: ignore[assignment]
+        release_response(self)
+        self.ui = None  # type: ignore[assignment]
 
     def on_message(self, message: str | bytes) -> Any:
         """The plain pump's client messages (a fast-pumped leg that never got paired gets here too: nothing to do)."""
@@ -295,3 +331,6 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
             app.background.spawn(app.turns.put(session_id, turn))
         # The sweep ends the session if no socket reopens within the grace period.
         app.lifecycle.socket_closed(session_id, self.socket_id, closed_at)
+
+
+share_keys(StreamingChatRelay, HANDLER_KEYS)

@@ -61,9 +61,7 @@ def relay_upstream(handler: WebSocketHandler, upstream: WebSocketClientConnectio
                    tally: Any) -> asyncio.Task[None]:
     """Move HeyGen's messages to the browser until HeyGen's leg closes, then close the browser's (handler's
     `upstream_closed`)."""
-    task = asyncio.ensure_future(_upstream_to_client(handler, upstream, transcript, tally))
-    handler.plain_task = task  # type: ignore[attr-defined]  # held while it runs
-    return task
+    return asyncio.ensure_future(_upstream_to_client(handler, upstream, transcript, tally))  # the caller holds it
 
 
 async def _upstream_to_client(handler: Any, upstream: WebSocketClientConnection, transcript: SocketTranscript,

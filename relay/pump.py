@@ -36,7 +36,15 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClientConnection
 
-from clients.tornado_compat import HookedProtocol, connect_client, protocol_params, release_handshake, take_socket
+from clients.tornado_compat import (
+    PROTOCOL_KEYS,
+    HookedProtocol,
+    connect_client,
+    protocol_params,
+    release_handshake,
+    share_keys,
+    take_socket,
+)
 from relay.frames import PING_MARK, FrameScanner, ProtocolError
 
 Inspected = list[tuple[int, bytes]]
@@ -239,15 +247,17 @@ class Pinger:
 
 
 class PumpProtocol(HookedProtocol):
-    """One leg. `paired` resolves to the other leg once both are on transports, or to None: plain tornado."""
+    """One leg. `paired` resolves to the other leg once both are on transports, or to None: plain tornado. (Its own
+    attributes in slots, tornado's in the class's shared key table: two per relayed socket, thousands of them.)"""
+    __slots__ = ("feeder", "held", "paired", "ping_sent", "waits_for_pairing")
 
     def __init__(self, handler: Any, mask_outgoing: bool, params: Any, waits_for_pairing: bool) -> None:
         super().__init__(handler, mask_outgoing, params)
         self.paired: Future[PumpProtocol | None] = Future()
         self.waits_for_pairing = waits_for_pairing  # the client leg's loop starts before pairing; the server's after
         self.feeder: FrameScanner | None = None  # the other leg's scanner, while it forwards into this leg
-        # this leg's own frames waiting for a frame boundary in what the feeder forwards
-        self.held: list[tuple[bool, int, bytes, int, Future[None]]] = []
+        # this leg's own frames waiting for a frame boundary in what the feeder forwards (a list only while some do)
+        self.held: list[tuple[bool, int, bytes, int, Future[None]]] | None = None
         self.ping_sent = False
 
     def start_pinging(self) -> None:
@@ -266,13 +276,15 @@ class PumpProtocol(HookedProtocol):
         if feeder is None or feeder.at_boundary:
             return self.write_frame_now(fin, opcode, data, flags)
         future: Future[None] = Future()
+        if self.held is None:
+            self.held = []
         self.held.append((fin, opcode, data, flags, future))
         return future
 
     def flush_held(self) -> None:
         """Write the frames held for a boundary (dropped if the leg has closed meanwhile)."""
-        held, self.held = self.held, []
-        for fin, opcode, data, flags, future in held:
+        held, self.held = self.held, None
+        for fin, opcode, data, flags, future in held or ():
             try:
                 if self.stream is not None and not self.stream.closed():
                     self.write_frame_now(fin, opcode, data, flags)
@@ -293,6 +305,9 @@ class PumpProtocol(HookedProtocol):
             pinger.discard(self)
 
 
+share_keys(PumpProtocol, PROTOCOL_KEYS)
+
+
 def server_protocol(handler: Any) -> PumpProtocol:
     """The browser's leg for `WebSocketHandler.get_websocket_protocol` (permessage-deflate never negotiated)."""
     params = protocol_params(handler.ping_interval, handler.ping_timeout, handler.max_message_size)
@@ -306,9 +321,13 @@ def pump_connect(request: HTTPRequest, on_close: Callable[[], None], ping_interv
     side takes. `on_close()` is called when it has closed (a leg closed unpaired is read by tornado, and what it
     receives then is ignored)."""
     return connect_client(
-        request, _upstream_protocol,
-        on_message=lambda message: on_close() if message is None else None,
+        request, _upstream_protocol, on_message=functools.partial(_closed_on_none, on_close),
         ping_interval=ping_interval, ping_timeout=ping_timeout, max_message_size=max_message_size)
+
+
+def _closed_on_none(on_close: Callable[[], None], message: Any) -> None:
+    if message is None:  # the leg has closed
+        on_close()
 
 
 async def pair(server_leg: PumpProtocol, client_leg: PumpProtocol, *, inspect_client: Callable[[int, int | None], bool],

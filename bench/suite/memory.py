@@ -1,5 +1,5 @@
 """3. Memory per idle relayed socket: N sockets held open through the gateway (RSS, anonymous memory, fds before,
-open and after closing, over --rounds rounds), then the same N through each anchor."""
+open and after closing, over --rounds rounds; and its MongoDB's RSS), then the same N through each anchor."""
 import asyncio
 import time
 
@@ -30,7 +30,7 @@ async def open_timed(world, target, made, upstream_open, what):
 async def memory(world):
     args = world.args
     n = args.sockets
-    pid = world.gateway.pid
+    pid, mongo = world.gateway.pid, world.mongo.process.pid
     log(f"memory: {n} sessions through the gateway (create_token + streaming.new, "
         f"{args.setup_concurrency} at a time)")
     t0 = time.perf_counter()
@@ -42,8 +42,10 @@ async def memory(world):
     async def reading(label):
         await world.gateway_idle()
         await asyncio.sleep(args.settle)
-        state = {"state": label, **proc_status(pid), "fds": proc_fds(pid), "relays_open": upstream_open()}
-        log(f"memory: {label}: gateway RSS {state['VmRSS'] / 1024:.1f} MiB, {state['fds']} fds")
+        state = {"state": label, **proc_status(pid), "fds": proc_fds(pid), "relays_open": upstream_open(),
+                 "mongo_rss_kib": proc_status(mongo)["VmRSS"]}
+        log(f"memory: {label}: gateway RSS {state['VmRSS'] / 1024:.1f} MiB, {state['fds']} fds; MongoDB RSS "
+            f"{state['mongo_rss_kib'] / 1024:.1f} MiB")
         return state
 
     readings = [await reading("sessions created, no sockets")]
@@ -72,6 +74,8 @@ async def memory(world):
         "rss_delta_kib": delta, "kib_per_socket": round(delta / n, 2),
         "rss_anon_kib_per_socket": round((opened["RssAnon"] - before["RssAnon"]) / n, 2),
         "fds_per_socket": round((opened["fds"] - before["fds"]) / n, 3),
+        # The gateway's MongoDB: what N sockets recorded on their sessions hold there (part 7 measures it too).
+        "mongo_kib_per_socket": round((opened["mongo_rss_kib"] - before["mongo_rss_kib"]) / n, 2),
         "rss_released_after_close_kib": opened["VmRSS"] - closed["VmRSS"],
         "gateway_nofile_limit": proc_nofile_limit(pid),
     }

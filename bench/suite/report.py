@@ -280,14 +280,20 @@ def section_rest_of(out, results, meta, args, anchors, cpu_pcts, other):
     if m:
         out.append("")
         out.append(f"3. Memory: {m['sockets']} relayed sockets open at once (each = 1 client socket + 1 upstream "
-                   f"socket in the gateway); gateway process only")
+                   f"socket in the gateway); the gateway process, and its MongoDB")
         rows = [[r["state"], f"{r['VmRSS'] / 1024:.1f}", f"{r['RssAnon'] / 1024:.1f}", r["fds"], r["Threads"],
-                 r["relays_open"]] for r in m["readings"]]
-        out.append(table(["gateway", "RSS MiB", "anon MiB", "fds", "threads", "relays open"], rows))
+                 fmt(r["mongo_rss_kib"] / 1024 if "mongo_rss_kib" in r else None, 1), r["relays_open"]]
+                for r in m["readings"]]
+        out.append(table(["gateway", "RSS MiB", "anon MiB", "fds", "threads", "MongoDB RSS MiB", "relays open"],
+                         rows))
         out.append(f"   => {m['kib_per_socket']:.1f} KiB RSS per open relayed socket "
                    f"(+{m['rss_delta_kib'] / 1024:.1f} MiB for {m['sockets']}; anonymous memory "
                    f"{m['rss_anon_kib_per_socket']:.1f} KiB/socket), {m['fds_per_socket']:.2f} fds per socket; "
                    f"{m['rss_released_after_close_kib'] / 1024:.1f} MiB given back after closing")
+        if m.get("mongo_kib_per_socket") is not None:
+            both = m["kib_per_socket"] + m["mongo_kib_per_socket"]
+            out.append(f"   MongoDB: {m['mongo_kib_per_socket']:.1f} KiB RSS per open relayed socket (its socket "
+                       f"record on the session); gateway + MongoDB {both:.1f} KiB")
         if "round2_open_minus_round1_open_kib" in m:
             out.append(f"   round 2 vs round 1: open {m['round2_open_minus_round1_open_kib'] / 1024:+.1f} MiB, closed "
                        f"{m['round2_closed_minus_round1_closed_kib'] / 1024:+.1f} MiB")
