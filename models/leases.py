@@ -15,13 +15,14 @@ class LeaseRepository(Repository):
     @essential
     def renew(self, process_id: str, now: float, ttl: float, pending_since: float | None) -> bool:
         """Renew the lease while it is live: False when it was lost (expired, or deleted by another process's sweep)
-        or never taken."""
+        or never taken. The heartbeat only moves forward: a renewal that waited long for a worker (MongoDB away)
+        and runs after a later one leaves the later time."""
         live = {"$gte": ["$heartbeat_at", now - ttl]}
         self.collection.update_one({"process_id": process_id}, [{"$set": {
-            "heartbeat_at": {"$cond": [live, now, "$heartbeat_at"]},
+            "heartbeat_at": {"$cond": [live, {"$max": ["$heartbeat_at", now]}, "$heartbeat_at"]},
             "pending_since": {"$cond": [live, {"$literal": pending_since}, "$pending_since"]}}}])
         found = self.collection.find_one({"process_id": process_id}, {"heartbeat_at": 1})
-        return found is not None and found["heartbeat_at"] == now
+        return found is not None and found["heartbeat_at"] >= now
 
     @essential
     def take(self, process_id: str, now: float, pending_since: float | None, address: str | None = None) -> None:
