@@ -48,6 +48,7 @@ NAMES: tuple[tuple[Any, str, str], ...] = (
     (WebSocketClientConnection, "on_ws_connection_close", "undocumented: tells the connection it closed"),
     (CurlAsyncHTTPClient, "_curl_setup_request", "hook: the lean per-request curl setup"),
     (CurlAsyncHTTPClient, "_curl_header_callback", "hook: only the kept response headers parsed"),
+    (CurlAsyncHTTPClient, "_set_timeout", "hook: libcurl's timer (its M_TIMERFUNCTION)"),
     (http1connection, "is_transfer_encoding_chunked", "undocumented: tornado's own check of a body's framing"),
 )
 # Instance attributes (set in __init__, so checked on a fresh object by the test): (class, attribute).
@@ -96,6 +97,7 @@ SIGNATURES: dict[tuple[type, str], tuple[str, ...]] = {
     (WebSocketClientConnection, "on_ws_connection_close"): ("self", "close_code", "close_reason"),
     (CurlAsyncHTTPClient, "_curl_setup_request"): ("self", "curl", "request", "buffer", "headers"),
     (CurlAsyncHTTPClient, "_curl_header_callback"): ("self", "headers", "header_callback", "header_line_bytes"),
+    (CurlAsyncHTTPClient, "_set_timeout"): ("self", "msecs"),
 }
 
 
@@ -267,6 +269,18 @@ class HookedCurlClient(CurlAsyncHTTPClient):
 
     def header_line(self, headers: Any, header_callback: Any, header_line_bytes: bytes) -> None:
         super()._curl_header_callback(headers, header_callback, header_line_bytes)
+
+    def _set_timeout(self, msecs: int) -> None:
+        self.set_timer(msecs)
+
+    def set_timer(self, msecs: int) -> None:
+        """libcurl asks to be woken in `msecs` ms (tornado's, unless overridden)."""
+        super()._set_timeout(msecs)
+
+    @property
+    def timer_pending(self) -> bool:
+        """Whether the timer libcurl asked for is set and has not fired (tornado clears it when it fires)."""
+        return self._timeout is not None
 
     @staticmethod
     def body_too_large(curl: Any) -> None:

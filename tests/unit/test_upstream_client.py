@@ -6,6 +6,7 @@ import pytest
 from tornado.web import Application, RequestHandler
 
 from clients.http import Upstream, UpstreamCurlClient
+from clients.tornado_compat import HookedCurlClient
 from domain.errors import UpstreamTimeout, UpstreamUnavailable
 
 
@@ -76,3 +77,33 @@ async def test_a_response_over_max_body_size_is_refused_as_unavailable(http_serv
 async def test_a_header_with_a_line_break_is_refused(http_server, base_url):
     with pytest.raises(ValueError):
         await upstream(base_url).call("GET", "/echo", headers={"X-Bad": "a\r\nInjected: 1"})
+
+
+class CountedTimers(HookedCurlClient):
+    """Counts the timers tornado sets for libcurl (what UpstreamCurlClient.set_timer passes on)."""
+    set = 0
+
+    def set_timer(self, msecs):
+        type(self).set += 1
+        super().set_timer(msecs)
+
+
+class TimedUpstreamClient(UpstreamCurlClient, CountedTimers):
+    pass
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_calls_arriving_together_share_one_timer_and_timeouts_still_hold(http_server, base_url):
+    http = TimedUpstreamClient(force_instance=True, max_clients=16,
+                               defaults=dict(connect_timeout=1, request_timeout=1, decompress_response=False))
+    client = Upstream(http, base_url, "test")
+    await client.call("GET", "/echo")  # connections aside: one call first
+    TimedUpstreamClient.set = 0
+    replies = await asyncio.gather(*(client.call("POST", "/echo", body={"n": n}) for n in range(16)))
+    assert [r.json()["body"] for r in replies] == [json.dumps({"n": n}) for n in range(16)]
+    # tornado asks for a 0 ms timer on each of the 16 fetches, libcurl for more: most are the pending one, kept
+    assert TimedUpstreamClient.set < 16, TimedUpstreamClient.set
+    # a later, shorter wait still replaces a longer pending timer: every call's timeout holds beside others
+    slow = [client.call("GET", "/echo", query="slow=1") for _ in range(3)]
+    outcomes = await asyncio.gather(*slow, client.call("GET", "/echo"), return_exceptions=True)
+    assert [type(o) for o in outcomes[:3]] == [UpstreamTimeout] * 3 and outcomes[3].status == 200
