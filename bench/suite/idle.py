@@ -19,6 +19,41 @@ from suite.firstcall import mint
 from suite.measure import latency_summary, proc_fds, proc_nofile_limit, proc_status
 
 HEALTH_EVERY = 0.1  # seconds between /healthz probes
+PAUSES = {"gc2": ("ilianaai_avatar_gc_pause_seconds", {"generation": "2"}),
+          "stalls": ("ilianaai_avatar_event_loop_stalls_seconds", {})}
+
+
+async def pause_totals(world):
+    """From the gateway's /metrics: {name: (count, seconds)} of its full garbage collections (generation 2) and of
+    its event loop's stalls over 1 s (observability/stalls.py), since it started."""
+    from prometheus_client.parser import text_string_to_metric_families
+    response = await world.http.fetch(world.gateway_url + "/metrics", raise_error=False, request_timeout=30)
+    totals = {}
+    for family in text_string_to_metric_families(response.body.decode()) if response.code == 200 else ():
+        for name, (metric, labels) in PAUSES.items():
+            if family.name != metric:
+                continue
+            samples = {s.name: s.value for s in family.samples if all(s.labels.get(k) == v for k, v in labels.items())}
+            totals[name] = (samples.get(metric + "_count", 0), samples.get(metric + "_sum", 0.0))
+    return totals
+
+
+class PhasePauses:
+    """The gateway's full collections and loop stalls per phase of the part: /metrics read at each phase's start."""
+
+    def __init__(self):
+        self.phases = {}
+        self._last = None  # (phase, totals at its start)
+
+    async def enter(self, world, phase):
+        totals = await pause_totals(world)
+        if self._last is not None:
+            previous, start = self._last
+            self.phases[previous] = {name: {"count": int(totals.get(name, (0, 0))[0] - start.get(name, (0, 0))[0]),
+                                            "seconds": round(totals.get(name, (0, 0))[1]
+                                                             - start.get(name, (0, 0))[1], 3)}
+                                     for name in PAUSES}
+        self._last = (phase, totals)
 
 
 class HealthProbe:
@@ -78,12 +113,15 @@ async def idle(world):
         return state
 
     probe = HealthProbe(world)
+    pauses = PhasePauses()
+    await pauses.enter(world, "before")
     await asyncio.sleep(3)  # /healthz with nothing open
     readings = [await reading("no sockets")]
     holder = await Holder.start(world)
     log(f"idle sockets: opening {n} relayed sockets ({args.open_concurrency} at a time, from holder child pid "
         f"{holder.process.pid})")
     probe.phase = "opening"
+    await pauses.enter(world, "opening")
     t0 = time.perf_counter()
     opened_report = await holder.open([world.ws_url("gateway", s, t) for s, t in pairs], args.open_concurrency,
                                       args.nodelay)
@@ -97,6 +135,7 @@ async def idle(world):
     if errors:
         log(f"idle sockets: {len(errors)} failed; the first with {opened_at_first_error} open: {errors[0]}")
     probe.phase = "held idle"
+    await pauses.enter(world, "held idle")
     opened = await reading(f"{count} relays open")
     meter = world.meter()
     before = meter.snapshot()
@@ -104,6 +143,7 @@ async def idle(world):
     hold_cpu = meter.diff(before, meter.snapshot())
     held = await reading(f"after {args.idle_hold:.0f} s idle")
     probe.phase = "closing"
+    await pauses.enter(world, "closing")
     t0 = time.perf_counter()
     await holder.close()
     closed_ok = True
@@ -114,8 +154,10 @@ async def idle(world):
     close_s = time.perf_counter() - t0
     settle_s = await gateway_closes_recorded(world, [s for s, _ in pairs], timeout=300)
     probe.phase = "after"
+    await pauses.enter(world, "after")
     closed = await reading("all closed")
     health = probe.stop()
+    await pauses.enter(world, "end")
     await holder.exit()
 
     k = max(1, count)
@@ -131,7 +173,7 @@ async def idle(world):
         "mongo_kib_per_socket": round((opened["mongo"]["VmRSS"] - base["mongo"]["VmRSS"]) / k, 2),
         "gateway_fds_per_socket": round((opened["gateway"]["fds"] - base["gateway"]["fds"]) / k, 3),
         "close_s": round(close_s, 1), "closed_ok": closed_ok, "close_records_settle_s": settle_s,
-        "health": health, "gateway_nofile_limit": proc_nofile_limit(gw),
+        "health": health, "pauses": pauses.phases, "gateway_nofile_limit": proc_nofile_limit(gw),
         "bench_fd_limit": world.results["meta"].get("fd_limit")}
 
 
@@ -225,8 +267,17 @@ def report_lines(results, fmt, table):
     if r["errors"]:
         out.append(f"   FAILED: {r['errors']} sockets did not open (the first with {r['opened_at_first_error']} "
                    f"open): " + " | ".join(r["first_errors"]))
+    pauses = r.get("pauses") or {}
+
+    def paused(phase, name):
+        p = pauses.get(phase, {}).get(name)
+        return f"{p['count']} / {p['seconds']:.2f}" if p else "-"
+
     rows = [[phase, v["n"], fmt(v.get("p50_ms"), 2), fmt(v.get("p99_ms"), 2), fmt(v.get("max_ms"), 1),
-             v["failures"]] for phase, v in r["health"].items()]
+             v["failures"], paused(phase, "gc2"), paused(phase, "stalls")] for phase, v in r["health"].items()]
     out.append("   GET /healthz while:")
-    out.append(table(["phase", "probes", "p50 ms", "p99 ms", "max ms", "failed"], rows))
+    out.append(table(["phase", "probes", "p50 ms", "p99 ms", "max ms", "failed", "full GCs / s",
+                      "loop stalls >1 s / s"], rows))
+    out.append("   full GCs: the gateway's generation-2 garbage collections in the phase, and the seconds they paused "
+               "it (its /metrics); loop stalls: its event loop standing still over 1 s (observability/stalls.py)")
     return out
