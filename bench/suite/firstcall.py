@@ -9,8 +9,10 @@ the unique key), later ones are answered from the process's cache of session fac
 
 Each pass calls `POST /v1/streaming.keep_alive` once per session, `--first-concurrency` (16) clients taking the next
 session in turn: cold (the first call per session in the process), warm (the same sessions again) and direct (the
-emulator with HeyGen's key). Before the cold pass, `--warmup` s of keep_alive on 16 other sessions opens the
-connections and loads the customer's config, so the cold pass measures the sessions' first calls only."""
+emulator with HeyGen's key); first ONE_AT_A_TIME (300) of the sessions the same three passes on one connection,
+where nothing queues: what a first call adds by itself. Before the cold pass, `--warmup` s of keep_alive on 16 other
+sessions opens the connections and loads the customer's config, so the cold pass measures the sessions' first calls
+only."""
 import asyncio
 import json
 import time
@@ -20,6 +22,8 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from suite.client import post
 from suite.common import CUSTOMER_KEY, GATEWAY_DB, NEW_SESSION_BODY, bounded_gather, log
 from suite.measure import BenchGcPaused, latency_summary
+
+ONE_AT_A_TIME = 300  # of the sessions: their first call is measured on one connection
 
 
 async def mint(world, n, what):
@@ -116,21 +120,30 @@ async def firstcall(world):
     restart_s = time.perf_counter() - t0
     # Warm-up on other sessions: connections (bench -> gateway -> emulator) open, the customer's config cached.
     await rotation(world, "gateway", (warm_ids * 1000)[:max(c, int(200 * args.warmup) * c)], c, "warm-up")
+    # One connection on a few of the sessions (no queueing: what a first call adds by itself), then `c` on the rest.
+    alone, ids = ids[:ONE_AT_A_TIME], ids[ONE_AT_A_TIME:]
+    rows_alone = [await rotation(world, "gateway", alone, 1, "cold, 1 connection"),
+                  await rotation(world, "gateway", alone, 1, "warm, 1 connection"),
+                  await rotation(world, "direct", alone, 1, "direct, 1 connection")]
     rows = [await rotation(world, "gateway", ids, c, "cold: first call in the process"),
             await rotation(world, "gateway", ids, c, "warm: the same sessions again"),
             await rotation(world, "direct", ids, c, "direct to the emulator")]
     cold, warm, direct = rows
+    cold1, warm1, direct1 = rows_alone
     summary = {"cold_over_warm_cpu": round(cold["gw_db_cpu_ms_per_req"] / warm["gw_db_cpu_ms_per_req"], 2)
                if warm["gw_db_cpu_ms_per_req"] else None,
                "cold_added_p50_ms": round(cold["p50_ms"] - direct["p50_ms"], 3),
                "cold_added_p99_ms": round(cold["p99_ms"] - direct["p99_ms"], 3),
                "warm_added_p50_ms": round(warm["p50_ms"] - direct["p50_ms"], 3),
                "warm_added_p99_ms": round(warm["p99_ms"] - direct["p99_ms"], 3),
-               "cold_minus_warm_p50_ms": round(cold["p50_ms"] - warm["p50_ms"], 3)}
+               "cold_minus_warm_p50_ms": round(cold["p50_ms"] - warm["p50_ms"], 3),
+               "alone_cold_added_p50_ms": round(cold1["p50_ms"] - direct1["p50_ms"], 3),
+               "alone_warm_added_p50_ms": round(warm1["p50_ms"] - direct1["p50_ms"], 3),
+               "alone_cold_added_p99_ms": round(cold1["p99_ms"] - direct1["p99_ms"], 3)}
     summary["meets_cpu_goal"] = bool(summary["cold_over_warm_cpu"] is not None and summary["cold_over_warm_cpu"] <= 3)
     summary["meets_latency_goal"] = summary["cold_added_p50_ms"] <= 2
     world.results["firstcall"] = {"sessions": n, "concurrency": c, "minting": minting,
-                                  "restart_s": round(restart_s, 1), "rows": rows, **summary}
+                                  "restart_s": round(restart_s, 1), "rows": rows + rows_alone, **summary}
 
 
 def report_lines(results, fmt, table, cpu_pcts, other):
@@ -145,9 +158,9 @@ def report_lines(results, fmt, table, cpu_pcts, other):
                f"in the measured process (one MongoDB lookup); 'warm' the same calls again (from its cache). "
                f"Latencies in ms; CPU = gateway + its MongoDB."]
     rows = []
-    direct = next(r for r in f["rows"] if r["target"] == "direct")
     for r in f["rows"]:
         gw = r["target"] == "gateway"
+        direct = next(d for d in f["rows"] if d["target"] == "direct" and d["concurrency"] == r["concurrency"])
         rows.append([r["pass"], r["requests"], fmt(r["rps"], 0), fmt(r["p50_ms"], 3), fmt(r["p99_ms"], 3),
                      fmt(r["max_ms"], 1), fmt(r["p50_ms"] - direct["p50_ms"], 3) if gw else "-",
                      fmt(r["p99_ms"] - direct["p99_ms"], 3) if gw else "-", sum(r["errors"].values()),
@@ -163,6 +176,10 @@ def report_lines(results, fmt, table, cpu_pcts, other):
                f"{fmt(f['warm_added_p99_ms'], 3)}, so the first call's own extra at p50 is cold - warm = "
                f"{fmt(f.get('cold_minus_warm_p50_ms'), 3)} ms (at 16 connections the added p50 is mostly queueing "
                f"in the gateway, warm or cold)")
+    if "alone_cold_added_p50_ms" in f:
+        out.append(f"   one connection (no queueing; {ONE_AT_A_TIME} other sessions): a first call adds "
+                   f"{fmt(f['alone_cold_added_p50_ms'], 3)} ms at p50 ({fmt(f['alone_cold_added_p99_ms'], 3)} at p99) "
+                   f"over direct, a warm one {fmt(f['alone_warm_added_p50_ms'], 3)} ms")
     out.append(f"   minting: {m['sessions']} sessions (create_token + streaming.new, {m['concurrency']} at a time) in "
                f"{m['seconds']} s = {m['per_s']}/s; streaming.new p50 {fmt(m['new']['p50_ms'], 1)} ms, p99 "
                f"{fmt(m['new']['p99_ms'], 1)} ms, max {fmt(m['new']['max_ms'], 1)} ms (p50 first 10% -> last 10%: "
