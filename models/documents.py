@@ -151,6 +151,7 @@ class SessionClaims(Document):
     meanwhile — until it expires. One document per customer, so a claim and its place in line are one atomic $push."""
     customer = StringField(primary_key=True)
     claims = ListField(DictField())  # {"id", "expires_at"}, oldest first
+    opened = IntField()  # sessions of the customer recorded so far (ClaimRepository.claim's bound on the live ones)
 
     COLLECTION = "session_claims"
     meta = {"collection": COLLECTION, "strict": False}

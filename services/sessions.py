@@ -9,6 +9,7 @@ coalesced into one bulk write every ACTIVITY_FLUSH seconds.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -34,6 +35,15 @@ CACHED_SESSIONS = 50_000
 ACTIVITY_FLUSH = 1.0
 # Contracts whose tokens are minted for one session and reach only it (LiveAvatar's: its session exists at mint).
 SESSION_BOUND_TOKENS = ("liveavatar",)
+
+
+class _Opening:
+    """What a quota slot (Sessions.slot) learns of the session opened under it: whether it was recorded."""
+    recorded = False
+
+
+# The slot the current task holds while it opens a session (set by Sessions.slot, read by Sessions.record).
+_OPENING: contextvars.ContextVar[_Opening | None] = contextvars.ContextVar("opening", default=None)
 
 
 class Sessions:
@@ -161,13 +171,16 @@ class Sessions:
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             limit = self.max_concurrent
         claim = await self.claims.claim(customer.id, limit, self.clock(), self.claim_ttl)
+        opening = _Opening()
+        entered = _OPENING.set(opening)
         try:
             yield
         finally:
+            _OPENING.reset(entered)
             try:
-                await self.claims.release(claim)
+                await self.claims.release(claim, opened=opening.recorded)
             except ServiceUnavailable:
-                pass  # it expires by itself
+                pass  # it expires by itself (and the customer's count of opened sessions misses it until recounted)
 
     async def record(self, provider: Provider, session_id: str, contract: str, customer: Customer,
                      conversation_id: str | None, upstream_token: str | None, room_url: str | None = None,
@@ -177,9 +190,13 @@ class Sessions:
         try:
             now = self.clock()
             account = customer.config.get("accountId")
-            return self.remember_session(await self.repository.create(
+            session = self.remember_session(await self.repository.create(
                 session_id, provider.name, contract, conversation_id, customer.id, upstream_token, now,
                 room_url, agent_token, str(account) if account else None, now if started else None))
+            opening = _OPENING.get()
+            if opening is not None:
+                opening.recorded = True
+            return session
         except Exception as exc:
             log.error("could not record %s session %s (%s); stopping it", provider.name, session_id,
                       exc.message if isinstance(exc, ServiceUnavailable) else repr(exc))

@@ -14,6 +14,7 @@ from handlers.app import Gateway
 from handlers.errors import status_of
 from sandbox.liveavatar import DEFAULT_AVATAR_ID
 from services.ratelimit import RateLimiter
+from tests.gateway.test_query_plans import COMMANDS
 from tests.helpers.client import GatewayClient, eventually
 from tests.helpers.flows import open_session
 
@@ -115,6 +116,31 @@ async def test_liveavatars_own_429_reaches_the_browser_only_as_a_clean_429(make_
         await asyncio.sleep(1.1)
         assert (await client.call("/v1/sessions/token", {})).status == 200
     finally:
+        await other.stop()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_starts_far_below_the_quota_are_not_counted_each_time_and_the_quota_holds_across_processes(
+        make_sandbox):
+    """Each process bounds a customer's live sessions by its last count plus the sessions opened since (the
+    customer's `opened`, which every process adds to): under the quota it admits without counting; at it, it counts,
+    and refuses exactly at the limit, whichever process opened the sessions."""
+    sandbox, other, _ = await two_gateways(make_sandbox)
+    sandbox.petya.create_account("counted", liveAvatar={"avatarId": DEFAULT_AVATAR_ID}, maxConcurrentSessions=8)
+    gateways = (GatewayClient(sandbox.gateway_url, "counted"), GatewayClient(f"http://127.0.0.1:{other.port}",
+                                                                             "counted"))
+    try:
+        COMMANDS.sent.clear()
+        COMMANDS.recording = True
+        replies = [await gateways[n % 2].call("/v1/sessions/token", {"conversation_id": f"c-{n}"}) for n in range(9)]
+        COMMANDS.recording = False
+        assert [r.status for r in replies] == [200] * 8 + [429], [(r.status, r.json) for r in replies]
+        assert replies[8].json["running"] == 8  # counted at the limit: exact, sessions of both processes included
+        counts = [command for _, command in COMMANDS.sent if command.get("aggregate") == "avatar_sessions"
+                  and "customer_live" in str(command.get("pipeline"))]
+        assert 2 <= len(counts) < 9, len(counts)  # a first count in each process, and at the limit; not every start
+    finally:
+        COMMANDS.recording = False
         await other.stop()
 
 
