@@ -3,7 +3,7 @@ the gateway, each a session's streaming.chat, opened `--open-concurrency` at a t
 seconds. The browsers' side is a child process (bench/suite/holder.py; the emulator's side stays in this
 process), so each holds one descriptor per socket. RSS per socket of the gateway and of its MongoDB apart, the
 gateway's CPU while they idle, and whether it keeps answering: `GET /healthz` every 0.1 s throughout (before, while
-opening, while holding, while closing).
+opening, while holding, while closing), from a prober process of its own (bench/suite/prober.py).
 
 If the machine cannot hold them, the part says what failed and at which count (the first errors are kept) and goes
 on with the sockets it has."""
@@ -57,38 +57,33 @@ class PhasePauses:
 
 
 class HealthProbe:
-    """GET /healthz every HEALTH_EVERY s in the background; latencies kept per phase."""
+    """GET /healthz every HEALTH_EVERY s from a child process of its own (bench/suite/prober.py: blocking sockets, a
+    new connection per probe, nothing else to do), so the latencies are the gateway's and not this process's busy
+    event loop's (it also serves the upstream side of every socket); kept per phase (`set_phase`)."""
 
-    def __init__(self, world):
-        self.world = world
-        self.phase = "before"
-        self.latencies = {}
-        self.failures = {}
-        self.task = asyncio.ensure_future(self._run())
+    def __init__(self, process):
+        self.process = process
 
-    async def _run(self):
-        url = self.world.gateway_url + "/healthz"
-        while True:
-            phase = self.phase
-            t0 = time.perf_counter()
-            try:
-                response = await self.world.http.fetch(url, raise_error=False, request_timeout=10)
-                ok = response.code == 200
-            except Exception:
-                ok = False
-            took = time.perf_counter() - t0
-            if ok:
-                self.latencies.setdefault(phase, []).append(took)
-            else:
-                self.failures[phase] = self.failures.get(phase, 0) + 1
-            await asyncio.sleep(max(0.0, HEALTH_EVERY - took))
+    @classmethod
+    async def start(cls, world):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "prober.py"),
+            world.gateway_url + "/healthz", str(HEALTH_EVERY), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, limit=1 << 24)
+        return cls(process)
 
-    def stop(self):
-        self.task.cancel()
-        return {phase: {**latency_summary(lat), "failures": self.failures.get(phase, 0)}
-                for phase, lat in self.latencies.items()} | {
-            phase: {"n": 0, "failures": count} for phase, count in self.failures.items()
-            if phase not in self.latencies}
+    def set_phase(self, phase):
+        self.process.stdin.write(f"{phase}\n".encode())
+
+    async def stop(self):
+        self.set_phase("end")
+        line = await asyncio.wait_for(self.process.stdout.readline(), 30)
+        await self.process.wait()
+        found = json.loads(line)
+        latencies, failures = found["latencies"], found["failures"]
+        return {phase: {**latency_summary(lat), "failures": failures.get(phase, 0)}
+                for phase, lat in latencies.items()} | {
+            phase: {"n": 0, "failures": count} for phase, count in failures.items() if phase not in latencies}
 
 
 async def idle(world):
@@ -112,7 +107,7 @@ async def idle(world):
             f"{state['gateway']['fds']} fds; MongoDB RSS {state['mongo']['VmRSS'] / 1024:.1f} MiB")
         return state
 
-    probe = HealthProbe(world)
+    probe = await HealthProbe.start(world)
     pauses = PhasePauses()
     await pauses.enter(world, "before")
     await asyncio.sleep(3)  # /healthz with nothing open
@@ -120,7 +115,7 @@ async def idle(world):
     holder = await Holder.start(world)
     log(f"idle sockets: opening {n} relayed sockets ({args.open_concurrency} at a time, from holder child pid "
         f"{holder.process.pid})")
-    probe.phase = "opening"
+    probe.set_phase("opening")
     await pauses.enter(world, "opening")
     t0 = time.perf_counter()
     opened_report = await holder.open([world.ws_url("gateway", s, t) for s, t in pairs], args.open_concurrency,
@@ -134,7 +129,7 @@ async def idle(world):
     open_s = time.perf_counter() - t0
     if errors:
         log(f"idle sockets: {len(errors)} failed; the first with {opened_at_first_error} open: {errors[0]}")
-    probe.phase = "held idle"
+    probe.set_phase("held idle")
     await pauses.enter(world, "held idle")
     opened = await reading(f"{count} relays open")
     meter = world.meter()
@@ -142,7 +137,7 @@ async def idle(world):
     await asyncio.sleep(args.idle_hold)
     hold_cpu = meter.diff(before, meter.snapshot())
     held = await reading(f"after {args.idle_hold:.0f} s idle")
-    probe.phase = "closing"
+    probe.set_phase("closing")
     await pauses.enter(world, "closing")
     t0 = time.perf_counter()
     await holder.close()
@@ -153,10 +148,10 @@ async def idle(world):
         closed_ok = False
     close_s = time.perf_counter() - t0
     settle_s = await gateway_closes_recorded(world, [s for s, _ in pairs], timeout=300)
-    probe.phase = "after"
+    probe.set_phase("after")
     await pauses.enter(world, "after")
     closed = await reading("all closed")
-    health = probe.stop()
+    health = await probe.stop()
     await pauses.enter(world, "end")
     await holder.exit()
 
