@@ -191,6 +191,8 @@ def chat_socket() -> dict[str, Any]:
          "401": error("an invalid or expired session token, or one of LiveAvatar"),
          "403": error("an Origin not in CORS_ORIGINS"),
          "404": error(STATUS_TEXT["404_session"] + ", or it has ended"),
+         "409": error("the session was opened with the API key alone, without a token from streaming.create_token: "
+                      "HeyGen serves its socket only with one (the gateway does not ask it)"),
          "413": shared("PayloadTooLarge"),
          "426": error("a Sec-WebSocket-Version other than 13, or none", headers={
              "Sec-WebSocket-Version": {"description": "the version spoken", "schema": {"type": "string",

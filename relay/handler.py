@@ -39,6 +39,7 @@ from clients.tornado_compat import HANDLER_KEYS, release_response, share_keys
 from domain.errors import (
     RETRY_AFTER,
     BadRequest,
+    Conflict,
     Forbidden,
     GatewayError,
     NotFound,
@@ -162,6 +163,11 @@ class StreamingChatRelay(GatewayHandlerMixin, WebSocketHandler):
         if session.status == "ended":
             raise NotFound("session not found")
         self.session = app.sessions.remember(session)  # its facts: the document is not kept per socket
+        if not self.session.bridged and self.session.upstream_token is None:
+            # Opened with the API key alone: HeyGen serves a session's socket only with the session token its
+            # create_token minted (it refuses it, 401), so the browser is told what to do instead, before any call.
+            raise Conflict("this session was opened without a session token: HeyGen serves its socket only to a "
+                           "session opened with a token from streaming.create_token")
         self.log_session_id = self.session.session_id  # the same string, not a copy of it per socket
         # A bridged session's events are the room agent's translation: their words are recorded where it hears them.
         self.transcript = SocketTranscript(self.session.session_id, app.turns, app.sessions.clock,

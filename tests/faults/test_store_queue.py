@@ -15,21 +15,13 @@ import pytest
 from domain.errors import ServiceUnavailable
 from sandbox.mongo import MongoServer
 from tests.helpers.client import GatewayClient, eventually
+from tests.helpers.store import timed
 
 pytestmark = pytest.mark.faults
 
 DB_TIMEOUT = 3.0  # pymongo's waits: connect and server selection 3 s, a sent command 12 s; the wait bound 1.5 s
 BEYOND = 500  # calls of the burst over the count bound
 SLACK = 0.5  # seconds a refusal may come after its bound on a loaded machine
-
-
-async def timed(coroutine):
-    """(what the call returned, or its 503; seconds it took)."""
-    started = time.perf_counter()
-    try:
-        return await coroutine, time.perf_counter() - started
-    except ServiceUnavailable as exc:
-        return exc, time.perf_counter() - started
 
 
 @pytest.mark.gen_test(timeout=90)

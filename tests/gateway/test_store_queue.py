@@ -9,7 +9,7 @@ import pytest
 
 from domain.errors import ServiceUnavailable
 from tests.helpers.client import GatewayClient, eventually
-from tests.helpers.store import HeldWorkers
+from tests.helpers.store import HeldWorkers, timed
 
 OLD_BOUND = 8 * 32  # calls in flight beyond which the old rule refused at once (DB_WORKERS 8 x 32)
 BURST = 4 * OLD_BOUND
@@ -49,13 +49,6 @@ async def test_calls_waiting_past_the_wait_bound_are_refused_and_stall_the_queue
     store, tokens = sandbox.gateway.store, sandbox.gateway.sessions.token_records
     assert store.max_wait == 0.5
     held = HeldWorkers(store)
-
-    async def timed(coroutine):
-        started = time.perf_counter()
-        try:
-            return await coroutine, time.perf_counter() - started
-        except ServiceUnavailable as exc:
-            return exc, time.perf_counter() - started
 
     try:
         await held.hold(store.workers)

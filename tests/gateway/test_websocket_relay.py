@@ -104,6 +104,21 @@ async def test_upstream_unreachable_is_answered_502_before_the_upgrade(sandbox, 
     await nothing_left_behind(sandbox, session["session_id"])
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_a_session_opened_without_a_token_gets_409_for_its_socket_and_heygen_is_not_asked(sandbox, client):
+    """streaming.new with the API key alone leaves the gateway no HeyGen session token, and HeyGen serves a socket
+    only with one: the browser is told so (409), rather than a 502 after HeyGen's 401."""
+    new = await client.call("/v1/streaming.new", {"version": "v2"})  # no unused token of the customer to take
+    assert new.status == 200, new.json
+    session_id = new.data["session_id"]
+    token = (await client.call("/v1/streaming.create_token")).data["token"]  # the customer's, to authenticate with
+    asked = len(sandbox.heygen.recorder.calls("/v1/ws/streaming.chat"))
+    status, body, _ = await refused(ws_url(sandbox, session_id, token))
+    assert status == 409 and "streaming.create_token" in body["message"]
+    assert len(sandbox.heygen.recorder.calls("/v1/ws/streaming.chat")) == asked
+    assert len(sandbox.gateway.relays) == 0 and not (await sandbox.gateway.sessions.get(session_id)).sockets
+
+
 @pytest.mark.parametrize("pump", ["fast", "plain"])
 @pytest.mark.gen_test(timeout=30)
 async def test_upstream_refusing_the_socket_is_answered_502_naming_its_status(make_sandbox, pump):

@@ -1,7 +1,11 @@
 """A gateway's MongoDB workers held: calls run through its store (models/store.py Store.run) that each block a worker
-thread until released, as calls hanging on MongoDB hold them, so the store's queue fills behind them."""
+thread until released, as calls hanging on MongoDB hold them, so the store's queue fills behind them; and `timed`, a
+store call's outcome and duration."""
 import asyncio
 import threading
+import time
+
+from domain.errors import ServiceUnavailable
 
 HOLD_AT_MOST = 30.0  # seconds a held call blocks its thread if never released (a test that failed half-way)
 
@@ -24,3 +28,12 @@ class HeldWorkers:
         """Let every held call end; their outcomes (True, or the 503 of a refused one)."""
         self.released.set()
         return await asyncio.gather(*self.calls, return_exceptions=True)
+
+
+async def timed(coroutine):
+    """(what a store call returned, or its 503; seconds it took)."""
+    started = time.perf_counter()
+    try:
+        return await coroutine, time.perf_counter() - started
+    except ServiceUnavailable as exc:
+        return exc, time.perf_counter() - started
