@@ -16,7 +16,9 @@ import signal
 import sys
 
 from conf import SETTINGS, ConfigError, configured, parse_setting
+from observability import metrics
 from observability.logs import configure_logging
+from observability.stalls import StallWatch
 from sandbox.mongo import MongoServer
 from sandbox.stack import DEMO_API_KEY, Sandbox
 
@@ -109,11 +111,15 @@ async def run_sandbox(settings=None, data_dir=DATA_DIR):
     try:
         await sandbox.start()
         print(banner(sandbox, mongodb_uri, settings), flush=True)
+        metrics.time_gc_pauses()  # as server.py's serve() does: the loop here also runs the emulators
+        stalls = StallWatch()
+        stalls.start()
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
         await stopping.wait()
+        stalls.stop()
         print("stopping the sandbox ...", flush=True)
     finally:
         await sandbox.stop()
