@@ -65,7 +65,8 @@ class TurnQueue:
         self.storage = storage
         self.capacity = capacity
         self.clock = clock
-        self._slots: set[Slot] = set()  # taken and not yet stored (or given back)
+        # Taken and not yet stored (or given back), in the order they were taken: the first is the oldest.
+        self._slots: dict[Slot, None] = {}
         self._queue: list[tuple[Slot, dict[str, Any]]] = []  # (slot, document) in submission order
         self._room = asyncio.Event()
         self._room.set()
@@ -106,7 +107,7 @@ class TurnQueue:
 
     def _new_slot(self) -> Slot:
         slot = Slot(self, self.clock())
-        self._slots.add(slot)
+        self._slots[slot] = None
         return slot
 
     def _note_full(self) -> None:
@@ -116,7 +117,7 @@ class TurnQueue:
                         self.capacity)
 
     def _release(self, slot: Slot) -> None:
-        self._slots.discard(slot)
+        self._slots.pop(slot, None)
         if len(self._slots) < self.capacity:
             self._room.set()
             if self._full_logged and not self._slots:
@@ -126,8 +127,12 @@ class TurnQueue:
     # --- what flushes wait for ------------------------------------------------------------------------------------
 
     def pending_since(self) -> float | None:
-        """When the oldest turn this process still holds was seen (its slot taken); None when it holds none."""
-        return min((slot.since for slot in self._slots), default=None)
+        """When the oldest turn this process still holds was seen (its slot taken); None when it holds none. The
+        first slot still held, so O(1): every flush waiting for its turns asks this every 10 ms, and a scan of the
+        slots made 500 flushes at once take a quarter of the process's time."""
+        for slot in self._slots:
+            return slot.since
+        return None
 
     async def settled(self, cutoff: float, timeout: float) -> bool:
         """Wait until every slot taken at or before `cutoff` is stored or given back; False if that took longer
