@@ -9,30 +9,12 @@ import pytest
 from tornado.websocket import websocket_connect
 
 from sandbox.mongo import MongoServer
-from sandbox.stack import Sandbox, with_database
+from sandbox.stack import with_database
 from tests.helpers.client import GatewayClient, eventually
 from tests.helpers.flows import WS_PARAMS, avatar_done, read_events, socket_says
 from tests.helpers.processes import in_background
 
 pytestmark = pytest.mark.faults
-
-
-@pytest.fixture
-def world(io_loop, mongodb_server_uri, db_name):
-    """Emulators and the Petya reference in this process; gateways are started by each test as processes."""
-    made = []
-
-    def make(gateway_mongodb_uri=None, **settings):
-        uri = gateway_mongodb_uri or mongodb_server_uri
-        sandbox = Sandbox(uri, database=db_name, petya_mongodb_uri=mongodb_server_uri, **settings)
-        sandbox.heygen.seconds_per_word = 0.01  # the avatar speaks fast in tests
-        sandbox.start_upstreams()
-        made.append(sandbox)
-        return sandbox
-
-    yield make
-    for sandbox in made:
-        io_loop.run_sync(sandbox.stop)
 
 
 def socket_url(gateway_url, session_id, token):

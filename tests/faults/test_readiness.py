@@ -15,7 +15,7 @@ import time
 import pytest
 
 from sandbox.mongo import MongoServer
-from sandbox.stack import Sandbox, with_database
+from sandbox.stack import with_database
 from tests.helpers.client import GatewayClient, eventually
 from tests.helpers.processes import in_background
 
@@ -26,22 +26,6 @@ REQUESTS = 20
 BOUND = 0.1  # seconds: well under Kubernetes' default probe timeout (1 s)
 OUTAGE = 4.0  # seconds MongoDB is away
 LOAD = 40  # calls on MongoDB sent while it hangs: DB_WORKERS (8) hang, the rest queue behind them
-
-
-@pytest.fixture
-def world(io_loop, mongodb_server_uri, db_name):
-    """Emulators and the Petya reference in this process (Petya on the test run's MongoDB)."""
-    made = []
-
-    def make(gateway_mongodb_uri, **settings):
-        sandbox = Sandbox(gateway_mongodb_uri, database=db_name, petya_mongodb_uri=mongodb_server_uri, **settings)
-        sandbox.start_upstreams()
-        made.append(sandbox)
-        return sandbox
-
-    yield make
-    for sandbox in made:
-        io_loop.run_sync(sandbox.stop)
 
 
 def probe(port, path, count=REQUESTS):
