@@ -156,6 +156,7 @@ class Store:
         self.closed = False
         self.db: Database[Any] | None = None
         self.probe: Probe | None = None  # started by start_probe()
+        self.database_name: str = parse_uri(uri)["database"] or DEFAULT_DATABASE
         self._reads: AsyncMongoClient[Any] | None = None  # made on first use, on the loop that uses it
 
     @property
@@ -174,7 +175,7 @@ class Store:
             raise RuntimeError("one process serves one MongoDB URI")
         if not _users["count"]:
             mongoengine.connect(
-                db=parse_uri(self.uri)["database"] or DEFAULT_DATABASE, host=self.uri,
+                db=self.database_name, host=self.uri,
                 maxPoolSize=self.workers, serverSelectionTimeoutMS=self.timeout_ms,
                 connectTimeoutMS=self.timeout_ms, socketTimeoutMS=4 * self.timeout_ms,
                 uuidRepresentation="standard", **self.write_concern)
@@ -241,8 +242,7 @@ class Store:
         try:
             return await asyncio.wrap_future(work)
         except UNAVAILABLE as exc:  # also server selection timeouts and lost connections
-            metrics.MONGODB_ERRORS.labels(kind=type(exc).__name__).inc()
-            raise ServiceUnavailable("session database unavailable", retry_after=RETRY_AFTER) from exc
+            raise _unavailable(exc) from exc
 
     async def _worker(self, essential: bool) -> None:
         """Wait for a worker (see `run`): returns once the call holds one (`running` counts it)."""
@@ -341,13 +341,11 @@ class Store:
                 self.uri, maxPoolSize=self.workers, serverSelectionTimeoutMS=self.timeout_ms,
                 connectTimeoutMS=self.timeout_ms, socketTimeoutMS=self.timeout_ms, waitQueueTimeoutMS=self.timeout_ms,
                 uuidRepresentation="standard", appname="ilianaai-avatar-reads")
-        database = self._reads[parse_uri(self.uri)["database"] or DEFAULT_DATABASE]
         try:
-            found: dict[str, Any] | None = await database[document.COLLECTION].find_one(query)
+            found: dict[str, Any] | None = await self._reads[self.database_name][document.COLLECTION].find_one(query)
             return found
         except UNAVAILABLE as exc:
-            metrics.MONGODB_ERRORS.labels(kind=type(exc).__name__).inc()
-            raise ServiceUnavailable("session database unavailable", retry_after=RETRY_AFTER) from exc
+            raise _unavailable(exc) from exc
 
     async def close_reads(self) -> None:
         """Close the asyncio client (on the loop that used it)."""
@@ -379,6 +377,21 @@ class Store:
         if not _users["count"]:
             mongoengine.disconnect()
             _users["uri"] = None
+
+
+def when(condition: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Update-pipeline fields: each of `changes` set only while `condition` (an expression on the record) holds, else
+    kept as it is. A value that is a dict is an expression on the record; any other is set as it is ($literal). How the
+    repositories make a conditional write by a unique key alone: SecantusDB scans the collection for a filter with
+    more than one predicate, and for any findAndModify (tests/gateway/test_query_plans.py)."""
+    return {name: {"$cond": [condition, value if isinstance(value, dict) else {"$literal": value}, f"${name}"]}
+            for name, value in changes.items()}
+
+
+def _unavailable(error: Exception) -> ServiceUnavailable:
+    """A MongoDB call failed for the database not being there: counted by its error class, answered 503."""
+    metrics.MONGODB_ERRORS.labels(kind=type(error).__name__).inc()
+    return ServiceUnavailable("session database unavailable", retry_after=RETRY_AFTER)
 
 
 class Repository:
