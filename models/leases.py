@@ -6,7 +6,7 @@ import socket
 from typing import Any
 
 from models.documents import ProcessLease
-from models.store import Repository, blocking, essential
+from models.store import Repository, blocking, essential, when
 
 
 class LeaseRepository(Repository):
@@ -18,9 +18,8 @@ class LeaseRepository(Repository):
         or never taken. The heartbeat only moves forward: a renewal that waited long for a worker (MongoDB away)
         and runs after a later one leaves the later time."""
         live = {"$gte": ["$heartbeat_at", now - ttl]}
-        self.collection.update_one({"process_id": process_id}, [{"$set": {
-            "heartbeat_at": {"$cond": [live, {"$max": ["$heartbeat_at", now]}, "$heartbeat_at"]},
-            "pending_since": {"$cond": [live, {"$literal": pending_since}, "$pending_since"]}}}])
+        self.collection.update_one({"process_id": process_id}, [{"$set": when(live, {
+            "heartbeat_at": {"$max": ["$heartbeat_at", now]}, "pending_since": pending_since})}])
         found = self.collection.find_one({"process_id": process_id}, {"heartbeat_at": 1})
         return found is not None and found["heartbeat_at"] >= now
 

@@ -16,7 +16,7 @@ from domain.errors import Conflict, NotFound
 from domain.names import LIVE_STATUSES
 from domain.records import Session, from_document
 from models.documents import AvatarSession
-from models.store import Repository, blocking, essential
+from models.store import Repository, blocking, essential, when
 
 LEASE_CANDIDATES = 10  # due flushes looked at per lease_flush
 _LIVE = {"$ne": ["$status", "ended"]}
@@ -158,8 +158,7 @@ class SessionRepository(Repository):
         one holds it."""
         takes = {"$and": [{"$ne": ["$status", "ended"]},
                           {"$in": [{"$ifNull": ["$room_holder", None]}, ["", process_id, *dead]]}]}
-        self.collection.update_one({"session_id": session_id}, [{"$set": {
-            "room_holder": {"$cond": [takes, process_id, "$room_holder"]}}}])
+        self.collection.update_one({"session_id": session_id}, [{"$set": when(takes, {"room_holder": process_id})}])
         session = self._by_key(session_id)
         held = session is not None and session.room_holder == process_id and session.status != "ended"
         return session if held else None
@@ -167,9 +166,8 @@ class SessionRepository(Repository):
     def _hand_over(self, session_id: str, old: str, new: str, more: dict[str, Any] | None = None) -> None:
         """room_holder `old` -> `new` (and `more` set), only while `old` holds it."""
         holds = {"$eq": [{"$ifNull": ["$room_holder", None]}, old]}
-        changes = {"room_holder": new, **(more or {})}
-        self.collection.update_one({"session_id": session_id}, [{"$set": {
-            name: {"$cond": [holds, {"$literal": value}, f"${name}"]} for name, value in changes.items()}}])
+        self.collection.update_one({"session_id": session_id}, [{"$set": when(holds, {"room_holder": new,
+                                                                                      **(more or {})})}])
 
     @blocking
     def release_room(self, session_id: str, process_id: str) -> None:
@@ -234,8 +232,7 @@ class SessionRepository(Repository):
                    "customer_live": None, "room_holder": None, "live_activity_at": None, "live_created_at": None,
                    "live_closed_at": None}
         self.collection.update_one({"session_id": session_id}, [{"$set": {
-            "status_before_end": {"$cond": [ends, "$status", "$status_before_end"]},
-            **{name: {"$cond": [ends, {"$literal": value}, f"${name}"]} for name, value in changes.items()}}}])
+            "status_before_end": {"$cond": [ends, "$status", "$status_before_end"]}, **when(ends, changes)}}])
         session = self._by_key(session_id)
         if session is None or session.end_claim != claim:
             return None
@@ -287,15 +284,10 @@ class SessionRepository(Repository):
                 {"$and": [{"$eq": ["$flush_state", "delivering"]},
                           {"$lte": [{"$ifNull": ["$flush_lease_until", 0]}, now]}]}]}
             until = now + lease_seconds
-            self.collection.update_one({"session_id": candidate}, [{"$set": {
-                "flush_state": {"$cond": [due, "delivering", "$flush_state"]},
-                "flush_lease_until": {"$cond": [due, until, "$flush_lease_until"]},
-                "flush_due_at": {"$cond": [due, until, "$flush_due_at"]},
-                "flush_lease_id": {"$cond": [due, lease, "$flush_lease_id"]},
-                "flush_attempts": {"$cond": [due, {"$add": [{"$ifNull": ["$flush_attempts", 0]}, 1]},
-                                             "$flush_attempts"]},
-                "flush_cutoff": {"$cond": [due, {"$min": [{"$ifNull": ["$flush_cutoff", now]}, now]},
-                                           "$flush_cutoff"]}}}])
+            self.collection.update_one({"session_id": candidate}, [{"$set": when(due, {
+                "flush_state": "delivering", "flush_lease_until": until, "flush_due_at": until, "flush_lease_id": lease,
+                "flush_attempts": {"$add": [{"$ifNull": ["$flush_attempts", 0]}, 1]},
+                "flush_cutoff": {"$min": [{"$ifNull": ["$flush_cutoff", now]}, now]}})}])
             session = self._by_key(candidate)
             if session is not None and session.flush_lease_id == lease and session.flush_state == "delivering":
                 return session
@@ -304,9 +296,7 @@ class SessionRepository(Repository):
     def _delivering(self, session_id: str, changes: dict[str, Any]) -> None:
         """Set `changes` (values, or expressions on the session) only while its flush is delivering."""
         delivering = {"$eq": ["$flush_state", "delivering"]}
-        self.collection.update_one({"session_id": session_id}, [{"$set": {
-            name: {"$cond": [delivering, value if isinstance(value, dict) else {"$literal": value}, f"${name}"]}
-            for name, value in changes.items()}}])
+        self.collection.update_one({"session_id": session_id}, [{"$set": when(delivering, changes)}])
 
     @blocking
     def flush_defer(self, session_id: str, next_at: float) -> None:
@@ -373,16 +363,13 @@ class SessionRepository(Repository):
         its copy. One conditional update by the unique key: of two racing erasures one marks it."""
         first = {"$eq": [{"$ifNull": ["$erased_at", None]}, None]}
         undelivered = {"$in": [{"$ifNull": ["$flush_state", "none"]}, ["none", "pending", "delivering"]]}
-        changes: dict[str, Any] = {
-            "erased_at": {"$cond": [first, now, "$erased_at"]},
-            "words_expire_at": {"$cond": [first, second_pass_at, "$words_expire_at"]},
-            "flush_cutoff": {"$cond": [first, {"$min": [{"$ifNull": ["$flush_cutoff", now]}, now]}, "$flush_cutoff"]},
-            "flush_state": {"$cond": [{"$and": [first, undelivered]}, "cancelled", "$flush_state"]},
-            "flush_due_at": {"$cond": [{"$and": [first, undelivered]}, None, "$flush_due_at"]},
-        }
+        marks: dict[str, Any] = {"erased_at": now, "words_expire_at": second_pass_at,
+                                 "flush_cutoff": {"$min": [{"$ifNull": ["$flush_cutoff", now]}, now]}}
         if upstream:
-            changes["upstream_erase_at"] = {"$cond": [first, now, "$upstream_erase_at"]}
-        self.collection.update_one({"session_id": session_id}, [{"$set": changes}])
+            marks["upstream_erase_at"] = now
+        self.collection.update_one({"session_id": session_id}, [{"$set": {
+            **when(first, marks),
+            **when({"$and": [first, undelivered]}, {"flush_state": "cancelled", "flush_due_at": None})}}])
         session = self._by_key(session_id)
         return session if session is not None and session.erased_at == now else None
 
